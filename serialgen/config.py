@@ -1,0 +1,206 @@
+"""Settings: defaults < named profile < YAML file < environment (``SERIALGEN_*``) < CLI flags.
+
+Profiles are data (:data:`PROFILES`): ``tiny`` (default, CPU, random tiny models, procedural
+assets), ``sd15`` (the paper's standardizer) and ``sdxl`` (the paper's personalizer).
+Each stage reads its own section; a stage's config hash keys its caching and lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from serialgen.storage import Lake, LakeError
+
+
+class ConfigError(Exception):
+    """A configuration the user can fix: unknown profile, unreadable or invalid file or value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RaySettings(Section):
+    address: str | None = None          # None: start a local Ray; "auto" or "ray://host:10001": a cluster
+    num_cpus: int | None = None         # local Ray only; None = all cores
+    object_store_memory_mb: int = 1024  # local Ray only
+
+
+class AssetsSettings(Section):
+    procedural_characters: int = 8
+    procedural_motions: bool = True
+    seed: int = 0
+    pose_dedup_threshold: float = 0.08  # radians, max joint-rotation distance for two poses to be one
+    frame_step: int = 2                 # sample every n-th frame of a clip
+    workers: int = 2                    # bpy worker processes
+    min_canonical_bones: int = 15
+
+
+class RenderSettings(Section):
+    width: int = 128
+    height: int = 192
+    engine: Literal["CYCLES", "BLENDER_EEVEE", "BLENDER_WORKBENCH"] = "CYCLES"
+    device: Literal["CPU", "GPU"] = "CPU"
+    samples: int = 8
+    adaptive_threshold: float = 0.05
+    denoise: bool = False
+    threads_per_worker: int = 1
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    poses_per_character: int = 6
+    views_per_pose: int = 2
+    seed: int = 0
+    limit: int | None = None
+
+
+class CompositeSettings(Section):
+    backgrounds_procedural: int = 16
+    backgrounds_per_render: int = 1
+    max_background_pixels: int = 40_000_000
+    test_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 1
+    batch_size: int = 16
+
+
+class StandardizerSettings(Section):
+    model_dir: Path | None = None       # sd15: local SD-1.5 image-variation folder
+    vae_dir: Path | None = None         # sd15: local VAE folder
+    width: int = 64
+    height: int = 96
+    fbdm: bool = True
+    rpim: bool = True
+    steps: int = 60
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    seed: int = 0
+    inference_steps: int = 20
+    guidance_scale: float = 3.5
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+
+
+class PersonalizerSettings(Section):
+    model_dir: Path | None = None       # sdxl: local SDXL base folder
+    image_encoder_dir: Path | None = None
+    width: int = 64
+    height: int = 96
+
+
+class Settings(BaseSettings):
+    """The resolved configuration of one invocation."""
+
+    model_config = SettingsConfigDict(env_prefix="SERIALGEN_", env_nested_delimiter="__", extra="forbid")
+
+    profile: Literal["tiny", "sd15", "sdxl"] = "tiny"
+    lake: str = "./lake"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    assets: AssetsSettings = Field(default_factory=AssetsSettings)
+    render: RenderSettings = Field(default_factory=RenderSettings)
+    composite: CompositeSettings = Field(default_factory=CompositeSettings)
+    standardizer: StandardizerSettings = Field(default_factory=StandardizerSettings)
+    personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges profile, YAML, environment and flags itself, in that order.
+        return (init_settings,)
+
+    def open_lake(self) -> Lake:
+        return Lake(self.lake, self.storage_options)
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections, the cache/lineage key of a stage's config."""
+        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Named profiles, as overrides of the defaults above.
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "sd15": {
+        "render": {"width": 512, "height": 768, "samples": 64, "denoise": True,
+                   "poses_per_character": 3817, "views_per_pose": 1},
+        "standardizer": {"width": 512, "height": 768, "steps": 50_000, "batch_size": 4,
+                         "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True},
+    },
+    "sdxl": {
+        "personalizer": {"width": 512, "height": 768},
+    },
+}
+
+#: Flat variables the README documents, beside the nested ``SERIALGEN_RAY__ADDRESS`` form.
+ENV_SHORTCUTS = {"SERIALGEN_RAY_ADDRESS": ("ray", "address")}
+
+
+def load_settings(config_file: str | Path | None = None, profile: str | None = None,
+                  **overrides: Any) -> Settings:
+    """Resolve the settings; any problem is a :class:`ConfigError` with one clear line.
+
+    ``overrides`` are top-level fields from the command line (``lake=...``); None means unset.
+    """
+    file_data = _read_yaml(Path(config_file)) if config_file is not None else {}
+    try:
+        env_data = EnvSettingsSource(Settings)()
+    except Exception as exc:  # malformed JSON in a nested SERIALGEN_* variable
+        raise ConfigError(f"invalid SERIALGEN_* environment variable: {exc}") from None
+    for var, path in ENV_SHORTCUTS.items():
+        if os.environ.get(var):
+            env_data = _deep_merge(env_data, _nest(path, os.environ[var]))
+    name = profile or env_data.get("profile") or file_data.get("profile") or "tiny"
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    merged = PROFILES[name]
+    for layer in (file_data, env_data, {k: v for k, v in overrides.items() if v is not None}):
+        merged = _deep_merge(merged, layer)
+    merged["profile"] = name
+    try:
+        settings = Settings(**merged)
+        settings.open_lake()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    except LakeError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

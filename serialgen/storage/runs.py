@@ -1,0 +1,105 @@
+"""Stage runs: one ``runs`` row per execution of a stage, and the ``errors`` rows it reports.
+
+A :class:`StageRun` stamps its ``run_id`` on every row the stage writes, records the input
+table versions and config hash it ran with (lineage), and the output versions it produced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from serialgen.storage.lake import Lake
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class StageRun:
+    """Context manager around one stage execution.
+
+    >>> with StageRun(lake, "render", config_hash, inputs=["characters", "poses"]) as run:
+    ...     lake.upsert("renders", rows, run.run_id)
+    ...     run.error("c1/p2/0", "bpy failed: ...")
+    ...     run.outputs = ["renders"]
+    """
+
+    def __init__(self, lake: Lake, stage: str, config_hash: str, inputs: Iterable[str] = (),
+                 flow_run_id: str | None = None) -> None:
+        self.lake = lake
+        self.stage = stage
+        self.config_hash = config_hash
+        self.run_id = f"{stage}-{_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.inputs = {name: lake.version(name) for name in inputs}
+        self.outputs: list[str] = []
+        self.metrics: dict[str, Any] = {}
+        self.checkpoint: str | None = None
+        self.flow_run_id = flow_run_id
+        self.started_at = _now()
+        self.n_errors = 0
+
+    def __enter__(self) -> "StageRun":
+        self._write("running")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.metrics["exception"] = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+        self._write("failed" if exc is not None else "completed", finished=True)
+
+    def error(self, key: str, reason: str) -> None:
+        """Report one item that could not be processed; the stage goes on."""
+        self.errors([(key, reason)])
+
+    def errors(self, items: Iterable[tuple[str, str]]) -> None:
+        rows = [{"stage": self.stage, "key": k, "reason": r} for k, r in items]
+        if rows:
+            self.n_errors += len(rows)
+            self.lake.upsert("errors", rows, self.run_id)
+
+    def clear_errors(self, keys: Iterable[str]) -> None:
+        """Forget earlier errors of items that have now succeeded."""
+        keys = list(keys)
+        if keys and self.lake.exists("errors"):
+            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+            self.lake.delete("errors", f"stage = '{self.stage}' AND key IN ({quoted})")
+
+    def _write(self, status: str, finished: bool = False) -> None:
+        outputs = {name: self.lake.version(name) for name in self.outputs} if finished else {}
+        self.lake.upsert("runs", [{
+            "run_id": self.run_id,
+            "stage": self.stage,
+            "status": status,
+            "started_at": self.started_at,
+            "finished_at": _now() if finished else None,
+            "config_hash": self.config_hash,
+            "inputs": json.dumps(self.inputs),
+            "outputs": json.dumps(outputs),
+            "metrics": json.dumps({**self.metrics, "errors": self.n_errors}),
+            "checkpoint": self.checkpoint,
+            "flow_run_id": self.flow_run_id,
+            "written_at": _now(),
+        }], self.run_id)
+
+
+def last_completed(lake: Lake, stage: str) -> Mapping[str, Any] | None:
+    """The most recent completed run of ``stage`` (for skipping unchanged stages and lineage)."""
+    runs = lake.read("runs", filter=f"stage = '{stage}' AND status = 'completed'")
+    if runs.num_rows == 0:
+        return None
+    runs = runs.sort_by([("finished_at", "descending")])
+    row = runs.slice(0, 1).to_pylist()[0]
+    for field in ("inputs", "outputs", "metrics"):
+        row[field] = json.loads(row[field] or "{}")
+    return row
+
+
+def errors_of(lake: Lake, stage: str) -> pa.Table:
+    return lake.read("errors", filter=f"stage = '{stage}'")

@@ -1,0 +1,221 @@
+"""Every lake table's pyarrow schema and key, defined once.
+
+Image columns hold encoded bytes (PNG for RGBA and masks, PNG/WebP for RGB).
+Keypoints are fixed-size lists in OpenPose/COCO-18 body order, each (x, y, visibility),
+so DuckDB, Polars and PyTorch read them without our code.
+Every row carries ``run_id`` (the stage run that wrote it) and ``written_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+NUM_KEYPOINTS = 18
+KEYPOINT_NAMES = (
+    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear",
+)
+
+IMAGE = pa.large_binary()
+KEYPOINTS = pa.list_(pa.list_(pa.float32(), 3), NUM_KEYPOINTS)
+#: 3x4 camera-to-world matrix (row major) followed by focal length (mm) and sensor width (mm).
+CAMERA = pa.list_(pa.float32(), 14)
+JSON = pa.string()
+
+PROVENANCE = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("written_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A lake table: its name, its key columns (upsert target) and its schema."""
+
+    name: str
+    key: tuple[str, ...]
+    schema: pa.Schema
+
+    @property
+    def payload_schema(self) -> pa.Schema:
+        """The schema a stage provides: everything but the provenance columns."""
+        drop = {f.name for f in PROVENANCE}
+        return pa.schema([f for f in self.schema if f.name not in drop])
+
+
+def _spec(name: str, key: tuple[str, ...], *fields: pa.Field) -> TableSpec:
+    keyed = [f.with_nullable(False) if f.name in key else f for f in fields]
+    return TableSpec(name, key, pa.schema([*keyed, *PROVENANCE]))
+
+
+F = pa.field
+
+CHARACTERS = _spec(
+    "characters", ("character_id",),
+    F("character_id", pa.string()),            # content hash of the source file
+    F("source_uri", pa.string()),
+    F("format", pa.string()),                  # glb | gltf | fbx | blend
+    F("status", pa.string()),                  # accepted | rejected
+    F("reason", pa.string()),                  # why rejected (null when accepted)
+    F("n_bones", pa.int32()),
+    F("n_canonical_bones", pa.int32()),
+    F("height_m", pa.float32()),
+    F("signature", pa.list_(pa.float32())),    # geometry signature for duplicate detection
+    F("normalized_glb", IMAGE),                # the character after normalisation, as GLB bytes
+    F("thumbnail", IMAGE),
+    F("attributes", JSON),                     # generator parameters or importer notes
+)
+
+MOTIONS = _spec(
+    "motions", ("motion_id",),
+    F("motion_id", pa.string()),
+    F("source_uri", pa.string()),
+    F("format", pa.string()),                  # bvh | fbx | glb | procedural
+    F("name", pa.string()),
+    F("n_frames", pa.int32()),
+    F("fps", pa.float32()),
+    F("n_poses", pa.int32()),                  # unique poses contributed after dedup
+)
+
+POSES = _spec(
+    "poses", ("pose_id",),
+    F("pose_id", pa.string()),
+    F("motion_id", pa.string()),
+    F("frame", pa.int32()),
+    F("bones", pa.list_(pa.string())),         # canonical bone names, same order as rotations
+    F("rotations", pa.list_(pa.list_(pa.float32(), 4))),  # local quaternions (w, x, y, z)
+)
+
+RENDERS = _spec(
+    "renders", ("character_id", "pose_id", "view_id"),
+    F("character_id", pa.string()),
+    F("pose_id", pa.string()),
+    F("view_id", pa.int32()),
+    F("rgba", IMAGE),                          # PNG, transparent background
+    F("mask", IMAGE),                          # PNG, 8-bit foreground mask
+    F("keypoints", KEYPOINTS),                 # pixels, visibility 0/1
+    F("pose_image", IMAGE),                    # OpenPose-coloured skeleton, PNG
+    F("camera", CAMERA),
+    F("expression", pa.string()),
+    F("width", pa.int32()),
+    F("height", pa.int32()),
+    F("seed", pa.int64()),
+    F("render_seconds", pa.float32()),
+)
+
+STANDARDS = _spec(
+    "standards", ("character_id",),
+    F("character_id", pa.string()),
+    F("image", IMAGE),                         # RGB on white, A-pose, front view
+    F("mask", IMAGE),
+    F("keypoints", KEYPOINTS),
+    F("pose_image", IMAGE),
+    F("width", pa.int32()),
+    F("height", pa.int32()),
+)
+
+BACKGROUNDS = _spec(
+    "backgrounds", ("background_id",),
+    F("background_id", pa.string()),
+    F("source_uri", pa.string()),              # file URI or procedural://<seed>
+    F("image", IMAGE),
+    F("width", pa.int32()),
+    F("height", pa.int32()),
+)
+
+PAIRS = _spec(
+    "pairs", ("pair_id",),
+    F("pair_id", pa.string()),
+    F("character_id", pa.string()),
+    F("pose_id", pa.string()),
+    F("view_id", pa.int32()),
+    F("background_id", pa.string()),
+    F("split", pa.string()),                   # train | test, by character
+    F("input_image", IMAGE),                   # composited RGB
+    F("background_mask", IMAGE),               # m_b at input resolution, 255 = background
+    F("reference_keypoints", KEYPOINTS),
+    F("reference_pose_image", IMAGE),
+    F("target_image", IMAGE),                  # standard image
+    F("target_keypoints", KEYPOINTS),
+    F("target_pose_image", IMAGE),
+    F("augmentation", JSON),
+)
+
+REAL_IMAGES = _spec(
+    "real_images", ("image_id",),
+    F("image_id", pa.string()),
+    F("source_uri", pa.string()),
+    F("image", IMAGE),
+    F("caption", pa.string()),
+    F("width", pa.int32()),
+    F("height", pa.int32()),
+)
+
+STANDARDIZED = _spec(
+    "standardized", ("image_id", "model_version"),
+    F("image_id", pa.string()),
+    F("model_version", pa.string()),
+    F("image", IMAGE),
+    F("mask", IMAGE),
+    F("keypoints", KEYPOINTS),
+    F("pose_image", IMAGE),
+)
+
+GENERATIONS = _spec(
+    "generations", ("generation_id",),
+    F("generation_id", pa.string()),
+    F("character_id", pa.string()),
+    F("prompt", pa.string()),
+    F("seed", pa.int64()),
+    F("model_version", pa.string()),
+    F("image", IMAGE),
+)
+
+EVALUATIONS = _spec(
+    "evaluations", ("evaluation_id",),
+    F("evaluation_id", pa.string()),
+    F("model_version", pa.string()),
+    F("metric", pa.string()),                  # clip_i | clip_t | face_sim | ap_clip_i | psnr | ssim
+    F("value", pa.float64()),
+    F("n", pa.int64()),
+    F("details", JSON),                        # e.g. CLIP model name, face-detection rate
+)
+
+RUNS = _spec(
+    "runs", ("run_id",),
+    F("stage", pa.string()),
+    F("status", pa.string()),                  # running | completed | failed
+    F("started_at", pa.timestamp("us", tz="UTC")),
+    F("finished_at", pa.timestamp("us", tz="UTC")),
+    F("config_hash", pa.string()),
+    F("inputs", JSON),                         # {table: version} read by the run
+    F("outputs", JSON),                        # {table: version} written by the run
+    F("metrics", JSON),
+    F("checkpoint", pa.string()),
+    F("flow_run_id", pa.string()),
+)
+
+ERRORS = _spec(
+    "errors", ("stage", "key"),
+    F("stage", pa.string()),
+    F("key", pa.string()),
+    F("reason", pa.string()),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        CHARACTERS, MOTIONS, POSES, RENDERS, STANDARDS, BACKGROUNDS, PAIRS,
+        REAL_IMAGES, STANDARDIZED, GENERATIONS, EVALUATIONS, RUNS, ERRORS,
+    )
+}
+
+
+def spec(name: str) -> TableSpec:
+    """The spec of table ``name``; a clear error for an unknown table."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(sorted(TABLES))}") from None
