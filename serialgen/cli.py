@@ -85,7 +85,128 @@ def info(ctx: typer.Context) -> None:
     for name, (rows, version) in tables.items():
         grid.add_row(name, str(rows), str(version))
     console.print(grid)
+    lineage = _lineage_table(settings)
+    if lineage is not None:
+        console.rule("lineage (last completed run per stage)")
+        console.print(lineage)
 
+
+def _lineage_table(settings: Settings) -> Table | None:
+    from serialgen.storage.runs import last_completed
+
+    lake = settings.open_lake()
+    if not lake.exists("runs"):
+        return None
+    stages = sorted(set(lake.read("runs", columns=["stage"]).column("stage").to_pylist()))
+    grid = Table("stage", "run", "config", "read", "wrote", "checkpoint")
+    for stage in stages:
+        run = last_completed(lake, stage)
+        if run is None:
+            continue
+        versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
+        grid.add_row(stage, run["run_id"], run["config_hash"], versions(run["inputs"]),
+                     versions(run["outputs"]), run["checkpoint"] or "-")
+    return grid
+
+
+@app.command("assets")
+@user_command
+def assets_command(
+    ctx: typer.Context,
+    characters: Optional[str] = typer.Option(None, help="Folder or URI of character files (GLB/glTF, FBX, .blend)."),
+    motions: Optional[str] = typer.Option(None, help="Folder or URI of motion files (BVH, FBX, GLB)."),
+    procedural: Optional[int] = typer.Option(None, help="Also generate N seeded procedural characters."),
+    procedural_motions: bool = typer.Option(False, "--procedural-motions", help="Add the seeded procedural clips."),
+    workers: Optional[int] = typer.Option(None, help="bpy worker processes (default assets.workers)."),
+    contact_sheet: Optional[str] = typer.Option(None, help="Where to write the accepted characters' contact sheet."),
+) -> None:
+    """Audit characters, retarget motions, build the pose library (Prefect flow `assets`)."""
+    settings: Settings = ctx.obj
+    from serialgen.runtime import configure_prefect
+
+    configure_prefect(settings)
+    from serialgen.flows.assets import assets
+
+    config = ctx.parent.params.get("config")
+    r = assets(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
+               characters=characters, motions=motions, procedural=procedural,
+               procedural_motions=procedural_motions or None, workers=workers, contact_sheet=contact_sheet)
+    grid = Table("table", "item", "count")
+    for row in r["rows"]:
+        grid.add_row(row["table"], row["item"], str(row["count"]))
+    console.print(grid)
+    console.print(f"{r['seconds']} s; contact sheet: {r['contact_sheet']}", highlight=False)
+
+
+@app.command("render")
+@user_command
+def render_command(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="Render only the first N planned items (smoke runs)."),
+    contact_sheet: int = typer.Option(3, help="Characters on the contact sheet."),
+) -> None:
+    """Render characters x poses with Blender into `renders` and `standards` (Prefect flow `render`)."""
+    settings: Settings = ctx.obj
+    from serialgen.runtime import configure_prefect
+
+    configure_prefect(settings)
+    from serialgen.flows.render import render
+
+    config = ctx.parent.params.get("config")
+    result = render(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
+                    limit=limit, contact_sheet_characters=contact_sheet)
+    console.print(f"rendered {result['rendered']} ({result['skipped']} already done, {result['failed']} failed), "
+                  f"standards {result['standards_rendered']}; contact sheet: {result['contact_sheet']}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("train-standardizer")
+@user_command
+def train_standardizer_command(
+    ctx: typer.Context,
+    dynamic: bool = typer.Option(False, "--dynamic", help="Composite pairs on the fly instead of reading `pairs`."),
+    resume: bool = typer.Option(True, help="Continue the run folder's latest checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides standardizer.steps)."),
+) -> None:
+    """Train the standardizer on `pairs` (Prefect flow `train-standardizer`); multi-GPU: see README."""
+    settings: Settings = ctx.obj
+    from serialgen.runtime import configure_prefect
+
+    configure_prefect(settings)
+    from serialgen.flows.train_standardizer import train_standardizer
+
+    config = ctx.parent.params.get("config")
+    result = train_standardizer(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
+                                dynamic=dynamic, resume=resume, steps=steps)
+    console.print(f"trained to step {result['step']} (from {result['resumed_from']}); PSNR {result['psnr']}, "
+                  f"SSIM {result['ssim']} on {result['val_pairs']} held-out pairs; model: {result['model_dir']}",
+                  highlight=False)
+
+
+
+@app.command("composite")
+@user_command
+def composite_command(
+    ctx: typer.Context,
+    backgrounds: Optional[str] = typer.Option(None, help="Folder or URI of background images to ingest."),
+    dynamic: Optional[bool] = typer.Option(None, "--dynamic/--materialize",
+                                           help="Composite on the fly in the training loader (no `pairs` written)."),
+    force: bool = typer.Option(False, help="Recomposite existing pairs (replaced in place, never duplicated)."),
+) -> None:
+    """Composite renders over backgrounds into training pairs with Ray (Prefect flow `composite`)."""
+    settings: Settings = ctx.obj
+    from serialgen.runtime import configure_prefect
+
+    configure_prefect(settings)
+    from serialgen.flows.composite import composite
+
+    config = ctx.parent.params.get("config")
+    r = composite(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
+                  backgrounds=backgrounds, dynamic=dynamic, force=force)
+    console.print(f"backgrounds {r['backgrounds']} (+{r['backgrounds_ingested']} ingested, +{r['backgrounds_generated']} "
+                  f"generated); pairs written {r['pairs_written']}, already present {r['pairs_skipped']}, errors "
+                  f"{r['errors']}; characters train {r['train_characters']} / test {r['test_characters']}"
+                  + (" (dynamic: composited in the loader)" if r["dynamic"] else ""), highlight=False)
 
 def _gpu_description() -> str:
     import torch
@@ -93,6 +214,30 @@ def _gpu_description() -> str:
     if not torch.cuda.is_available():
         return "none visible (CPU only)"
     return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+
+
+@app.command("run")
+@user_command
+def run_command(ctx: typer.Context,
+                force: bool = typer.Option(False, help="Rerun every stage even if its inputs and config are unchanged.")) -> None:
+    """Run the whole DAG (Prefect flow `serialgen`): each stage whose inputs or config changed."""
+    settings: Settings = ctx.obj
+    from serialgen.runtime import configure_prefect
+
+    configure_prefect(settings)
+    from serialgen.flows.dag import serialgen
+
+    config = ctx.parent.params.get("config")
+    summary = serialgen(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
+                        force=force)
+    grid = Table("stage", "status", "why", "seconds")
+    for row in summary:
+        grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
+    console.print(grid)
+    lake = settings.open_lake()
+    console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
+                  f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
+                  "details: `serialgen info`", highlight=False)
 
 
 if __name__ == "__main__":

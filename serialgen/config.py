@@ -35,6 +35,8 @@ class RaySettings(Section):
 
 
 class AssetsSettings(Section):
+    characters: str | None = None       # folder or URI of character files (None: procedural only)
+    motions: str | None = None          # folder or URI of motion files
     procedural_characters: int = 8
     procedural_motions: bool = True
     seed: int = 0
@@ -42,6 +44,12 @@ class AssetsSettings(Section):
     frame_step: int = 2                 # sample every n-th frame of a clip
     workers: int = 2                    # bpy worker processes
     min_canonical_bones: int = 15
+    duplicate_threshold: float = 0.05   # geometry-signature distance below which a character is a duplicate
+    motion_variants: int = 2            # seeded variations of each procedural motion kind
+    batch_size: int = 4                 # files per worker task
+    thumbnail_width: int = 96
+    thumbnail_height: int = 144
+    thumbnail_samples: int = 4
 
 
 class RenderSettings(Section):
@@ -59,6 +67,10 @@ class RenderSettings(Section):
     views_per_pose: int = 2
     seed: int = 0
     limit: int | None = None
+    chunk_size: int = 8                 # items per actor call and per commit (resume granularity)
+    standard_head_top: float = 0.06     # standard view: head top on this row (fraction of the height, from the top)
+    standard_chin: float = 0.18         # standard view: chin on this row
+    standard_arm_angle: float = 45.0    # standard A-pose: arms this many degrees below horizontal
 
 
 class CompositeSettings(Section):
@@ -67,8 +79,20 @@ class CompositeSettings(Section):
     max_background_pixels: int = 40_000_000
     test_fraction: float = 0.2
     seed: int = 0
-    workers: int = 1
+    workers: int = 1                    # compositing actors (each 1 CPU); keep < CPUs so reads are not starved
     batch_size: int = 16
+    background_source: str | None = None  # folder or URI of user background images (else procedural only)
+    background_max_side: int = 1024     # ingested backgrounds are downscaled to this long side
+    dynamic: bool = False               # composite on the fly in the training loader instead of writing pairs
+    write_rows: int = 256               # pairs per Lake.upsert commit (resume granularity)
+    limit: int | None = None            # composite at most this many renders (smoke runs)
+    scale_range: tuple[float, float] = (0.55, 1.1)  # character scale on the canvas
+    crop_probability: float = 0.3       # share of pairs whose character is cut off by the frame
+    max_cut: float = 0.35               # at most this fraction of the character's extent is cut off
+    shadow_probability: float = 0.5
+    brightness: float = 0.1             # global +-10 % brightness / contrast jitter (camera)
+    contrast: float = 0.1
+    background_jitter: float = 0.3      # hue-like gain / saturation / brightness jitter of the background only
 
 
 class StandardizerSettings(Section):
@@ -86,6 +110,21 @@ class StandardizerSettings(Section):
     guidance_scale: float = 3.5
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    checkpoint_dir: Path | None = None  # None: <lake parent>/checkpoints (local lakes only)
+    run_name: str = "standardizer"      # training folder under checkpoint_dir; resume continues it
+    checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end)
+    checkpoints_total_limit: int = 2
+    validate_every: int = 0             # steps between validations; 0: only at the end
+    validation_pairs: int = 4           # held-out (test split) pairs standardized per validation
+    noise_offset: float = 0.05
+    snr_gamma: float | None = 5.0       # min-SNR loss weighting; None: plain MSE
+    reference_dropout: float = 0.1      # classifier-free guidance: drop the reference this often
+    ema_decay: float | None = None      # None: no EMA; else EMA weights are validated and exported
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    num_workers: int = 0                # data-loader processes (spawned: Lance is not fork-safe)
+    log_every: int = 10
 
 
 class PersonalizerSettings(Section):
@@ -130,9 +169,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {},
     "sd15": {
         "render": {"width": 512, "height": 768, "samples": 64, "denoise": True,
-                   "poses_per_character": 3817, "views_per_pose": 1},
+                   "poses_per_character": 3817, "views_per_pose": 1, "chunk_size": 64},
         "standardizer": {"width": 512, "height": 768, "steps": 50_000, "batch_size": 4,
-                         "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True},
+                         "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True,
+                         "checkpoint_every": 2000, "validate_every": 5000, "validation_pairs": 64,
+                         "num_workers": 4, "log_every": 50},
     },
     "sdxl": {
         "personalizer": {"width": 512, "height": 768},

@@ -136,3 +136,13 @@ def test_stage_run_records_lineage_errors_and_failure(lake):
     assert last_completed(lake, "composite")["config_hash"] == "cfg1"
     statuses = lake.read("runs", filter="stage = 'composite'").column("status").to_pylist()
     assert sorted(statuses) == ["completed", "completed", "failed"]
+
+
+def test_lake_on_s3_compatible_object_store(s3_server):
+    _, options = s3_server
+    lake = Lake("s3://lake/storage-test", options)
+    assert lake.tables() == {}
+    lake.upsert("backgrounds", background_rows(["a", "b"]), "r1")
+    lake.upsert("backgrounds", background_rows(["b", "c"]), "r2")
+    assert lake.tables() == {"backgrounds": (3, 2)}
+    assert lake.read("backgrounds", version=1).num_rows == 2

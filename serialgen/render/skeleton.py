@@ -53,6 +53,14 @@ BONES: tuple[Bone, ...] = (
 BONE_NAMES: tuple[str, ...] = tuple(b.name for b in BONES)
 BY_NAME: dict[str, Bone] = {b.name: b for b in BONES}
 
+#: The child that continues each bone's limb (its rest direction points at that child's head).
+CHAIN_CHILD: dict[str, str] = {
+    "Hips": "Spine", "Spine": "Spine1", "Spine1": "Spine2", "Spine2": "Neck", "Neck": "Head", "Head": "HeadTop_End",
+    **{side + a: side + b for side in ("Left", "Right") for a, b in (
+        ("Shoulder", "Arm"), ("Arm", "ForeArm"), ("ForeArm", "Hand"),
+        ("UpLeg", "Leg"), ("Leg", "Foot"), ("Foot", "ToeBase"))},
+}
+
 #: Bones a motion drives (end and eye bones only follow their parents).
 POSED_BONES: tuple[str, ...] = tuple(n for n in BONE_NAMES if n not in ("HeadTop_End", "LeftEye", "RightEye"))
 
@@ -89,3 +97,54 @@ COLORS: tuple[tuple[int, int, int], ...] = (
     (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
+
+#: Names of other common rigs (lower case, side and separators removed) -> canonical name without side.
+#: Covers Mixamo, CMU/BVH, Unreal (``thigh_l``, ``spine_01``), VRM/VRoid (``J_Bip_L_UpperArm``),
+#: Rigify/metarig (``upper_arm.L``) and generic names (``LeftThigh``, ``L_Knee``).
+ALIASES: dict[str, str] = {
+    "hips": "Hips", "hip": "Hips", "pelvis": "Hips", "spine": "Spine", "spine01": "Spine", "abdomen": "Spine",
+    "spine1": "Spine1", "spine02": "Spine1", "chest": "Spine1", "spine2": "Spine2", "spine03": "Spine2",
+    "upperchest": "Spine2", "neck": "Neck", "neck01": "Neck", "neck1": "Neck", "head": "Head",
+    "headtopend": "HeadTop_End", "headend": "HeadTop_End", "headtop": "HeadTop_End",
+    "eye": "Eye", "shoulder": "Shoulder", "clavicle": "Shoulder", "collar": "Shoulder",
+    "arm": "Arm", "upperarm": "Arm", "forearm": "ForeArm", "lowerarm": "ForeArm", "elbow": "ForeArm",
+    "hand": "Hand", "wrist": "Hand", "upleg": "UpLeg", "thigh": "UpLeg", "upperleg": "UpLeg",
+    "leg": "Leg", "lowerleg": "Leg", "calf": "Leg", "shin": "Leg", "knee": "Leg",
+    "foot": "Foot", "ankle": "Foot", "toebase": "ToeBase", "toe": "ToeBase", "toes": "ToeBase", "ball": "ToeBase",
+}
+SIDED = {"Eye", "Shoulder", "Arm", "ForeArm", "Hand", "UpLeg", "Leg", "Foot", "ToeBase"}
+
+
+def canonical_name(name: str) -> str | None:
+    """The canonical bone (without prefix) a rig's bone name stands for, or None."""
+    import re
+
+    base = re.split(r"[:|]", name)[-1]                    # namespaces: mixamorig:, Armature|
+    if base in BY_NAME:
+        return base
+    tokens = [t.lower() for t in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", base)]
+    side = None
+    for i, tok in enumerate(tokens):
+        if tok in ("l", "left", "r", "right"):
+            side = "Left" if tok[0] == "l" else "Right"
+            tokens = tokens[:i] + tokens[i + 1:]
+            break
+    tokens = [t for t in tokens if t not in ("j", "bip", "c", "def", "org", "bone", "jnt", "b", "mixamorig")]
+    key = "".join(tokens)
+    key = {"01": "", "001": ""}.get(key, key)
+    canon = "UpLeg" if side and key == "hip" else ALIASES.get(key)
+    if canon is None:
+        return None
+    if canon in SIDED:
+        return side + canon if side else None
+    return canon if side is None else None
+
+
+def map_bones(names: list[str]) -> dict[str, str]:
+    """Canonical name -> the rig's bone name, for bones in hierarchy order (the first match wins)."""
+    out: dict[str, str] = {}
+    for name in names:
+        canon = canonical_name(name)
+        if canon is not None and canon not in out:
+            out[canon] = name
+    return out

@@ -30,12 +30,15 @@ def encode_webp(array: np.ndarray, quality: int = 95, lossless: bool = False) ->
     return buf.getvalue()
 
 
-def decode_image(data: bytes, mode: str | None = None) -> np.ndarray:
-    """Encoded bytes -> uint8 array, EXIF orientation applied, optionally converted to ``mode``."""
+def decode_image(data: bytes, mode: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> uint8 array, EXIF orientation applied, optionally converted to ``mode``.
+
+    The size is checked from the header, before any pixel is decoded (decompression bombs).
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageDecodeError(f"image of {img.width}x{img.height} exceeds {MAX_PIXELS} pixels")
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(f"image of {img.width}x{img.height} exceeds {max_pixels} pixels")
             img = ImageOps.exif_transpose(img)
             if mode is not None and img.mode != mode:
                 img = img.convert(mode)

@@ -103,3 +103,22 @@ def last_completed(lake: Lake, stage: str) -> Mapping[str, Any] | None:
 
 def errors_of(lake: Lake, stage: str) -> pa.Table:
     return lake.read("errors", filter=f"stage = '{stage}'")
+
+
+def up_to_date(lake: Lake, stage: str, config_hash: str) -> tuple[bool, str]:
+    """Whether ``stage`` can be skipped: its last completed run used this config and the
+    input table versions it read are still the current ones. Returns (skip, why)."""
+    last = last_completed(lake, stage)
+    if last is None:
+        return False, "never completed"
+    if last["config_hash"] != config_hash:
+        return False, "config changed"
+    # A table the stage both reads and writes (e.g. composite's backgrounds) changes by the stage itself.
+    changed = [name for name, version in last["inputs"].items()
+               if name not in last["outputs"] and lake.version(name) != version]
+    if changed:
+        return False, f"inputs changed: {', '.join(changed)}"
+    missing = [name for name, version in last["outputs"].items() if lake.version(name) is None]
+    if missing:
+        return False, f"outputs missing: {', '.join(missing)}"
+    return True, f"unchanged since run {last['run_id']}"
