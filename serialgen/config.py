@@ -112,7 +112,7 @@ class StandardizerSettings(Section):
     gradient_checkpointing: bool = False
     checkpoint_dir: Path | None = None  # None: <lake parent>/checkpoints (local lakes only)
     run_name: str = "standardizer"      # training folder under checkpoint_dir; resume continues it
-    checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end)
+    checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end); 0: none
     checkpoints_total_limit: int = 2
     validate_every: int = 0             # steps between validations; 0: only at the end
     validation_pairs: int = 4           # held-out (test split) pairs standardized per validation

@@ -1,0 +1,67 @@
+"""Prefect tasks of the render stage: run it with a live progress artifact, publish counts and a contact sheet."""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from serialgen.config import Settings
+from serialgen.stages.render import RenderReport, contact_sheet, run_render
+from serialgen.storage.images import encode_png
+
+
+@task(name="render-items", cache_policy=NO_CACHE)
+def render_items(settings: Settings, limit: int | None = None) -> RenderReport:
+    """Render the missing planned items and standards; the progress artifact follows the committed chunks."""
+    artifact = create_progress_artifact(0.0, key="render-progress", description="render: share of this run's items committed")
+
+    def progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+
+    report = run_render(settings, limit=limit, progress=progress, flow_run_id=flow_run.id)
+    update_progress_artifact(artifact, 100.0)
+    ratio = report.overhead_ratio
+    create_table_artifact(key="render-counts", description=f"render run {report.run_id}", table=[
+        {"metric": "planned items", "value": report.planned},
+        {"metric": "already in the lake", "value": report.skipped},
+        {"metric": "rendered", "value": report.rendered},
+        {"metric": "failed (see errors)", "value": report.failed},
+        {"metric": "standards rendered", "value": report.standards_rendered},
+        {"metric": "standards failed", "value": report.standards_failed},
+        {"metric": "workers", "value": report.workers},
+        {"metric": "wall seconds", "value": round(report.seconds, 2)},
+        {"metric": "overhead ratio (item wall / render call)", "value": round(ratio, 3) if ratio else None},
+    ])
+    return report
+
+
+def contact_sheet_path(settings: Settings) -> Path:
+    """Where the contact sheet PNG goes: ``<lake>/_artifacts/`` for a local lake, else a temporary folder."""
+    lake = settings.open_lake()
+    folder = Path(lake.uri) / "_artifacts" if lake.is_local else Path(tempfile.mkdtemp(prefix="serialgen-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "render_contact_sheet.png"
+
+
+@task(name="render-contact-sheet", cache_policy=NO_CACHE)
+def publish_contact_sheet(settings: Settings, characters: int = 3) -> str | None:
+    """Standard image beside renders with keypoints for a few characters: a PNG file and a markdown artifact."""
+    sheet = contact_sheet(settings.open_lake(), characters=characters)
+    if sheet is None:
+        return None
+    png = encode_png(sheet)
+    path = contact_sheet_path(settings)
+    path.write_bytes(png)
+    create_markdown_artifact(
+        key="render-contact-sheet",
+        description="render: standard view, then renders with keypoints, per character",
+        markdown=f"![render contact sheet](data:image/png;base64,{base64.b64encode(png).decode()})\n\n`{path}`",
+    )
+    return str(path)

@@ -1,0 +1,158 @@
+"""Render library: plan, pose drawing, and bpy renders in this process (keypoints vs mask, standard rows, determinism)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serialgen.config import RenderSettings
+from serialgen.pose_drawing import draw_pose
+from serialgen.render.plan import plan_character, plan_items, stable_seed
+from serialgen.render.skeleton import COLORS
+from serialgen.storage.images import decode_image, decode_mask
+from render_data import character_glbs, pose_rows
+
+SETTINGS = RenderSettings()  # tiny profile: 128 x 192, Cycles CPU, 8 samples
+
+
+# -- plan (no bpy) ---------------------------------------------------------------------------
+def test_plan_is_stable_limited_and_seeded_by_key():
+    poses = [f"p{i}" for i in range(10)]
+    items = list(plan_items(["b", "a"], poses, poses_per_character=3, views_per_pose=2, seed=7))
+    assert len(items) == 12 and [i.character_id for i in items[:6]] == ["a"] * 6
+    assert items == list(plan_items(["a", "b"], poses, 3, 2, 7))
+    assert len({i.key for i in items}) == 12
+    # Adding poses or characters never changes the seed of an existing key.
+    more = list(plan_items(["a", "b", "c"], poses, 3, 2, 7))
+    assert {i.key: i.seed for i in items}.items() <= {i.key: i.seed for i in more}.items()
+    assert items[0].seed == stable_seed(7, *items[0].key)
+    assert list(plan_items(["a", "b"], poses, 3, 2, 7, limit=5)) == items[:5]
+    assert {i.pose_id for i in items if i.character_id == "a"} != {i.pose_id for i in items if i.character_id == "b"}
+
+
+# -- pose drawing (no bpy) -------------------------------------------------------------------
+def test_pose_image_follows_the_openpose_convention():
+    kps = np.zeros((18, 3), np.float32)
+    kps[1] = (64, 40, 1)     # neck
+    kps[2] = (40, 40, 1)     # right shoulder: limb 0 (neck - r_shoulder) is red
+    kps[5] = (300, 40, 1)    # left shoulder outside the canvas: its limb is clipped, not dropped
+    kps[3] = (30, 90, 0)     # right elbow invisible: no limb to it
+    image = draw_pose(kps, 128, 192)
+    assert image.shape == (192, 128, 3) and image.dtype == np.uint8
+    assert tuple(image[40, 52]) == tuple(int(c * 0.6) for c in COLORS[0])    # between neck and r_shoulder
+    assert tuple(image[40, 64]) == COLORS[1]                                 # neck joint, full colour
+    assert image[40, 100].any()                                              # clipped limb toward l_shoulder
+    assert not image[60:, :].any()                                           # nothing toward the hidden elbow
+    assert not draw_pose(np.zeros((18, 3)), 64, 96).any()
+
+
+# -- bpy in this process ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def glbs() -> dict[str, bytes]:
+    return character_glbs([3, 11])
+
+
+@pytest.fixture(scope="module")
+def poses() -> dict[str, tuple[list[str], list[list[float]]]]:
+    return {r["pose_id"]: (r["bones"], r["rotations"]) for r in pose_rows(3)}
+
+
+@pytest.fixture(scope="module")
+def worker():
+    from serialgen.render.worker import RenderWorker
+
+    return RenderWorker(SETTINGS)
+
+
+def _items(character_id, poses, n_views=2):
+    return plan_character(character_id, sorted(poses), len(poses), n_views, seed=0)
+
+
+def test_visible_keypoints_lie_on_the_mask(worker, glbs, poses):
+    cid = sorted(glbs)[0]
+    result = worker.render_chunk(cid, glbs[cid], _items(cid, poses), poses, standard=False)
+    assert not result.errors and len(result.renders) == 6
+    visible_total = 0
+    for row in result.renders:
+        mask = decode_mask(row["mask"]) > 0
+        rgba = decode_image(row["rgba"], "RGBA")
+        assert rgba.shape == (192, 128, 4) and set(np.unique(decode_mask(row["mask"]))) <= {0, 255}
+        assert np.array_equal(mask, rgba[..., 3] > 127) and 0 < mask.mean() < 0.6
+        ys, xs = np.nonzero(mask)
+        for x, y, v in row["keypoints"]:
+            if v > 0:
+                visible_total += 1
+                assert np.min(np.hypot(xs + 0.5 - x, ys + 0.5 - y)) <= 3.0, (row["pose_id"], row["view_id"], x, y)
+        assert len(row["camera"]) == 14 and row["render_seconds"] > 0
+    assert visible_total >= 6 * 8
+
+
+def test_keypoints_behind_the_head_and_out_of_frame_are_invisible(worker, glbs, poses):
+    import bpy
+    from mathutils import Vector
+
+    from serialgen.render import camera, keypoints, posing
+
+    cid = sorted(glbs)[0]
+    worker.load(cid, glbs[cid])
+    posing.rest(worker.character)
+    bpy.context.view_layer.update()
+    points = worker._posed_points()
+    centre = Vector(((points.min(0) + points.max(0)) / 2).tolist())
+    camera.place_viewpoint(worker.camera, camera.Viewpoint(180.0, 0.0, 1.2, 50.0), centre, points)  # from behind
+    back = keypoints.project(worker.character, worker.parts, worker.camera, worker.height)
+    assert back[[0, 14, 15], 2].tolist() == [0, 0, 0]          # nose and eyes hidden by the head
+    assert back[[1, 2, 5, 8, 11], 2].tolist() == [1, 1, 1, 1, 1]  # neck, shoulders, hips seen from behind
+    camera.place_viewpoint(worker.camera, camera.Viewpoint(0.0, 0.0, 0.35, 50.0), centre, points)  # too close
+    close = keypoints.project(worker.character, worker.parts, worker.camera, worker.height)
+    outside = (close[:, 0] < 0) | (close[:, 0] >= 128) | (close[:, 1] < 0) | (close[:, 1] >= 192)
+    assert outside.any() and not close[outside, 2].any()
+
+
+def test_standard_views_put_head_top_and_chin_on_fixed_rows(worker, glbs):
+    from bpy_extras.object_utils import world_to_camera_view
+    import bpy
+
+    rows = []
+    for cid in sorted(glbs):
+        worker.load(cid, glbs[cid])
+        standard = worker.render_standard()
+        image = decode_image(standard["image"], "RGB")
+        assert image.shape == (192, 128, 3) and (image[0, 0] == 255).all() and (image[-1, -1] == 255).all()
+        mask = decode_mask(standard["mask"]) > 0
+        top_row = int(np.nonzero(mask.any(axis=1))[0][0])
+        _, chin = worker.face_rows()
+        u, v, _ = world_to_camera_view(bpy.context.scene, worker.camera, chin)
+        chin_row, chin_x = (1 - v) * 192, u * 128
+        rows.append((top_row, chin_row))
+        assert abs(top_row - 0.06 * 192) <= 2 and abs(chin_row - 0.18 * 192) <= 2
+        assert abs(chin_x - 64) <= 1
+        kps = np.asarray(standard["keypoints"])
+        assert kps[:, 2].all()                                      # the whole template skeleton
+        assert abs(kps[2, 1] - kps[5, 1]) < 1 and abs((kps[2, 0] + kps[5, 0]) / 2 - 64) < 1.5  # level, centred
+    (top_a, chin_a), (top_b, chin_b) = rows
+    assert abs(top_a - top_b) <= 2 and abs(chin_a - chin_b) <= 2
+
+
+def test_same_key_renders_identical_bytes_whatever_came_before(worker, glbs, poses):
+    cid = sorted(glbs)[1]
+    items = _items(cid, poses, n_views=1)
+    first = worker.render_chunk(cid, glbs[cid], items[:2], poses, standard=False).renders
+    again = worker.render_chunk(cid, glbs[cid], [items[2], items[0]], poses, standard=False).renders
+    for column in ("rgba", "mask", "pose_image", "keypoints", "camera", "expression"):
+        assert first[0][column] == again[1][column], column
+    assert first[0]["rgba"] != first[1]["rgba"]
+    after_items = worker.render_standard()        # the standard view ignores the pose left by the items
+    worker.character_id = None                    # force a fresh import
+    worker.load(cid, glbs[cid])
+    assert worker.render_standard() == after_items
+
+
+def test_a_bad_character_fails_its_items_not_the_worker(worker, glbs, poses):
+    items = _items("broken", poses, n_views=1)
+    result = worker.render_chunk("broken", b"glTF-not-really", items, poses, standard=True)
+    assert not result.renders and result.standard is None
+    assert [k for k, _ in result.errors] == [i.error_key for i in items] + ["broken/standard"]
+    assert all("character load failed" in reason for _, reason in result.errors)
+    cid = sorted(glbs)[0]
+    assert worker.render_chunk(cid, glbs[cid], items[:0], poses, standard=True).standard is not None

@@ -1,0 +1,131 @@
+"""Render stage on Ray actors: rows and errors in the lake, resumption, rerun determinism, flow, CLI kill-and-rerun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serialgen.config import load_settings
+from serialgen.render.plan import plan_items
+from serialgen.storage.images import decode_image, decode_mask
+from render_data import character_glbs, character_rows, fill_lake
+
+N_POSES = 3
+
+
+@pytest.fixture(scope="module")
+def glbs() -> dict[str, bytes]:
+    return character_glbs([5, 8])
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, glbs, ray_local):
+    """Two good characters and one whose GLB is broken, rendered once: (settings, report)."""
+    from serialgen.stages.render import run_render
+
+    folder = tmp_path_factory.mktemp("render")
+    config = folder / "render.yaml"
+    config.write_text("render: {poses_per_character: 2, views_per_pose: 1, chunk_size: 1}\n")
+    settings = load_settings(config, lake=str(folder / "lake"))
+    lake = settings.open_lake()
+    fill_lake(lake, glbs, N_POSES)
+    lake.upsert("characters", character_rows({"zz-broken": b"glTF but not really"}), "test-assets")
+    return settings, run_render(settings)
+
+
+def test_stage_writes_planned_rows_and_reports_failures(rendered):
+    settings, report = rendered
+    lake = settings.open_lake()
+    assert (report.planned, report.rendered, report.failed, report.skipped) == (6, 4, 2, 0)
+    assert (report.standards_rendered, report.standards_failed, report.workers) == (2, 1, 2)
+    renders = lake.read("renders")
+    assert renders.num_rows == 4 and lake.count("standards") == 2
+    planned = {i.key: i.seed for i in plan_items(["proc-0005", "proc-0008"], [f"pose-{i:03d}" for i in range(N_POSES)],
+                                                  2, 1, settings.render.seed)}
+    rows = renders.to_pylist()
+    assert {(r["character_id"], r["pose_id"], r["view_id"]): r["seed"] for r in rows} == planned
+    for row in rows:
+        assert decode_image(row["rgba"], "RGBA").shape == (192, 128, 4)
+        assert decode_mask(row["mask"]).shape == (192, 128)
+        assert np.asarray(row["keypoints"]).shape == (18, 3)
+        assert decode_image(row["pose_image"], "RGB").any()
+    errors = lake.read("errors", filter="stage = 'render'").to_pylist()
+    assert sorted(e["key"] for e in errors)[-1] == "zz-broken/standard" and len(errors) == 3
+    assert all("character load failed" in e["reason"] for e in errors)
+    run = lake.read("runs", filter=f"run_id = '{report.run_id}'").to_pylist()[0]
+    assert run["status"] == "completed" and report.overhead_ratio > 1.0
+
+
+def test_rerun_skips_done_keys_and_rerenders_a_lost_row_byte_identically(rendered):
+    from serialgen.stages.render import run_render
+
+    settings, _ = rendered
+    lake = settings.open_lake()
+    key = ("proc-0008", lake.read("renders", filter="character_id = 'proc-0008'").column("pose_id")[0].as_py(), 0)
+    where = f"character_id = '{key[0]}' AND pose_id = '{key[1]}' AND view_id = 0"
+    before = lake.read("renders", filter=where).to_pylist()[0]
+    lake.delete("renders", where)
+    calls = []
+    report = run_render(settings, progress=lambda done, total: calls.append((done, total)))
+    assert (report.skipped, report.rendered, report.failed, report.standards_rendered) == (3, 1, 2, 0)
+    assert calls[-1] == (9, 9)   # 6 planned items + 3 standards, all settled
+    after = lake.read("renders", filter=where).to_pylist()[0]
+    for column in ("rgba", "mask", "pose_image", "keypoints", "camera", "seed"):
+        assert after[column] == before[column], column
+    assert lake.count("renders") == 4 and lake.count("errors") == 3   # failures re-reported, not duplicated
+
+
+def test_flow_publishes_counts_and_a_contact_sheet(rendered, prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from serialgen.flows.render import render
+
+    settings, _ = rendered
+    config = str(Path(settings.lake).parent / "render.yaml")
+    result = render(lake=settings.lake, config=config, limit=2, contact_sheet_characters=2)
+    assert result["planned"] == 2 and result["skipped"] == 2 and result["rendered"] == 0
+    sheet = decode_image(Path(result["contact_sheet"]).read_bytes(), "RGB")
+    assert sheet.shape[0] == 2 * 194 and sheet.shape[1] > 3 * 128
+
+    async def keys():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    import asyncio
+
+    assert {"render-counts", "render-progress", "render-contact-sheet"} <= asyncio.run(keys())
+
+
+@pytest.mark.slow
+def test_killed_cli_run_then_rerun_yields_exactly_the_planned_rows(tmp_path, glbs):
+    lake_uri = str(tmp_path / "lake")
+    fill_lake(load_settings(lake=lake_uri).open_lake(), glbs, 6)
+    env = {**os.environ, "SERIALGEN_RENDER__CHUNK_SIZE": "1", "SERIALGEN_RENDER__POSES_PER_CHARACTER": "4",
+           "SERIALGEN_RENDER__VIEWS_PER_POSE": "2", "SERIALGEN_RAY__NUM_CPUS": "2"}
+    command = [sys.executable, "-m", "serialgen.cli", "--lake", lake_uri, "render"]
+    lake = load_settings(lake=lake_uri).open_lake()
+    proc = subprocess.Popen(command, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while lake.count("renders") < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 3 <= lake.count("renders") < 16
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    keys = [tuple(k) for k in zip(*(lake.read("renders").column(c).to_pylist()
+                                    for c in ("character_id", "pose_id", "view_id")))]
+    planned = plan_items(sorted(glbs), [f"pose-{i:03d}" for i in range(6)], 4, 2, 0)
+    assert len(keys) == len(set(keys)) == 16 and set(keys) == {i.key for i in planned}
+    assert lake.count("standards") == 2 and "contact sheet" in finished.stdout
