@@ -47,6 +47,19 @@ def user_command(func: Callable) -> Callable:
     return wrapper
 
 
+def run_flow(ctx: typer.Context, module: str, name: str, **params):
+    """Run a stage's Prefect flow with the invocation's lake, profile and config file."""
+    import importlib
+
+    from serialgen.runtime import configure_prefect
+
+    settings: Settings = ctx.obj
+    configure_prefect(settings)
+    flow = getattr(importlib.import_module(f"serialgen.flows.{module}"), name)
+    config = ctx.parent.params.get("config")
+    return flow(lake=settings.lake, profile=settings.profile, config=str(config) if config else None, **params)
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -121,16 +134,8 @@ def assets_command(
     contact_sheet: Optional[str] = typer.Option(None, help="Where to write the accepted characters' contact sheet."),
 ) -> None:
     """Audit characters, retarget motions, build the pose library (Prefect flow `assets`)."""
-    settings: Settings = ctx.obj
-    from serialgen.runtime import configure_prefect
-
-    configure_prefect(settings)
-    from serialgen.flows.assets import assets
-
-    config = ctx.parent.params.get("config")
-    r = assets(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
-               characters=characters, motions=motions, procedural=procedural,
-               procedural_motions=procedural_motions or None, workers=workers, contact_sheet=contact_sheet)
+    r = run_flow(ctx, "assets", "assets", characters=characters, motions=motions, procedural=procedural,
+                 procedural_motions=procedural_motions or None, workers=workers, contact_sheet=contact_sheet)
     grid = Table("table", "item", "count")
     for row in r["rows"]:
         grid.add_row(row["table"], row["item"], str(row["count"]))
@@ -146,15 +151,7 @@ def render_command(
     contact_sheet: int = typer.Option(3, help="Characters on the contact sheet."),
 ) -> None:
     """Render characters x poses with Blender into `renders` and `standards` (Prefect flow `render`)."""
-    settings: Settings = ctx.obj
-    from serialgen.runtime import configure_prefect
-
-    configure_prefect(settings)
-    from serialgen.flows.render import render
-
-    config = ctx.parent.params.get("config")
-    result = render(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
-                    limit=limit, contact_sheet_characters=contact_sheet)
+    result = run_flow(ctx, "render", "render", limit=limit, contact_sheet_characters=contact_sheet)
     console.print(f"rendered {result['rendered']} ({result['skipped']} already done, {result['failed']} failed), "
                   f"standards {result['standards_rendered']}; contact sheet: {result['contact_sheet']}",
                   highlight=False, soft_wrap=True)
@@ -169,19 +166,10 @@ def train_standardizer_command(
     steps: Optional[int] = typer.Option(None, help="Total training steps (overrides standardizer.steps)."),
 ) -> None:
     """Train the standardizer on `pairs` (Prefect flow `train-standardizer`); multi-GPU: see README."""
-    settings: Settings = ctx.obj
-    from serialgen.runtime import configure_prefect
-
-    configure_prefect(settings)
-    from serialgen.flows.train_standardizer import train_standardizer
-
-    config = ctx.parent.params.get("config")
-    result = train_standardizer(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
-                                dynamic=dynamic, resume=resume, steps=steps)
+    result = run_flow(ctx, "train_standardizer", "train_standardizer", dynamic=dynamic, resume=resume, steps=steps)
     console.print(f"trained to step {result['step']} (from {result['resumed_from']}); PSNR {result['psnr']}, "
                   f"SSIM {result['ssim']} on {result['val_pairs']} held-out pairs; model: {result['model_dir']}",
                   highlight=False)
-
 
 
 @app.command("composite")
@@ -194,19 +182,12 @@ def composite_command(
     force: bool = typer.Option(False, help="Recomposite existing pairs (replaced in place, never duplicated)."),
 ) -> None:
     """Composite renders over backgrounds into training pairs with Ray (Prefect flow `composite`)."""
-    settings: Settings = ctx.obj
-    from serialgen.runtime import configure_prefect
-
-    configure_prefect(settings)
-    from serialgen.flows.composite import composite
-
-    config = ctx.parent.params.get("config")
-    r = composite(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
-                  backgrounds=backgrounds, dynamic=dynamic, force=force)
+    r = run_flow(ctx, "composite", "composite", backgrounds=backgrounds, dynamic=dynamic, force=force)
     console.print(f"backgrounds {r['backgrounds']} (+{r['backgrounds_ingested']} ingested, +{r['backgrounds_generated']} "
                   f"generated); pairs written {r['pairs_written']}, already present {r['pairs_skipped']}, errors "
                   f"{r['errors']}; characters train {r['train_characters']} / test {r['test_characters']}"
                   + (" (dynamic: composited in the loader)" if r["dynamic"] else ""), highlight=False)
+
 
 def _gpu_description() -> str:
     import torch
@@ -221,20 +202,12 @@ def _gpu_description() -> str:
 def run_command(ctx: typer.Context,
                 force: bool = typer.Option(False, help="Rerun every stage even if its inputs and config are unchanged.")) -> None:
     """Run the whole DAG (Prefect flow `serialgen`): each stage whose inputs or config changed."""
-    settings: Settings = ctx.obj
-    from serialgen.runtime import configure_prefect
-
-    configure_prefect(settings)
-    from serialgen.flows.dag import serialgen
-
-    config = ctx.parent.params.get("config")
-    summary = serialgen(lake=settings.lake, profile=settings.profile, config=str(config) if config else None,
-                        force=force)
+    summary = run_flow(ctx, "dag", "serialgen", force=force)
     grid = Table("stage", "status", "why", "seconds")
     for row in summary:
         grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
     console.print(grid)
-    lake = settings.open_lake()
+    lake = ctx.obj.open_lake()
     console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
                   f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
                   "details: `serialgen info`", highlight=False)

@@ -79,7 +79,7 @@ class CompositeSettings(Section):
     max_background_pixels: int = 40_000_000
     test_fraction: float = 0.2
     seed: int = 0
-    workers: int = 1                    # compositing actors (each 1 CPU); keep < CPUs so reads are not starved
+    workers: int = 2                    # compositing actors; they share what the Lance read tasks leave (0.5 CPU)
     batch_size: int = 16
     background_source: str | None = None  # folder or URI of user background images (else procedural only)
     background_max_side: int = 1024     # ingested backgrounds are downscaled to this long side
@@ -123,7 +123,7 @@ class StandardizerSettings(Section):
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    num_workers: int = 0                # data-loader processes (spawned: Lance is not fork-safe)
+    num_workers: int = 1                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
     log_every: int = 10
 
 

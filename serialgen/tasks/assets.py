@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import tempfile
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from serialgen.config import Settings
 from serialgen.stages.assets import AssetsReport, run_assets, write_contact_sheet
+from serialgen.tasks.artifacts import artifact_path, publish_png
 
 
 @task(name="assets-run", cache_policy=NO_CACHE)
@@ -30,15 +29,7 @@ def build_assets(settings: Settings, characters: str | None = None, motions: str
 @task(name="assets-contact-sheet", cache_policy=NO_CACHE)
 def publish_contact_sheet(settings: Settings, path: str | None = None) -> str | None:
     """Thumbnails of the first accepted characters: a PNG file and a markdown artifact."""
-    lake = settings.open_lake()
-    if path is None:
-        folder = Path(lake.uri) / "_artifacts" if lake.is_local else Path(tempfile.mkdtemp(prefix="serialgen-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        path = str(folder / "characters_contact_sheet.png")
-    if not write_contact_sheet(lake, path):
+    target = Path(path) if path else artifact_path(settings, "characters_contact_sheet.png")
+    if not write_contact_sheet(settings.open_lake(), target):
         return None
-    png = Path(path).read_bytes()
-    image = base64.b64encode(png).decode()
-    create_markdown_artifact(key="assets-contact-sheet", description="assets: accepted characters",
-                             markdown=f"![characters](data:image/png;base64,{image})\n\n`{path}`")
-    return path
+    return publish_png("assets-contact-sheet", "assets: accepted characters", target.read_bytes(), target)

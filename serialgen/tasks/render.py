@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import tempfile
-from pathlib import Path
-
 from prefect import task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from serialgen.config import Settings
 from serialgen.stages.render import RenderReport, contact_sheet, run_render
 from serialgen.storage.images import encode_png
+from serialgen.tasks.artifacts import artifact_path, publish_png
 
 
 @task(name="render-items", cache_policy=NO_CACHE)
@@ -42,26 +38,11 @@ def render_items(settings: Settings, limit: int | None = None) -> RenderReport:
     return report
 
 
-def contact_sheet_path(settings: Settings) -> Path:
-    """Where the contact sheet PNG goes: ``<lake>/_artifacts/`` for a local lake, else a temporary folder."""
-    lake = settings.open_lake()
-    folder = Path(lake.uri) / "_artifacts" if lake.is_local else Path(tempfile.mkdtemp(prefix="serialgen-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "render_contact_sheet.png"
-
-
 @task(name="render-contact-sheet", cache_policy=NO_CACHE)
 def publish_contact_sheet(settings: Settings, characters: int = 3) -> str | None:
     """Standard image beside renders with keypoints for a few characters: a PNG file and a markdown artifact."""
     sheet = contact_sheet(settings.open_lake(), characters=characters)
     if sheet is None:
         return None
-    png = encode_png(sheet)
-    path = contact_sheet_path(settings)
-    path.write_bytes(png)
-    create_markdown_artifact(
-        key="render-contact-sheet",
-        description="render: standard view, then renders with keypoints, per character",
-        markdown=f"![render contact sheet](data:image/png;base64,{base64.b64encode(png).decode()})\n\n`{path}`",
-    )
-    return str(path)
+    return publish_png("render-contact-sheet", "render: standard view, then renders with keypoints, per character",
+                       encode_png(sheet), artifact_path(settings, "render_contact_sheet.png"))

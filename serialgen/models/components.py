@@ -1,0 +1,115 @@
+"""The standardizer's diffusers/transformers components: tiny random configs, SD-1.5-sized
+configs (random weights, for benchmarks) and loading SD-1.5 from local folders only.
+
+Nothing here downloads: ``sd15`` reads an SD-1.5 image-variation folder (``unet/``,
+``image_encoder/``, ``scheduler/``) and a VAE folder; a missing file is a FileNotFoundError that
+names the path and what belongs there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+#: The noise schedule of SD-1.5 (and of every tiny model), used by training (DDPM) and inference (DDIM).
+SD15_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+}
+
+
+@dataclass
+class Components:
+    """A UNet config (shared by ReferenceNet and denoiser), its weights, a VAE and an image encoder."""
+
+    reference_unet: UNet2DConditionModel
+    denoising_unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    image_encoder: CLIPVisionModelWithProjection
+    scheduler_config: dict[str, Any]
+    pose_channels: tuple[int, ...]
+
+
+def tiny_components(seed: int = 0) -> Components:
+    """Every component from small random configs (diffusers-test sized), offline, CPU-fast."""
+    import torch
+
+    torch.manual_seed(seed)
+    unet_config = dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )
+    reference = UNet2DConditionModel(**unet_config)
+    denoising = UNet2DConditionModel.from_config(reference.config)
+    denoising.load_state_dict(reference.state_dict())
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(8, 16, 16, 16), sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8,
+    ))
+    return Components(reference, denoising, vae, encoder, dict(SD15_SCHEDULE), pose_channels=(8, 16, 16, 32))
+
+
+def sd15_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPVisionConfig]:
+    """SD-1.5 image-variation shaped configs (UNet with 768-d cross-attention, SD VAE, CLIP ViT-L/14)."""
+    unet = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                block_out_channels=(320, 640, 1280, 1280))
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+               block_out_channels=(128, 256, 512, 512),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    encoder = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                               image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    return unet, vae, encoder
+
+
+def random_sd15_components() -> Components:
+    """SD-1.5-sized components with random weights (GPU benchmarks without a download)."""
+    unet_config, vae_config, encoder_config = sd15_configs()
+    reference = UNet2DConditionModel(**unet_config)
+    denoising = UNet2DConditionModel.from_config(reference.config)
+    denoising.load_state_dict(reference.state_dict())
+    return Components(reference, denoising, AutoencoderKL(**vae_config), CLIPVisionModelWithProjection(encoder_config),
+                      dict(SD15_SCHEDULE), pose_channels=(16, 32, 96, 256))
+
+
+def load_sd15_components(model_dir: Path | None, vae_dir: Path | None) -> Components:
+    """Both UNets and the image encoder from a local SD-1.5 image-variation folder, the VAE from ``vae_dir``."""
+    if model_dir is None or vae_dir is None:
+        raise FileNotFoundError(
+            "the sd15 standardizer needs local weights: set standardizer.model_dir to an SD-1.5 image-variation "
+            "folder (unet/, image_encoder/, scheduler/) and standardizer.vae_dir to a VAE folder "
+            "(config.json + diffusion_pytorch_model.safetensors); nothing is downloaded")
+    model_dir, vae_dir = Path(model_dir), Path(vae_dir)
+    _require(model_dir / "unet", "the SD-1.5 image-variation UNet", "diffusion_pytorch_model")
+    _require(model_dir / "image_encoder", "the CLIP vision encoder with projection", "model")
+    _require(vae_dir, "the SD VAE (e.g. sd-vae-ft-mse)", "diffusion_pytorch_model")
+    reference = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
+    denoising = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(model_dir / "image_encoder", local_files_only=True)
+    schedule = dict(SD15_SCHEDULE)
+    scheduler_file = model_dir / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        import json
+
+        stored = json.loads(scheduler_file.read_text())
+        schedule.update({k: stored[k] for k in SD15_SCHEDULE if k in stored})
+    return Components(reference, denoising, vae, encoder, schedule, pose_channels=(16, 32, 96, 256))
+
+
+def _require(folder: Path, what: str, weights_stem: str) -> None:
+    config = folder / "config.json"
+    weights = [folder / f"{weights_stem}.safetensors", folder / f"{weights_stem}.bin"]
+    if not config.is_file():
+        raise FileNotFoundError(f"missing {config}: expected the config of {what} there")
+    if not any(w.is_file() for w in weights):
+        raise FileNotFoundError(f"missing {weights[0]} (or .bin): expected the weights of {what} there")

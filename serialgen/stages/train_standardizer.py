@@ -1,0 +1,163 @@
+"""Stage driver: train the standardizer on `pairs` and record the run (no Prefect).
+
+Reads the train split (the `pairs` table, or composited on the fly with ``composite.dynamic``),
+validates on the test split (held-out characters), and writes one `runs` row with PSNR/SSIM and
+the exported model folder. Under ``accelerate launch`` every process trains; only the main one
+writes to the lake:
+
+    accelerate launch --multi_gpu --num_processes 8 -m serialgen.stages.train_standardizer \
+        --lake s3://bucket/lake --profile sd15 --config sd15.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from serialgen.config import ConfigError, Settings, load_settings
+from serialgen.models.components import load_sd15_components, tiny_components
+from serialgen.models.standardizer import Standardizer
+from serialgen.pipeline import config_hash
+from serialgen.storage.runs import StageRun
+from serialgen.training.standardizer import (
+    CHECKPOINT_PREFIX,
+    TrainResult,
+    Validation,
+    make_accelerator,
+    train_standardizer,
+)
+
+STAGE = "train-standardizer"
+#: Settings that define the model: a run folder trained with others cannot be resumed.
+MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
+
+
+@dataclass
+class TrainStandardizerReport:
+    run_id: str | None
+    step: int
+    resumed_from: int
+    train_pairs: int
+    val_pairs: int
+    psnr: float | None
+    ssim: float | None
+    model_dir: Path | None
+    checkpoint: Path | None
+    grid: Path | None
+    losses: list[float]
+
+
+def build_standardizer(settings: Settings) -> Standardizer:
+    """A fresh model for the profile: tiny random components, or SD-1.5 from local folders."""
+    cfg = settings.standardizer
+    parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
+             else tiny_components(cfg.seed))
+    return Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+
+
+def training_dir(settings: Settings) -> Path:
+    """``standardizer.checkpoint_dir`` (default ``<lake parent>/checkpoints``) / ``run_name``."""
+    cfg = settings.standardizer
+    if cfg.checkpoint_dir is not None:
+        return Path(cfg.checkpoint_dir) / cfg.run_name
+    lake = settings.open_lake()
+    if not lake.is_local:
+        raise ConfigError(f"lake {lake.uri} is not a local folder: set standardizer.checkpoint_dir")
+    return Path(lake.uri).resolve().parent / "checkpoints" / cfg.run_name
+
+
+def with_overrides(settings: Settings, dynamic: bool = False, steps: int | None = None) -> Settings:
+    """The settings with the command-line options applied (on-the-fly compositing, total steps)."""
+    if dynamic:
+        settings = settings.model_copy(update={"composite": settings.composite.model_copy(update={"dynamic": True})})
+    if steps is not None:
+        standardizer = settings.standardizer.model_copy(update={"steps": steps})
+        settings = settings.model_copy(update={"standardizer": standardizer})
+    return settings
+
+
+def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
+                           flow_run_id: str | None = None) -> TrainStandardizerReport:
+    """Train (or continue training) the standardizer; ``stop_at`` ends early at that step (checkpointed)."""
+    from serialgen.compositing.dynamic import pairs_dataset
+
+    cfg = settings.standardizer
+    output_dir = training_dir(settings)
+    size = (cfg.height, cfg.width)
+    train_data = pairs_dataset(settings, "train", size)
+    if len(train_data) == 0:
+        raise FileNotFoundError(f"no train pairs in lake {settings.lake}: run `serialgen composite` first")
+    test_data = pairs_dataset(settings, "test", size)
+    model = build_standardizer(settings)
+    accelerator = make_accelerator(cfg, output_dir)
+    if accelerator.is_main_process:
+        _prepare_run_folder(settings, output_dir, resume)
+    accelerator.wait_for_everyone()
+    inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs"]
+    run_context = (StageRun(settings.open_lake(), STAGE, config_hash(settings, STAGE), inputs=inputs,
+                            flow_run_id=flow_run_id) if accelerator.is_main_process else nullcontext())
+    with run_context as run:
+        result = train_standardizer(model, train_data, cfg, output_dir,
+                                    validation_data=test_data, resume=resume, stop_at=stop_at,
+                                    accelerator=accelerator)
+        report = _report(run, result, len(train_data), output_dir)
+        if run is not None:
+            run.metrics = {"step": result.step, "resumed_from": result.resumed_from, "train_pairs": len(train_data),
+                           "final_loss": result.losses[-1] if result.losses else None,
+                           "data_share": result.data_share,
+                           **(result.validation or Validation(0, None, None)).metrics(),
+                           "checkpoint": str(report.checkpoint) if report.checkpoint else None}
+            run.checkpoint = str(report.model_dir or report.checkpoint)
+    return report
+
+
+def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_dir: Path) -> TrainStandardizerReport:
+    validation = result.validation or Validation(0, None, None)
+    grid = output_dir / "validation" / f"step-{result.step:07d}.png"
+    return TrainStandardizerReport(
+        run_id=run.run_id if run is not None else None, step=result.step, resumed_from=result.resumed_from,
+        train_pairs=train_pairs, val_pairs=validation.n, psnr=validation.psnr, ssim=validation.ssim,
+        model_dir=result.model_dir, checkpoint=result.checkpoint, grid=grid if grid.is_file() else None,
+        losses=result.losses)
+
+
+def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool) -> None:
+    """Refuse to resume a folder trained with another model definition; ``resume=False`` starts over."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker = output_dir / "training.json"
+    model = {"profile": settings.profile,
+             **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
+    if resume and marker.is_file():
+        stored = json.loads(marker.read_text())
+        changed = sorted(k for k in model if stored.get(k) != model[k])
+        if changed and any(output_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+            raise ConfigError(f"{output_dir} was trained with other {', '.join(changed)}: "
+                              "pass --no-resume to start over or set standardizer.run_name")
+    if not resume:
+        for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            shutil.rmtree(old)
+    marker.write_text(json.dumps(model, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``accelerate launch -m serialgen.stages.train_standardizer`` (one process per GPU)."""
+    parser = argparse.ArgumentParser(description="Train the standardizer (every process; rank 0 records the run).")
+    parser.add_argument("--lake")
+    parser.add_argument("--profile")
+    parser.add_argument("--config")
+    parser.add_argument("--dynamic", action="store_true", help="composite pairs on the fly")
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args(argv)
+    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.dynamic, args.steps)
+    report = run_train_standardizer(settings, resume=not args.no_resume)
+    if report.run_id is not None:
+        print(f"{report.run_id}: step {report.step}, PSNR {report.psnr}, SSIM {report.ssim}, model {report.model_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training loops (accelerate) and their validation metrics."""

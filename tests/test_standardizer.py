@@ -1,0 +1,310 @@
+"""Standardizer model, pipeline and training (tiny profile, CPU, deterministic)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from serialgen.models import Standardizer, load_sd15_components, tiny_components
+from serialgen.pipelines import StandardizationPipeline
+from serialgen.stages.train_standardizer import run_train_standardizer, training_dir
+from serialgen.storage.images import encode_mask, encode_png
+from serialgen.storage.torch_reader import PairsDataset
+from serialgen.training.metrics import psnr, ssim
+from serialgen.training.standardizer import diffusion_loss, train_standardizer
+
+H, W = 48, 32
+COLOURS = [(200, 40, 40), (40, 90, 200), (30, 160, 60), (220, 170, 30)]
+
+
+def _figure(colour, box, background) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A drawn 'character' (torso + head) in ``box`` on ``background``: image, background mask, pose drawing."""
+    x0, y0, x1, y1 = box
+    image = Image.fromarray(background)
+    mask = Image.new("L", (W, H), 255)
+    pose = Image.new("RGB", (W, H))
+    head = (x0 + (x1 - x0) // 4, y0, x1 - (x1 - x0) // 4, y0 + (y1 - y0) // 4)
+    for canvas, fill in ((ImageDraw.Draw(image), colour), (ImageDraw.Draw(mask), 0)):
+        canvas.ellipse(head, fill=fill)
+        canvas.rectangle((x0, head[3], x1, y1), fill=fill)
+    cx = (x0 + x1) // 2
+    ImageDraw.Draw(pose).line((cx, head[1], cx, y1), fill=(255, 0, 0), width=3)
+    ImageDraw.Draw(pose).line((x0, head[3] + 4, x1, head[3] + 4), fill=(0, 255, 0), width=3)
+    return np.asarray(image), np.asarray(mask), np.asarray(pose)
+
+
+def make_pairs(lake, n: int, test: int = 0, seed: int = 0) -> None:
+    """``n`` train + ``test`` test pairs of drawn figures: shifted on a noisy background -> centred on white."""
+    rng = np.random.default_rng(seed)
+    rows, white = [], np.full((H, W, 3), 255, np.uint8)
+    keypoints = np.zeros((18, 3), np.float32).tolist()
+    for i in range(n + test):
+        colour = COLOURS[i % len(COLOURS)]
+        background = (rng.uniform(0, 255, (1, 1, 3)) + rng.normal(0, 20, (H, W, 3))).clip(0, 255).astype(np.uint8)
+        dx, dy = rng.integers(-6, 6), rng.integers(-5, 5)
+        image, mask, pose = _figure(colour, (8 + dx, 10 + dy, 20 + dx, 38 + dy), background)
+        target, _, target_pose = _figure(colour, (10, 6, 22, 42), white)
+        rows.append({
+            "pair_id": f"p{i}", "character_id": f"c{i}", "pose_id": "pose", "view_id": 0, "background_id": "bg",
+            "split": "train" if i < n else "test", "input_image": encode_png(image),
+            "background_mask": encode_mask(mask), "reference_keypoints": keypoints,
+            "reference_pose_image": encode_png(pose), "target_image": encode_png(target),
+            "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose),
+            "augmentation": "{}",
+        })
+    lake.upsert("pairs", rows, "test")
+
+
+def _batch(size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"reference": torch.rand(size, 3, H, W, generator=g) * 2 - 1,
+            "mask": (torch.rand(size, 1, H, W, generator=g) > 0.5).float(),
+            "reference_pose": torch.rand(size, 3, H, W, generator=g),
+            "target_pose": torch.rand(size, 3, H, W, generator=g)}
+
+
+def _predict(model: Standardizer, batch: dict[str, torch.Tensor], keep=None) -> torch.Tensor:
+    latents = model.encode_images(batch["reference"])
+    embeds = model.embed_images(batch["reference"])
+    noisy = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    return model(noisy, torch.tensor([10, 700]), latents, embeds, batch["mask"], batch["reference_pose"],
+                 batch["target_pose"], keep)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are op-overhead bound: one intra-op thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> Standardizer:
+    return Standardizer.from_components(tiny_components(seed=0)).eval()
+
+
+def test_denoiser_reads_reference_and_equals_plain_unet_with_empty_bank(model):
+    torch.manual_seed(0)
+    for p in model.trainable_parameters():  # leave the zero-init: make every path count
+        p.data.add_(torch.randn_like(p) * 0.02)
+    batch = _batch()
+    with torch.no_grad():
+        out = _predict(model, batch)
+        other = _predict(model, {**batch, "reference": batch["reference"].flip(-1)})
+        dropped = _predict(model, batch, keep=torch.tensor([True, False]))
+        assert not torch.allclose(out, other, atol=1e-4)
+        assert torch.allclose(out[0], dropped[0], atol=1e-5) and not torch.allclose(out[1], dropped[1], atol=1e-4)
+
+        model.bank.clear()
+        latents = torch.randn(2, 4, H // 8, W // 8)
+        embeds = torch.randn(2, 1, 32)
+        ours = model.denoising_unet(latents, torch.tensor([5, 50]), encoder_hidden_states=embeds).sample
+        plain = type(model.denoising_unet).from_config(model.denoising_unet.config)
+        plain.load_state_dict(model.denoising_unet.state_dict())
+        assert torch.equal(ours, plain(latents, torch.tensor([5, 50]), encoder_hidden_states=embeds).sample)
+
+
+@pytest.mark.parametrize("fbdm,rpim", [(True, True), (False, True), (True, False), (False, False)])
+def test_fbdm_rpim_receive_gradients_and_vanish_when_off(fbdm, rpim):
+    model = Standardizer.from_components(tiny_components(seed=0), fbdm=fbdm, rpim=rpim)
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert ("fbdm" in names) == fbdm and ("rpim" in names) == rpim
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    for _ in range(2):  # the zero-initialised convs pass gradients upstream from the second step on
+        optimizer.zero_grad()
+        _predict(model, _batch()).square().mean().backward()
+        optimizer.step()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert missing == []
+    assert all(not p.requires_grad for p in (*model.vae.parameters(), *model.image_encoder.parameters()))
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = Standardizer.from_components(tiny_components(seed=0)).train()
+        torch.manual_seed(0)
+        for p in model.trainable_parameters():
+            p.data.add_(torch.randn_like(p) * 0.02)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        _predict(model, _batch(), keep=torch.tensor([True, False])).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+
+
+def test_save_load_gives_identical_outputs(model, tmp_path):
+    model.standard_pose = np.zeros((H, W, 3), np.uint8)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "rpim" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = Standardizer.from_pretrained(tmp_path / "m").eval()
+    batch = _batch()
+    with torch.no_grad():
+        assert torch.equal(_predict(model, batch), _predict(loaded, batch))
+    reference = np.random.default_rng(0).integers(0, 255, (60, 35, 3), np.uint8)
+    mask, pose = np.zeros((60, 35), np.uint8), np.zeros((60, 35, 3), np.uint8)
+    first = StandardizationPipeline(model)(reference, mask, pose, num_inference_steps=3, seed=3)
+    second = StandardizationPipeline(loaded)(reference, mask, pose, num_inference_steps=3, seed=3)
+    assert first[0].shape == (H, W, 3) and first[0].dtype == np.uint8
+    assert np.array_equal(first[0], second[0])
+
+
+def test_sd15_without_local_weights_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="standardizer.model_dir"):
+        load_sd15_components(None, None)
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"unet/diffusion_pytorch_model\.safetensors"):
+        load_sd15_components(tmp_path, tmp_path / "vae")
+
+
+def test_metrics_have_explicit_range():
+    a = torch.rand(2, 3, 32, 24)
+    assert torch.isinf(psnr(a, a)).all() and torch.allclose(ssim(a, a), torch.ones(2))
+    assert psnr(a * 255, (a + 0.1) * 255, data_range=255).allclose(psnr(a, a + 0.1))
+
+
+def _fixed_loss(model: Standardizer, data: PairsDataset, cfg) -> float:
+    """The training loss of all pairs at fixed noise and timesteps: comparable before and after training."""
+    batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        return sum(diffusion_loss(model, model, model.training_scheduler(), batch, cfg,
+                                  torch.Generator().manual_seed(seed), torch.device("cpu")).item()
+                   for seed in range(4)) / 4
+
+
+def test_overfit_two_pairs_lowers_loss(settings, lake, tmp_path):
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    cfg = settings.standardizer.model_copy(update={
+        "steps": 60, "learning_rate": 2e-3, "reference_dropout": 0.0, "noise_offset": 0.0, "snr_gamma": None,
+        "checkpoint_every": 1000, "validation_pairs": 0, "num_workers": 0})
+    model = Standardizer.from_components(tiny_components(seed=0))
+    before = _fixed_loss(model, data, cfg)
+    result = train_standardizer(model, data, cfg, tmp_path / "run")
+    after = _fixed_loss(model, data, cfg)
+    assert result.step == 60 and len(result.losses) == 60
+    assert after < before / 4, (before, after)
+
+
+def test_resume_equals_uninterrupted_run(settings, lake):
+    make_pairs(lake, 4, test=1)
+    base = {"steps": 4, "batch_size": 2, "width": W, "height": H, "checkpoint_every": 2, "validation_pairs": 1,
+            "inference_steps": 2, "ema_decay": 0.9}
+    straight = settings.model_copy(update={"standardizer": settings.standardizer.model_copy(
+        update={**base, "run_name": "straight"})})
+    split = settings.model_copy(update={"standardizer": settings.standardizer.model_copy(
+        update={**base, "run_name": "split"})})
+    full = run_train_standardizer(straight)
+    first = run_train_standardizer(split, stop_at=3)
+    assert first.step == 3 and first.model_dir is None and first.checkpoint.name.endswith("0000003")
+    second = run_train_standardizer(split)
+    assert (second.resumed_from, second.step) == (3, 4)
+    assert full.losses[3:] == second.losses
+    a = Standardizer.from_pretrained(full.model_dir).state_dict()
+    b = Standardizer.from_pretrained(second.model_dir).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    runs = lake.read("runs", filter="stage = 'train-standardizer' AND status = 'completed'").to_pylist()
+    assert len(runs) == 3
+    last = max(runs, key=lambda r: r["finished_at"])
+    metrics = json.loads(last["metrics"])
+    assert metrics["val_pairs"] == 1 and metrics["val_psnr"] > 0 and 0 < metrics["val_ssim"] <= 1
+    assert last["checkpoint"] == str(second.model_dir) and second.grid.is_file()
+    assert (training_dir(split) / "logs").is_dir()
+    assert len(list(training_dir(split).glob("checkpoint-*"))) == 2
+    restored = StandardizationPipeline.from_pretrained(second.model_dir)
+    assert restored.model.standard_pose.shape == (H, W, 3)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.mark.slow
+def test_flow_trains_and_publishes(settings, lake, prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from serialgen.flows.train_standardizer import train_standardizer as flow
+
+    make_pairs(lake, 2, test=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"standardizer": {"width": W, "height": H, "validation_pairs": 1,
+                                                   "inference_steps": 2, "checkpoint_every": 10}}))
+    result = flow(lake=settings.lake, config=str(config), steps=2)
+    assert result["step"] == 2 and result["val_pairs"] == 1 and result["psnr"] > 0
+
+    async def artifact_keys():
+        async with get_client() as client:
+            return {a.key for a in await client.read_artifacts()}
+
+    import asyncio
+
+    assert {"standardizer-metrics", "standardizer-validation-grid"} <= asyncio.run(artifact_keys())
+    run = lake.read("runs", filter="stage = 'train-standardizer'").to_pylist()[0]
+    assert run["status"] == "completed" and run["flow_run_id"] and run["checkpoint"] == result["model_dir"]
+
+
+@pytest.mark.slow
+def test_cli_sd15_without_weights_is_one_line_error(settings, lake, prefect_harness):
+    from typer.testing import CliRunner
+
+    from serialgen.cli import app
+
+    make_pairs(lake, 2)
+    result = CliRunner().invoke(app, ["--lake", settings.lake, "--profile", "sd15", "train-standardizer"])
+    assert result.exit_code == 2
+    last_line = result.output.strip().splitlines()[-1]  # Prefect logs the task's traceback above it
+    assert last_line.startswith("error:") and "standardizer.model_dir" in last_line
+    assert lake.count("runs") == 0
+
+
+def test_accelerate_entry_point_trains_and_records(settings, lake, tmp_path, capsys):
+    from serialgen.stages.train_standardizer import main
+
+    make_pairs(lake, 2)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"standardizer": {"width": W, "height": H, "validation_pairs": 0}}))
+    main(["--lake", settings.lake, "--config", str(config), "--steps", "2"])
+    assert "step 2" in capsys.readouterr().out
+    run = lake.read("runs").to_pylist()[0]
+    assert run["status"] == "completed" and json.loads(run["metrics"])["val_pairs"] == 0
+
+
+def test_dynamic_compositing_trains_with_fresh_augmentations_per_epoch(settings, lake):
+    from composite_data import write_characters
+
+    from serialgen.compositing.backgrounds import procedural_background_png
+    from serialgen.compositing.dynamic import DynamicPairs
+    from serialgen.training.data import EpochItems
+
+    write_characters(lake, 4, 2, width=W, height=H)
+    lake.upsert("backgrounds", [{"background_id": f"bg{i}", "source_uri": f"procedural://0/{i}", "width": 48,
+                                 "height": 72, "image": procedural_background_png(0, i, 48, 72)} for i in range(3)],
+                "test")
+    dynamic = settings.model_copy(update={
+        "composite": settings.composite.model_copy(update={"dynamic": True, "test_fraction": 0.0}),
+        "standardizer": settings.standardizer.model_copy(update={
+            "steps": 2, "width": W, "height": H, "num_workers": 0, "validation_pairs": 0})})
+    items = EpochItems(DynamicPairs(lake, dynamic, "train", size=(H, W)))
+    first, again, later = items[(0, 0)], items[(0, 0)], items[(1, 0)]
+    assert torch.equal(first["input_image"], again["input_image"])
+    assert not torch.equal(first["input_image"], later["input_image"])
+    assert torch.equal(first["target_image"], later["target_image"])
+
+    report = run_train_standardizer(dynamic)
+    assert report.step == 2 and report.train_pairs == 8
+    run = lake.read("runs", filter="stage = 'train-standardizer'").to_pylist()[0]
+    assert set(json.loads(run["inputs"])) == {"renders", "standards", "backgrounds"}
