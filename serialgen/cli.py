@@ -186,7 +186,8 @@ def composite_command(
     console.print(f"backgrounds {r['backgrounds']} (+{r['backgrounds_ingested']} ingested, +{r['backgrounds_generated']} "
                   f"generated); pairs written {r['pairs_written']}, already present {r['pairs_skipped']}, errors "
                   f"{r['errors']}; characters train {r['train_characters']} / test {r['test_characters']}"
-                  + (" (dynamic: composited in the loader)" if r["dynamic"] else ""), highlight=False)
+                  + (" (dynamic: composited in the loader)" if r["dynamic"] else "") + f"; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
 
 
 def _gpu_description() -> str:

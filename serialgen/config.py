@@ -86,7 +86,7 @@ class CompositeSettings(Section):
     dynamic: bool = False               # composite on the fly in the training loader instead of writing pairs
     write_rows: int = 256               # pairs per Lake.upsert commit (resume granularity)
     limit: int | None = None            # composite at most this many renders (smoke runs)
-    scale_range: tuple[float, float] = (0.55, 1.1)  # character scale on the canvas
+    scale_range: tuple[float, float] = (0.45, 0.95)  # character height as a share of the canvas height
     crop_probability: float = 0.3       # share of pairs whose character is cut off by the frame
     max_cut: float = 0.35               # at most this fraction of the character's extent is cut off
     shadow_probability: float = 0.5

@@ -1,0 +1,211 @@
+"""Render rows -> training pairs: the one implementation behind the Ray stage and the dynamic loader.
+
+:class:`PairComposer` looks up each render's standard and a seeded background (Lance point reads,
+cached), draws the augmentation from the pair's own seed, runs the batched kernel and redraws the
+reference pose from the moved keypoints. Bad items become error entries, never exceptions.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from serialgen.compositing.augment import Augmentation, alpha_bbox, pair_rng, sample_augmentation
+from serialgen.compositing.backgrounds import crop_background
+from serialgen.compositing.kernel import Composited, composite
+from serialgen.compositing.split import split_of
+from serialgen.config import CompositeSettings
+from serialgen.pose_drawing import draw_pose
+from serialgen.storage import Lake
+from serialgen.storage.images import ImageDecodeError, decode_image, encode_mask, encode_png
+from serialgen.storage.schemas import PAIRS
+
+#: The `renders` columns compositing needs.
+RENDER_COLUMNS = ["character_id", "pose_id", "view_id", "rgba", "keypoints"]
+
+#: What the composer emits: the `pairs` payload plus ``error`` (null for a good pair).
+OUTPUT_SCHEMA = PAIRS.payload_schema.append(pa.field("error", pa.string()))
+
+
+def make_pair_id(character_id: str, pose_id: str, view_id: int, k: int) -> str:
+    """Stable pair key: the render key plus the background slot ``k`` (0..backgrounds_per_render-1)."""
+    return f"{character_id}/{pose_id}/{view_id}/{k}"
+
+
+class LakeLookup:
+    """Rows of a keyed table fetched by key on demand (a lookup join), transformed once, LRU-cached.
+
+    Opens its Lance dataset lazily, so it can be pickled into Ray actors and spawn workers.
+    """
+
+    def __init__(self, lake: Lake, table: str, key: str, columns: list[str],
+                 transform: Callable[[dict[str, Any]], Any], capacity: int, version: int | None = None) -> None:
+        self.lake, self.table, self.key, self.columns = lake, table, key, columns
+        self.transform, self.capacity, self.version = transform, capacity, version
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, keys: Iterable[str]) -> dict[str, Any]:
+        """{key: transformed row} for the keys present in the table; absent keys are left out."""
+        keys = list(dict.fromkeys(keys))
+        missing = [k for k in keys if k not in self._cache]
+        if missing:
+            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in missing)
+            rows = self.lake.read(self.table, columns=self.columns, filter=f"{self.key} IN ({quoted})",
+                                  version=self.version).to_pylist()
+            for row in rows:
+                self._cache[row[self.key]] = self.transform(row)
+        found = {}
+        for k in keys:
+            if k in self._cache:
+                self._cache.move_to_end(k)
+                found[k] = self._cache[k]
+        while len(self._cache) > max(self.capacity, len(keys)):
+            self._cache.popitem(last=False)
+        return found
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One pair to make: a render row (index into the batch) and its background slot."""
+
+    row: int
+    k: int
+
+
+@dataclass
+class ComposedPairs:
+    """A batch of pairs as arrays (what the dynamic loader consumes) plus their metadata.
+
+    Per-item lists, not stacked arrays: renders of different sizes may share a batch.
+    """
+
+    meta: list[dict[str, Any]]      # per good pair: ids, split, augmentation, target bytes and keypoints
+    images: list[np.ndarray]        # (H, W, 3) uint8 composited inputs
+    background_masks: list[np.ndarray]  # (H, W) bool, True = background
+    keypoints: np.ndarray           # (B, 18, 3) float32 reference keypoints, moved with the character
+    pose_images: list[np.ndarray]   # (H, W, 3) uint8, redrawn from the moved keypoints
+    errors: list[tuple[dict[str, Any], str]]  # (ids of the failed pair, reason)
+
+
+class PairComposer:
+    """Composites planned (render, background slot) items into pairs; deterministic per (seed, pair, epoch)."""
+
+    def __init__(self, lake: Lake, cfg: CompositeSettings, background_ids: Sequence[str],
+                 versions: dict[str, int | None] | None = None) -> None:
+        versions = versions or {}
+        self.cfg = cfg
+        self.background_ids = sorted(background_ids)
+        self.backgrounds = LakeLookup(lake, "backgrounds", "background_id", ["background_id", "image"],
+                                      lambda r: decode_image(r["image"], "RGB"), capacity=32,
+                                      version=versions.get("backgrounds"))
+        self.standards = LakeLookup(lake, "standards", "character_id",
+                                    ["character_id", "image", "keypoints", "pose_image"],
+                                    lambda r: r, capacity=256, version=versions.get("standards"))
+
+    def plan(self, renders: pa.Table, skip: Callable[[str], bool] = lambda pair_id: False) -> list[Planned]:
+        """Every (render, slot) of ``renders`` whose pair id ``skip`` does not reject."""
+        cols = [renders.column(c).to_pylist() for c in ("character_id", "pose_id", "view_id")]
+        return [Planned(i, k) for i, ids in enumerate(zip(*cols))
+                for k in range(self.cfg.backgrounds_per_render) if not skip(make_pair_id(*ids, k))]
+
+    def compose(self, renders: pa.Table, planned: Sequence[Planned], epoch: int = 0) -> ComposedPairs:
+        """Pairs for ``planned`` items of ``renders`` (columns :data:`RENDER_COLUMNS`)."""
+        ids = renders.select(["character_id", "pose_id", "view_id"]).to_pylist()
+        standards = self.standards.get(ids[p.row]["character_id"] for p in planned)
+        rgba = _decode_renders(renders, {p.row for p in planned})
+        keypoints = renders.column("keypoints")
+
+        meta, items, errors = [], [], []
+        choices = []
+        for p in planned:
+            r = ids[p.row]
+            info = dict(r, pair_id=make_pair_id(r["character_id"], r["pose_id"], r["view_id"], p.k))
+            info["split"] = split_of(info["character_id"], self.cfg.test_fraction)
+            rng = pair_rng(self.cfg.seed, info["pair_id"], epoch)
+            info["background_id"] = self.background_ids[rng.integers(len(self.background_ids))] \
+                if self.background_ids else None
+            choices.append((p, info, rng))
+        backgrounds = self.backgrounds.get(i["background_id"] for _, i, _ in choices if i["background_id"])
+
+        for p, info, rng in choices:
+            image = rgba[p.row]
+            reason = _unusable(image, info, standards, backgrounds)
+            if reason:
+                errors.append((info, reason))
+                continue
+            canvas = (image.shape[1], image.shape[0])
+            aug = sample_augmentation(rng, alpha_bbox(image[..., 3]), canvas, self.cfg)
+            bg = crop_background(backgrounds[info["background_id"]], aug.background_crop, aug.background_flip, canvas)
+            standard = standards[info["character_id"]]
+            meta.append({**info, "augmentation": aug.to_json(), "target_image": standard["image"],
+                         "target_keypoints": standard["keypoints"], "target_pose_image": standard["pose_image"]})
+            kp = np.asarray(keypoints[p.row].as_py() or np.zeros((18, 3)), np.float32)
+            items.append((image, kp, bg, aug))
+
+        images, masks, moved = _composite_by_size(items)
+        poses = [draw_pose(kp, img.shape[1], img.shape[0]) for kp, img in zip(moved, images)]
+        return ComposedPairs(meta, images, masks, moved, poses, errors)
+
+    def __call__(self, renders: pa.Table, planned: Sequence[Planned], epoch: int = 0) -> pa.Table:
+        """Pairs for ``planned`` as rows of :data:`OUTPUT_SCHEMA` (images PNG-encoded)."""
+        return encode_pairs(self.compose(renders, planned, epoch))
+
+
+def encode_pairs(pairs: ComposedPairs) -> pa.Table:
+    """Arrays -> the `pairs` columns (+ ``error``); the mask is stored 255 = background."""
+    rows = []
+    for i, m in enumerate(pairs.meta):
+        rows.append({**m, "input_image": encode_png(pairs.images[i]),
+                     "background_mask": encode_mask(pairs.background_masks[i]),
+                     "reference_keypoints": pairs.keypoints[i].tolist(),
+                     "reference_pose_image": encode_png(pairs.pose_images[i]), "error": None})
+    empty = {f.name: None for f in OUTPUT_SCHEMA}
+    rows += [{**empty, **info, "error": reason} for info, reason in pairs.errors]
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+def _unusable(image: np.ndarray | str, info: dict[str, Any], standards: dict, backgrounds: dict) -> str | None:
+    """Why a planned pair cannot be made, or None."""
+    if isinstance(image, str):
+        return image
+    if alpha_bbox(image[..., 3]) is None:
+        return "render has an empty alpha"
+    if info["character_id"] not in standards:
+        return f"no standard image for character {info['character_id']}"
+    if info["background_id"] not in backgrounds:
+        return "no background available"
+    return None
+
+
+def _decode_renders(renders: pa.Table, rows: set[int]) -> dict[int, np.ndarray | str]:
+    """Decoded RGBA per needed row, or the reason it cannot be used."""
+    column = renders.column("rgba")
+    out: dict[int, np.ndarray | str] = {}
+    for i in rows:
+        data = column[i].as_py()
+        try:
+            out[i] = decode_image(data, "RGBA") if data else "render has no rgba image"
+        except ImageDecodeError as exc:
+            out[i] = f"render rgba: {exc}"
+    return out
+
+
+def _composite_by_size(items: list[tuple[np.ndarray, np.ndarray, np.ndarray, Augmentation]]
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Run the kernel once per render size present (usually one); (images, masks, keypoints) in item order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (image, *_rest) in enumerate(items):
+        groups.setdefault(image.shape, []).append(i)
+    images, masks = [None] * len(items), [None] * len(items)
+    keypoints = np.zeros((len(items), 18, 3), np.float32)
+    for idx in groups.values():
+        out: Composited = composite(np.stack([items[i][0] for i in idx]), np.stack([items[i][1] for i in idx]),
+                                    np.stack([items[i][2] for i in idx]), [items[i][3] for i in idx])
+        for j, i in enumerate(idx):
+            images[i], masks[i], keypoints[i] = out.image[j], out.background_mask[j], out.keypoints[j]
+    return images, masks, keypoints

@@ -1,0 +1,298 @@
+"""The composite stage: backgrounds in, then renders x backgrounds -> `pairs`, as a Ray Data pipeline.
+
+Pipeline: ``lance_ray.read_lance(renders)`` (read tasks of 0.5 CPU, blocks of a few batches) ->
+``map_batches`` on an explicit ``ActorPoolStrategy`` of ``composite.workers`` actors (sized by
+:func:`actor_cpus` so a read task always fits beside them; each actor looks up standards and
+backgrounds in Lance by key, with a cache) -> the driver streams the output blocks and commits
+them with :meth:`Lake.upsert` on ``pair_id`` every ``composite.write_rows`` pairs.
+
+Why the driver writes: ``pairs`` must be upserted (reruns never duplicate), and neither Ray's
+``write_lance`` (broken with pylance 14) nor ``lance_ray.write_lance`` (create/append/overwrite
+only) merges on a key. Upserting from inside the actors would make every actor a concurrent
+committer racing on the manifest (conflict retries) and tie commits to the batch size; one
+writer on the driver, fed by Ray's streaming executor while the actors keep compositing, gives
+conflict-free commits whose size sets the resume granularity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from serialgen.compositing.backgrounds import (
+    IMAGE_SUFFIXES,
+    background_id,
+    ingest_image,
+    procedural_background_png,
+)
+from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, make_pair_id
+from serialgen.compositing.split import TEST, split_of
+from serialgen.config import CompositeSettings, ConfigError, Settings
+from serialgen.runtime import init_ray
+from serialgen.storage import Lake
+from serialgen.storage.images import ImageDecodeError
+from serialgen.storage.runs import StageRun, errors_of
+
+log = logging.getLogger(__name__)
+
+#: CPUs a Lance read task asks for: reading encoded bytes is light, and it must fit beside the pool.
+READ_CPUS = 0.5
+#: Batches per Ray Data block (streaming granularity of the pipeline).
+BLOCK_BATCHES = 4
+PROCEDURAL = "procedural://"
+
+
+@dataclass(frozen=True)
+class CompositeReport:
+    run_id: str
+    backgrounds_ingested: int
+    backgrounds_generated: int
+    backgrounds: int
+    renders: int
+    pairs_written: int
+    pairs_skipped: int
+    errors: int
+    train_characters: int
+    test_characters: int
+    dynamic: bool
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_composite(settings: Settings, source: str | None = None, dynamic: bool | None = None,
+                  force: bool = False, flow_run_id: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> CompositeReport:
+    """Ingest backgrounds, then (unless dynamic) composite every missing pair into `pairs`.
+
+    ``source``: folder/URI of background images (default ``composite.background_source``).
+    ``force``: recomposite pairs that exist (they are replaced in place, never duplicated).
+    ``progress(done, total)``: called after each commit of pairs (done includes failed pairs).
+    """
+    cfg = settings.composite
+    dynamic = cfg.dynamic if dynamic is None else dynamic
+    lake = settings.open_lake()
+    start = time.perf_counter()
+    with StageRun(lake, "composite", settings.section_hash("composite"),
+                  inputs=["renders", "standards"], flow_run_id=flow_run_id) as run:
+        sink = _Sink(lake, run)
+        init_ray(settings.ray)
+        ingested, generated = _ingest_backgrounds(sink, settings, source or cfg.background_source)
+        background_ids = sorted(k for (k,) in lake.keys("backgrounds"))
+        if not background_ids:
+            raise ConfigError("no backgrounds: set composite.backgrounds_procedural > 0 or give a background source")
+        run.inputs["backgrounds"] = lake.version("backgrounds")
+
+        keys = lake.read("renders", columns=["character_id", "pose_id", "view_id"])
+        if cfg.limit is not None:
+            keys = keys.slice(0, cfg.limit)
+        characters = set(keys.column("character_id").to_pylist())
+        n_test = sum(split_of(c, cfg.test_fraction) == TEST for c in characters)
+        if characters and n_test == 0:
+            log.warning("composite: no character falls in the test split (%d characters)", len(characters))
+        wanted = {make_pair_id(*ids, k) for ids in zip(*(keys.column(c).to_pylist() for c in keys.column_names))
+                  for k in range(cfg.backgrounds_per_render)}
+        done = set() if force else wanted & {k for (k,) in lake.keys("pairs")}
+        written = 0
+        if not dynamic and len(done) < len(wanted):
+            written = _composite_pairs(sink, cfg, background_ids, done, keys.num_rows, progress,
+                                       len(wanted) - len(done))
+            run.outputs = ["pairs", "backgrounds"]
+        else:
+            run.outputs = ["backgrounds"]
+        seconds = time.perf_counter() - start
+        run.metrics = {"pairs_written": written, "pairs_per_second": written / seconds if seconds else 0.0,
+                       "dynamic": dynamic, "renders": keys.num_rows, "test_characters": n_test,
+                       "train_characters": len(characters) - n_test}
+    return CompositeReport(
+        run_id=run.run_id, backgrounds_ingested=ingested, backgrounds_generated=generated,
+        backgrounds=len(background_ids), renders=keys.num_rows, pairs_written=written,
+        pairs_skipped=len(done), errors=run.n_errors, train_characters=len(characters) - n_test,
+        test_characters=n_test, dynamic=dynamic, seconds=seconds,
+    )
+
+
+class _Sink:
+    """Commits stage output: rows without ``error`` are upserted, the others reported to `errors`."""
+
+    def __init__(self, lake: Lake, run: StageRun) -> None:
+        self.lake, self.run = lake, run
+        # Only items that failed before need their error cleared (a delete per commit is costly).
+        self.prior_errors = set(errors_of(lake, run.stage).column("key").to_pylist())
+
+    def commit(self, table_name: str, error_key: str, table: pa.Table) -> pa.Table:
+        """Upsert the good rows of ``table`` (``error`` null); returns them."""
+        failed = pc.is_valid(table.column("error"))
+        good, bad = table.filter(pc.invert(failed)).drop_columns(["error"]), table.filter(failed)
+        self.run.errors(zip(bad.column(error_key).to_pylist(), bad.column("error").to_pylist()))
+        if good.num_rows:
+            self.lake.upsert(table_name, good, self.run.run_id)
+            recovered = self.prior_errors & set(good.column(error_key).to_pylist())
+            self.run.clear_errors(recovered)
+            self.prior_errors -= recovered
+        return good
+
+
+# -- backgrounds ----------------------------------------------------------------------------
+
+def _ingest_backgrounds(sink: _Sink, settings: Settings, source: str | None) -> tuple[int, int]:
+    """Add the missing procedural backgrounds and the images under ``source``; returns (ingested, generated).
+
+    Decoding runs as Ray tasks; unreadable, truncated or oversized files go to `errors`.
+    """
+    import ray.data
+
+    cfg = settings.composite
+    present = set(sink.lake.read("backgrounds", columns=["source_uri"]).column("source_uri").to_pylist())
+    uris = [f"{PROCEDURAL}{cfg.seed}/{i}" for i in range(cfg.backgrounds_procedural)]
+    uris += list_images(source) if source else []
+    todo = [u for u in uris if u not in present]
+    if not todo:
+        return 0, 0
+    size = (round(settings.render.width * 1.5), round(settings.render.height * 1.5))
+    out = ray.data.from_items([{"source_uri": u} for u in todo]).map_batches(
+        _background_batch, batch_size=8, batch_format="pyarrow", num_cpus=1,
+        fn_kwargs={"cfg": cfg, "procedural_size": size})
+    ingested = generated = 0
+    for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        good = sink.commit("backgrounds", "source_uri", batch)
+        if good.num_rows:
+            n_proc = sum(u.startswith(PROCEDURAL) for u in good.column("source_uri").to_pylist())
+            generated += n_proc
+            ingested += good.num_rows - n_proc
+    return ingested, generated
+
+
+def list_images(source: str) -> list[str]:
+    """Image files under a folder or URI (``s3://bucket/prefix``, ``file://``, a path), sorted."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(source)
+    except (pa.ArrowInvalid, ValueError):  # a relative path
+        fs, root = pafs.LocalFileSystem(), str(Path(source).resolve())
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=False))
+    scheme = "" if isinstance(fs, pafs.LocalFileSystem) else source.split("://", 1)[0] + "://"
+    return sorted(scheme + i.path for i in infos
+                  if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: tuple[int, int]) -> pa.Table:
+    """Source URIs -> `backgrounds` rows (+ ``error``): generate procedural ones, decode files safely."""
+    rows = []
+    for uri in batch.column("source_uri").to_pylist():
+        row = {"source_uri": uri, "background_id": uri, "image": None, "width": None, "height": None, "error": None}
+        try:
+            if uri.startswith(PROCEDURAL):
+                seed, index = (int(x) for x in uri[len(PROCEDURAL):].split("/"))
+                width, height = procedural_size
+                data = procedural_background_png(seed, index, width, height)
+                row.update(background_id=f"procedural-{seed}-{index}", image=data, width=width, height=height)
+            else:
+                raw = _read_bytes(uri)
+                data, width, height = ingest_image(raw, cfg.max_background_pixels, cfg.background_max_side)
+                row.update(background_id=background_id(raw), image=data, width=width, height=height)
+        except (ImageDecodeError, OSError) as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("background_id", pa.string()), ("source_uri", pa.string()), ("image", pa.large_binary()),
+        ("width", pa.int32()), ("height", pa.int32()), ("error", pa.string())]))
+
+
+def _read_bytes(uri: str) -> bytes:
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, ValueError):
+        fs, path = pafs.LocalFileSystem(), str(Path(uri).resolve())
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+# -- pairs ----------------------------------------------------------------------------------
+
+def actor_cpus(workers: int, cpus: float) -> float:
+    """CPUs per compositing actor: 1, unless the pool would leave no room for a read task."""
+    return min(1.0, (cpus - READ_CPUS) / workers)
+
+
+class _CompositeActor:
+    """One compositing worker: a :class:`PairComposer` (with its caches) per actor, one torch thread."""
+
+    def __init__(self, lake: Lake, cfg: CompositeSettings, background_ids: list[str],
+                 versions: dict[str, int | None], done: set[str]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.composer = PairComposer(lake, cfg, background_ids, versions)
+        self.done = done
+
+    def __call__(self, renders: pa.Table) -> pa.Table:
+        return self.composer(renders, self.composer.plan(renders, skip=self.done.__contains__))
+
+
+def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[str], done: set[str],
+                     n_renders: int, progress: Callable[[int, int], None] | None, total: int) -> int:
+    """Run the Ray Data pipeline and commit its pairs; returns the number written."""
+    import lance_ray
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    lake = sink.lake
+    versions = {t: lake.version(t) for t in ("renders", "standards", "backgrounds")}
+    # Blocks of BLOCK_BATCHES batches: a block is one actor call whose pairs reach the driver when it
+    # ends, so small blocks spread the work over the pool and let the driver commit while the actors
+    # composite (by default a fragment would be split into only a few large blocks).
+    renders = lance_ray.read_lance(
+        lake.table_uri("renders"), columns=RENDER_COLUMNS, storage_options=dict(lake.storage_options) or None,
+        dataset_options={"version": versions["renders"]}, ray_remote_args={"num_cpus": READ_CPUS},
+        override_num_blocks=max(1, math.ceil(n_renders / (BLOCK_BATCHES * cfg.batch_size))))
+    if cfg.limit is not None:
+        renders = renders.limit(cfg.limit)
+    pairs = renders.map_batches(
+        _CompositeActor, batch_size=cfg.batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=cfg.workers), num_cpus=actor_cpus(cfg.workers, ray.cluster_resources()["CPU"]),
+        fn_constructor_kwargs={"lake": lake, "cfg": cfg, "background_ids": background_ids,
+                               "versions": versions, "done": done})
+    written, seen, pending = 0, 0, []
+    for block in pairs.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pending.append(block)
+        if sum(b.num_rows for b in pending) >= cfg.write_rows:
+            written += sink.commit("pairs", "pair_id", pa.concat_tables(pending)).num_rows
+            seen += sum(b.num_rows for b in pending)
+            pending = []
+            if progress is not None:
+                progress(seen, total)
+    if pending:
+        written += sink.commit("pairs", "pair_id", pa.concat_tables(pending)).num_rows
+        if progress is not None:
+            progress(seen + sum(b.num_rows for b in pending), total)
+    return written
+
+
+def preview_pairs(settings: Settings, n: int, dynamic: bool = False) -> list[dict]:
+    """Up to ``n`` decoded pairs spread over the table (or composited on the fly), for artifacts."""
+    from serialgen.compositing.dynamic import DynamicPairs
+    from serialgen.storage.torch_reader import PAIR_COLUMNS, decode_pair
+
+    lake = settings.open_lake()
+    if dynamic:
+        data = DynamicPairs(lake, settings, "all")
+        return [data.arrays(int(i)) for i in _spread(len(data), n)]
+    ds = lake.dataset("pairs")
+    if ds is None:
+        return []
+    rows = ds.take(_spread(ds.count_rows(), n), columns=PAIR_COLUMNS).to_pylist() if ds.count_rows() else []
+    return [decode_pair(r) for r in rows]
+
+
+def _spread(total: int, n: int) -> list[int]:
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int)).tolist() if total else []
