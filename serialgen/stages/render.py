@@ -4,11 +4,14 @@ The plan (see :mod:`serialgen.render.plan`) minus the keys already in the lake i
 of one character's items. Each long-lived Ray actor takes one character at a time and renders all
 of its chunks in order (it imports the GLB once); every finished chunk is upserted at once, so a
 killed run loses at most the chunks in flight and a rerun renders exactly the missing keys.
+A chunk lost with its actor's process (killed, out of memory, node lost) is resubmitted, up to
+``MAX_CHUNK_RETRIES`` times, to the restarted actor; an item bpy fails on goes to ``errors`` at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,8 +28,10 @@ from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 MAX_ERROR_EXAMPLES = 20
+MAX_CHUNK_RETRIES = 2       # resubmissions of a chunk whose actor process died under it
 
 
 @dataclass
@@ -38,6 +43,7 @@ class RenderReport:
     skipped: int = 0                  # planned items already in the lake
     rendered: int = 0
     failed: int = 0
+    retried: int = 0                  # chunks resubmitted because their actor's process died under them
     standards_rendered: int = 0
     standards_failed: int = 0
     standards_skipped: int = 0        # characters whose standard view is already in the lake
@@ -100,6 +106,18 @@ def _jobs(lake: Lake, report: RenderReport, character_ids: list[str], pose_ids: 
         if todo or character_id not in standards_done:
             report.characters += 1
             yield _Job(character_id, todo, character_id not in standards_done)
+
+
+@dataclass
+class _Chunk:
+    """Items of one character in flight on an actor (the last chunk of a job also renders the standard)."""
+
+    actor: int
+    character_id: str
+    glb: object                  # ObjectRef of the GLB bytes, shared by the job's chunks
+    items: list[RenderItem]
+    standard: bool
+    retries: int = 0
 
 
 def _glb(lake: Lake, character_id: str) -> bytes:
@@ -173,8 +191,17 @@ def _dispatch(lake: Lake, run: StageRun, report: RenderReport, jobs: Iterator[_J
     """Give each idle actor the next character; commit chunk results as they arrive."""
     import ray
 
-    pending: dict = {}                       # ObjectRef -> (actor index, chunk items, standard?, character)
+    pending: dict = {}                       # ObjectRef -> _Chunk
     busy = [0] * len(actors)                 # chunks in flight per actor
+    # The actor's process died under the chunk (the actor restarts): nothing is wrong with the items.
+    lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+            ray.exceptions.NodeDiedError)
+
+    def submit(chunk: _Chunk) -> None:
+        needed = {i.pose_id: poses[i.pose_id] for i in chunk.items}
+        ref = actors[chunk.actor].render_chunk.remote(chunk.character_id, chunk.glb, chunk.items, needed,
+                                                      chunk.standard)
+        pending[ref] = chunk
 
     def assign(a: int) -> None:
         job = next(jobs, None)
@@ -182,11 +209,8 @@ def _dispatch(lake: Lake, run: StageRun, report: RenderReport, jobs: Iterator[_J
             return
         glb = ray.put(_glb(lake, job.character_id))
         chunks = [job.items[i:i + chunk_size] for i in range(0, len(job.items), chunk_size)] or [[]]
-        for n, chunk in enumerate(chunks):
-            standard = job.standard and n == len(chunks) - 1
-            needed = {i.pose_id: poses[i.pose_id] for i in chunk}
-            ref = actors[a].render_chunk.remote(job.character_id, glb, chunk, needed, standard)
-            pending[ref] = (a, chunk, standard, job.character_id)
+        for n, items in enumerate(chunks):
+            submit(_Chunk(a, job.character_id, glb, items, job.standard and n == len(chunks) - 1))
             busy[a] += 1
 
     for a in range(len(actors)):
@@ -196,19 +220,29 @@ def _dispatch(lake: Lake, run: StageRun, report: RenderReport, jobs: Iterator[_J
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)  # then take all that are done
         results = []
         for ref in ready:
-            a, chunk, standard, character_id = pending.pop(ref)
-            busy[a] -= 1
+            chunk = pending.pop(ref)
+            a, items, standard, character_id = chunk.actor, chunk.items, chunk.standard, chunk.character_id
             try:
                 results.append(ray.get(ref))
-            except ray.exceptions.RayError as exc:  # the actor died (it restarts); its chunk failed
+            except ray.exceptions.RayError as exc:
+                if isinstance(exc, lost) and chunk.retries < MAX_CHUNK_RETRIES:
+                    chunk.retries += 1
+                    report.retried += 1
+                    log.warning("render chunk of %s lost with its worker (%s); retry %d of %d", character_id,
+                                type(exc).__name__, chunk.retries, MAX_CHUNK_RETRIES)
+                    submit(chunk)            # to the same actor, which Ray restarts; it stays busy
+                    continue
+                # bpy raised on these items (a bad input), or the worker died under them too often
                 reason = f"render worker failed: {str(exc).strip().splitlines()[0][:400]}"
-                failed = ChunkResult(errors=[(i.error_key, reason) for i in chunk])
+                failed = ChunkResult(errors=[(i.error_key, reason) for i in items])
                 if standard:
                     failed.errors.append((standard_error_key(character_id), reason))
                 results.append(failed)
+            busy[a] -= 1
             if busy[a] == 0:
                 assign(a)
-        on_commit(_commit(lake, run, report, results, known_errors))
+        if results:
+            on_commit(_commit(lake, run, report, results, known_errors))
 
 
 def _commit(lake: Lake, run: StageRun, report: RenderReport, results: list[ChunkResult], known_errors: set[str]) -> int:

@@ -45,8 +45,13 @@ class TableSpec:
         return pa.schema([f for f in self.schema if f.name not in drop])
 
 
+#: Marks key columns for Lance: concurrent merge_inserts of the same new key then conflict and retry
+#: (without it both writers insert the key and the table holds it twice).
+PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}
+
+
 def _spec(name: str, key: tuple[str, ...], *fields: pa.Field) -> TableSpec:
-    keyed = [f.with_nullable(False) if f.name in key else f for f in fields]
+    keyed = [f.with_nullable(False).with_metadata(PRIMARY_KEY) if f.name in key else f for f in fields]
     return TableSpec(name, key, pa.schema([*keyed, *PROVENANCE]))
 
 
