@@ -27,6 +27,14 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
+def external_inputs(settings: Settings, stage: str) -> str | None:
+    """Why a stage must run even when its tables and config are unchanged: it reads files outside the
+    lake (new files appear without a version change). Rerunning it is cheap: known files are skipped by hash."""
+    if stage == "assets" and (settings.assets.characters or settings.assets.motions):
+        return "reads asset folders"
+    return None
+
+
 def config_hash(settings: Settings, stage: str) -> str:
     """The hash a stage records in `runs`; stage drivers and the DAG use this one function."""
     return settings.section_hash(*BY_NAME[stage].sections)

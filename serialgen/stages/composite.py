@@ -37,6 +37,7 @@ from serialgen.compositing.backgrounds import (
 from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, make_pair_id
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings, ConfigError, Settings
+from serialgen.pipeline import config_hash
 from serialgen.runtime import init_ray
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
@@ -83,7 +84,7 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     dynamic = cfg.dynamic if dynamic is None else dynamic
     lake = settings.open_lake()
     start = time.perf_counter()
-    with StageRun(lake, "composite", settings.section_hash("composite"),
+    with StageRun(lake, "composite", config_hash(settings, "composite"),
                   inputs=["renders", "standards"], flow_run_id=flow_run_id) as run:
         sink = _Sink(lake, run)
         init_ray(settings.ray)
