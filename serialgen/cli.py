@@ -157,21 +157,6 @@ def render_command(
                   highlight=False, soft_wrap=True)
 
 
-@app.command("train-standardizer")
-@user_command
-def train_standardizer_command(
-    ctx: typer.Context,
-    dynamic: bool = typer.Option(False, "--dynamic", help="Composite pairs on the fly instead of reading `pairs`."),
-    resume: bool = typer.Option(True, help="Continue the run folder's latest checkpoint."),
-    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides standardizer.steps)."),
-) -> None:
-    """Train the standardizer on `pairs` (Prefect flow `train-standardizer`); multi-GPU: see README."""
-    result = run_flow(ctx, "train_standardizer", "train_standardizer", dynamic=dynamic, resume=resume, steps=steps)
-    console.print(f"trained to step {result['step']} (from {result['resumed_from']}); PSNR {result['psnr']}, "
-                  f"SSIM {result['ssim']} on {result['val_pairs']} held-out pairs; model: {result['model_dir']}",
-                  highlight=False)
-
-
 @app.command("composite")
 @user_command
 def composite_command(
@@ -188,6 +173,21 @@ def composite_command(
                   f"{r['errors']}; characters train {r['train_characters']} / test {r['test_characters']}"
                   + (" (dynamic: composited in the loader)" if r["dynamic"] else "") + f"; grid: {r['grid']}",
                   highlight=False, soft_wrap=True)
+
+
+@app.command("train-standardizer")
+@user_command
+def train_standardizer_command(
+    ctx: typer.Context,
+    dynamic: bool = typer.Option(False, "--dynamic", help="Composite pairs on the fly instead of reading `pairs`."),
+    resume: bool = typer.Option(True, help="Continue the run folder's latest checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides standardizer.steps)."),
+) -> None:
+    """Train the standardizer on `pairs` (Prefect flow `train-standardizer`); multi-GPU: see README."""
+    result = run_flow(ctx, "train_standardizer", "train_standardizer", dynamic=dynamic, resume=resume, steps=steps)
+    console.print(f"trained to step {result['step']} (from {result['resumed_from']}); PSNR {result['psnr']}, "
+                  f"SSIM {result['ssim']} on {result['val_pairs']} held-out pairs; model: {result['model_dir']}",
+                  highlight=False)
 
 
 def _gpu_description() -> str:

@@ -42,6 +42,7 @@ from serialgen.runtime import init_ray
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
 from serialgen.storage.runs import StageRun, errors_of
+from serialgen.storage.schemas import BACKGROUNDS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ READ_CPUS = 0.5
 #: Batches per Ray Data block (streaming granularity of the pipeline).
 BLOCK_BATCHES = 4
 PROCEDURAL = "procedural://"
+#: An ingest batch: `backgrounds` rows plus the reason a source could not be read (null when it could).
+BACKGROUND_BATCH_SCHEMA = BACKGROUNDS.payload_schema.append(pa.field("error", pa.string()))
 
 
 @dataclass(frozen=True)
@@ -204,9 +207,7 @@ def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: 
         except (ImageDecodeError, OSError) as exc:
             row["error"] = str(exc)
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("background_id", pa.string()), ("source_uri", pa.string()), ("image", pa.large_binary()),
-        ("width", pa.int32()), ("height", pa.int32()), ("error", pa.string())]))
+    return pa.Table.from_pylist(rows, schema=BACKGROUND_BATCH_SCHEMA)
 
 
 def _read_bytes(uri: str) -> bytes:
