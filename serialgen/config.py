@@ -111,7 +111,7 @@ class StandardizerSettings(Section):
     guidance_scale: float = 3.5
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    checkpoint_dir: Path | None = None  # None: <lake parent>/checkpoints (local lakes only)
+    checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints (local lakes only)
     run_name: str = "standardizer"      # training folder under checkpoint_dir; resume continues it
     checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end); 0: none
     checkpoints_total_limit: int = 2

@@ -225,12 +225,17 @@ def test_resume_equals_uninterrupted_run(settings, lake):
     assert restored.model.standard_pose.shape == (H, W, 3)
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
+def test_new_training_data_starts_over_instead_of_resuming(settings, lake):
+    make_pairs(lake, 2)
+    tiny = settings.model_copy(update={"standardizer": settings.standardizer.model_copy(update={
+        "steps": 2, "batch_size": 2, "width": W, "height": H, "checkpoint_every": 1, "validation_pairs": 0,
+        "num_workers": 0})})
+    assert run_train_standardizer(tiny).step == 2
+    again = run_train_standardizer(tiny)                      # same data: the finished run is resumed
+    assert (again.resumed_from, again.step) == (2, 2)
+    make_pairs(lake, 3, seed=1)                               # the DAG reran upstream: new `pairs` version
+    fresh = run_train_standardizer(tiny)
+    assert (fresh.resumed_from, fresh.step, fresh.train_pairs) == (0, 2, 3)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from serialgen.training.standardizer import (
     train_standardizer,
 )
 
+log = logging.getLogger(__name__)
 STAGE = "train-standardizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
 MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
@@ -60,14 +62,16 @@ def build_standardizer(settings: Settings) -> Standardizer:
 
 
 def training_dir(settings: Settings) -> Path:
-    """``standardizer.checkpoint_dir`` (default ``<lake parent>/checkpoints``) / ``run_name``."""
+    """``standardizer.checkpoint_dir`` (default ``<lake>/_checkpoints``) / ``run_name``.
+
+    Inside the lake by default, so two lakes never resume each other's training."""
     cfg = settings.standardizer
     if cfg.checkpoint_dir is not None:
         return Path(cfg.checkpoint_dir) / cfg.run_name
     lake = settings.open_lake()
     if not lake.is_local:
         raise ConfigError(f"lake {lake.uri} is not a local folder: set standardizer.checkpoint_dir")
-    return Path(lake.uri).resolve().parent / "checkpoints" / cfg.run_name
+    return Path(lake.uri).resolve() / "_checkpoints" / cfg.run_name
 
 
 def with_overrides(settings: Settings, dynamic: bool = False, steps: int | None = None) -> Settings:
@@ -94,10 +98,10 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     test_data = pairs_dataset(settings, "test", size)
     model = build_standardizer(settings)
     accelerator = make_accelerator(cfg, output_dir)
-    if accelerator.is_main_process:
-        _prepare_run_folder(settings, output_dir, resume)
-    accelerator.wait_for_everyone()
     inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs"]
+    if accelerator.is_main_process:
+        _prepare_run_folder(settings, output_dir, resume, inputs)
+    accelerator.wait_for_everyone()
     run_context = (StageRun(settings.open_lake(), STAGE, config_hash(settings, STAGE), inputs=inputs,
                             flow_run_id=flow_run_id) if accelerator.is_main_process else nullcontext())
     with run_context as run:
@@ -125,22 +129,31 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
         losses=result.losses)
 
 
-def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool) -> None:
-    """Refuse to resume a folder trained with another model definition; ``resume=False`` starts over."""
+def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
+    """Refuse to resume a folder trained with another model definition; start over when ``resume`` is
+    False or the training data changed (new input table versions: the DAG reran upstream), so that
+    resuming only ever continues an interrupted run on the same data."""
     output_dir.mkdir(parents=True, exist_ok=True)
     marker = output_dir / "training.json"
     model = {"profile": settings.profile,
              **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
-    if resume and marker.is_file():
-        stored = json.loads(marker.read_text())
+    lake = settings.open_lake()
+    data = {name: lake.version(name) for name in inputs}
+    stored = json.loads(marker.read_text()) if marker.is_file() else {}
+    has_checkpoints = any(output_dir.glob(f"{CHECKPOINT_PREFIX}*"))
+    if resume and has_checkpoints:
         changed = sorted(k for k in model if stored.get(k) != model[k])
-        if changed and any(output_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+        if changed:
             raise ConfigError(f"{output_dir} was trained with other {', '.join(changed)}: "
                               "pass --no-resume to start over or set standardizer.run_name")
+        if stored.get("data", data) != data:
+            log.info("training data changed since %s was written (%s -> %s): starting over",
+                     output_dir, stored.get("data"), data)
+            resume = False
     if not resume:
         for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
             shutil.rmtree(old)
-    marker.write_text(json.dumps(model, indent=1))
+    marker.write_text(json.dumps({**model, "data": data}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
