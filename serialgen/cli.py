@@ -6,6 +6,7 @@ User errors (bad profile, config file, lake URI, missing weights) print one line
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,15 @@ def user_command(func: Callable) -> Callable:
     return wrapper
 
 
+class _NoUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failing run's traceback; for errors the user can fix, its message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_flow(ctx: typer.Context, module: str, name: str, **params):
     """Run a stage's Prefect flow with the invocation's lake, profile and config file."""
     import importlib
@@ -56,6 +66,8 @@ def run_flow(ctx: typer.Context, module: str, name: str, **params):
     settings: Settings = ctx.obj
     configure_prefect(settings)
     flow = getattr(importlib.import_module(f"serialgen.flows.{module}"), name)
+    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
+        handler.addFilter(_NoUserErrorTracebacks())
     config = ctx.parent.params.get("config")
     return flow(lake=settings.lake, profile=settings.profile, config=str(config) if config else None, **params)
 

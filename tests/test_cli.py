@@ -48,3 +48,13 @@ def test_unreadable_config_file(tmp_path):
     cfg.write_text("render: {samples: [1,\n")
     result = CliRunner().invoke(app, ["--config", str(cfg), "info"])
     assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+@pytest.mark.slow
+def test_user_error_inside_a_flow_is_one_line_without_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALGEN_")}
+    proc = subprocess.run([sys.executable, "-m", "serialgen.cli", "--lake", str(tmp_path / "empty"),
+                           "train-standardizer"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "error: no `pairs` table in lake" in proc.stderr

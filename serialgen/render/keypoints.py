@@ -78,7 +78,7 @@ class PosedBody:
             m = np.asarray(world)
             vertices.append(co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3])
             owners += dominant if len(dominant) == len(mesh.vertices) else [None] * len(mesh.vertices)
-        self.vertices = np.concatenate(vertices)
+        self.axes = np.ascontiguousarray(np.concatenate(vertices).T)   # world x, y, z rows of all vertices
         self.owners = owners
 
     def first_hit(self, origin: Vector, target: Vector) -> Vector | None:
@@ -102,9 +102,11 @@ class PosedBody:
                 best = min(best, (world @ nearest - point).length)
         return best
 
-    def bone_at(self, location: Vector) -> str | None:
-        """The dominant bone of the vertex nearest to ``location``."""
-        return self.owners[int(np.argmin(np.sum((self.vertices - np.asarray(location)) ** 2, axis=1)))]
+    def bones_at(self, locations: list[Vector]) -> list[str | None]:
+        """The dominant bone of the vertex nearest to each of ``locations`` (one array pass for all)."""
+        d = self.axes[:, None, :] - np.array(locations).T[:, :, None]
+        d *= d
+        return [self.owners[i] for i in np.argmin(d[0] + d[1] + d[2], axis=1)]
 
 
 def positions(character: Character) -> list[Vector | None]:
@@ -127,7 +129,8 @@ def positions(character: Character) -> list[Vector | None]:
     return points
 
 
-def _occluded(body: PosedBody, cam: bpy.types.Object, index: int, point: Vector, margin: float) -> bool:
+def _occluder(body: PosedBody, cam: bpy.types.Object, point: Vector, margin: float) -> Vector | None:
+    """Where the ray from the camera to ``point`` meets a surface clearly in front of it, or None."""
     if cam.data.type == "ORTHO":
         forward = cam.matrix_world.to_3x3() @ Vector((0.0, 0.0, -1.0))
         origin = point - forward * (forward.dot(point - cam.matrix_world.translation))
@@ -135,11 +138,9 @@ def _occluded(body: PosedBody, cam: bpy.types.Object, index: int, point: Vector,
         origin = cam.matrix_world.translation
     hit = body.first_hit(origin, point)
     if hit is None:
-        return False
+        return None
     slack = (point - origin).length - (hit - origin).length
-    if slack <= 2.0 * body.surface_distance(point) + margin:
-        return False
-    return body.bone_at(hit) not in JOINT_BONES.get(index, ())
+    return None if slack <= 2.0 * body.surface_distance(point) + margin else hit
 
 
 def project(character: Character, parts: BodyParts, cam: bpy.types.Object, figure_height: float,
@@ -154,6 +155,7 @@ def project(character: Character, parts: BodyParts, cam: bpy.types.Object, figur
     width = scene.render.resolution_x * scene.render.resolution_percentage // 100
     height = scene.render.resolution_y * scene.render.resolution_percentage // 100
     out = np.zeros((len(KEYPOINT_SOURCES), 3), np.float32)
+    occluders: dict[int, Vector] = {}
     for i, point in enumerate(positions(character)):
         if point is None:
             continue
@@ -164,6 +166,13 @@ def project(character: Character, parts: BodyParts, cam: bpy.types.Object, figur
         out[i, :2] = (x, y)
         if not (0.0 <= x < width and 0.0 <= y < height):
             continue
-        if body is None or not _occluded(body, cam, i, point, MARGIN * figure_height):
+        hit = None if body is None else _occluder(body, cam, point, MARGIN * figure_height)
+        if hit is None:
             out[i, 2] = 1.0
+        elif i not in FACE_POINTS:
+            occluders[i] = hit
+    # A joint stays visible when what hides it is the flesh of a bone meeting at the joint.
+    if occluders:
+        for i, bone in zip(occluders, body.bones_at(list(occluders.values()))):
+            out[i, 2] = float(bone in JOINT_BONES[i])
     return out

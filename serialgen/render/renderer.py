@@ -1,8 +1,9 @@
 """Render engine settings and the render call itself (timed, so overhead around it can be measured).
 
 Cycles on CPU works everywhere; Cycles on GPU and EEVEE need a GPU (EEVEE also a GL context).
-The frame is written as an 8-bit RGBA PNG (uncompressed, to a RAM-backed folder where one exists)
-and read back: Blender exposes no pixels of the Render Result to Python.
+The frame is written as an 8-bit RGBA raw Targa (no compression or filtering to pay for on either side,
+to a RAM-backed folder where one exists) and read back: Blender exposes no pixels of the Render Result
+to Python. The 8-bit pixels are the ones Blender would write to a PNG.
 """
 
 from __future__ import annotations
@@ -52,10 +53,8 @@ def configure(settings: RenderSettings, width: int, height: int) -> None:
     render.threads_mode = "FIXED"
     render.threads = settings.threads_per_worker
     render.use_persistent_data = True
-    render.image_settings.file_format = "PNG"
+    render.image_settings.file_format = "TARGA_RAW"
     render.image_settings.color_mode = "RGBA"
-    render.image_settings.color_depth = "8"
-    render.image_settings.compression = 0
     scene.view_settings.view_transform = "Standard"
     if settings.engine == "CYCLES":
         cycles = scene.cycles
@@ -72,7 +71,7 @@ def configure(settings: RenderSettings, width: int, height: int) -> None:
 
 def _scratch_file() -> Path:
     shm = Path("/dev/shm")
-    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"serialgen-render-{os.getpid()}.png"
+    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"serialgen-render-{os.getpid()}.tga"
 
 
 class Renderer:

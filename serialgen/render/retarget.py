@@ -89,6 +89,13 @@ class Rig:
         #: canonical world frame = posed rig frame @ bind[canonical bone]
         self.bind = {canon: self.rest[name].T @ swing(rest_c[canon][:, 1], directions[canon]) @ rest_c[canon]
                      for canon, name in self.mapping.items()}
+        by_rig = {v: k for k, v in self.mapping.items()}
+        #: (bone, parent or None, canonical bone or None) in ``order``, and the rest frame of each in its parent's.
+        self.chain = [(b.name, b.parent.name if b.parent else None, by_rig.get(b.name)) for b in self.order]
+        self.rest_in_parent = np.stack([(self.rest[p].T if p else np.eye(3)) @ self.rest[n] for n, p, _ in self.chain])
+        slot = {pb.name: i for i, pb in enumerate(armature.pose.bones)}
+        #: ``order`` position of each pose bone, to write all rotations in one bulk call.
+        self.pose_order = np.argsort([slot[n] for n, _, _ in self.chain])
 
     def read(self) -> np.ndarray:
         """The current pose as canonical local quaternions, shape (len(POSED_BONES), 4)."""
@@ -116,18 +123,22 @@ class Rig:
     def write(self, bones: list[str], rotations) -> None:
         """Pose the rig with canonical ``bones`` / (w, x, y, z) ``rotations`` (a pose row)."""
         target = canonical_world_frames(bones, rotations)
-        by_rig = {v: k for k, v in self.mapping.items()}
+        eye = np.eye(3)
         posed: dict[str, Mat] = {}
-        for bone in self.order:
-            rest = self.rest[bone.name]
-            prest = self.rest[bone.parent.name] if bone.parent else np.eye(3)
-            ppose = posed[bone.parent.name] if bone.parent else np.eye(3)
-            canon = by_rig.get(bone.name)
-            posed[bone.name] = target[canon] @ self.bind[canon].T if canon else ppose @ prest.T @ rest
-            local = (prest.T @ rest).T @ ppose.T @ posed[bone.name]
-            pb = self.armature.pose.bones[bone.name]
-            pb.rotation_mode = "QUATERNION"
-            pb.rotation_quaternion = tuple(mat_to_quat(local))
+        for name, parent, canon in self.chain:
+            if canon:
+                posed[name] = target[canon] @ self.bind[canon].T
+            else:   # an unmapped bone keeps its rest frame relative to its parent
+                posed[name] = (posed[parent] @ self.rest[parent].T if parent else eye) @ self.rest[name]
+        parents = np.stack([posed[p] if p else eye for _, p, _ in self.chain])
+        world = np.stack([posed[n] for n, _, _ in self.chain])
+        local = mat_to_quat(self.rest_in_parent.transpose(0, 2, 1) @ parents.transpose(0, 2, 1) @ world)
+        pose = self.armature.pose.bones
+        for pb in pose:
+            if pb.rotation_mode != "QUATERNION":
+                pb.rotation_mode = "QUATERNION"
+        pose.foreach_set("rotation_quaternion", local[self.pose_order].astype(np.float32).ravel())
+        self.armature.update_tag()  # bulk writes skip the per-property update that re-evaluates the pose
 
 
 def canonical_rotations(armature, correction: Mat | None = None) -> np.ndarray:
@@ -141,7 +152,7 @@ def canonical_rotations(armature, correction: Mat | None = None) -> np.ndarray:
 def canonical_world_frames(bones: list[str], rotations) -> dict[str, Mat]:
     """Forward kinematics on the canonical skeleton: world frame of every canonical bone."""
     rest_c = canonical_rest()
-    local = {skeleton.canonical_name(b): quat_to_mat(q) for b, q in zip(bones, rotations)}
+    local = dict(zip(map(skeleton.canonical_name, bones), quat_to_mat(np.reshape(rotations, (-1, 4)))))
     frames: dict[str, Mat] = {}
     for bone in skeleton.BONES:
         rot = local.get(bone.name, np.eye(3))

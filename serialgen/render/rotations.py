@@ -50,27 +50,35 @@ def swing(a, b) -> np.ndarray:
 
 
 def quat_to_mat(q) -> np.ndarray:
-    w, x, y, z = np.asarray(q, float) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    """Rotation matrix of a (w, x, y, z) quaternion, or of each in a stack: (..., 4) -> (..., 3, 3)."""
+    q = np.asarray(q, float)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    m = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return np.moveaxis(m, (0, 1), (-2, -1))
 
 
 def mat_to_quat(m) -> np.ndarray:
-    """(w, x, y, z) with w >= 0 of a rotation matrix."""
+    """(w, x, y, z) with w >= 0 of a rotation matrix, or of each in a stack: (..., 3, 3) -> (..., 4)."""
     m = np.asarray(m, float)
-    t = np.trace(m)
-    if t > 0:
-        s = 2 * np.sqrt(t + 1)
-        q = np.array([s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s])
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * np.sqrt(1 + m[i, i] - m[j, j] - m[k, k])
-        q = np.empty(4)
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = s / 4
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    flat = m.reshape(-1, 3, 3)
+    q = np.empty((len(flat), 4))
+    t = np.trace(flat, axis1=1, axis2=2)
+    big = t > 0
+    f = flat[big]
+    s = 2 * np.sqrt(t[big] + 1)
+    q[big] = np.stack([s / 4, (f[:, 2, 1] - f[:, 1, 2]) / s, (f[:, 0, 2] - f[:, 2, 0]) / s,
+                       (f[:, 1, 0] - f[:, 0, 1]) / s], axis=1)
+    # Otherwise (turns of 120 degrees or more) start from the largest diagonal element.
+    f, rows = flat[~big], np.flatnonzero(~big)
+    i = np.argmax(np.diagonal(f, axis1=1, axis2=2), axis=1)
+    j, k, n = (i + 1) % 3, (i + 2) % 3, np.arange(len(f))
+    s = 2 * np.sqrt(1 + f[n, i, i] - f[n, j, j] - f[n, k, k])
+    q[rows, 0] = (f[n, k, j] - f[n, j, k]) / s
+    q[rows, 1 + i] = s / 4
+    q[rows, 1 + j] = (f[n, j, i] + f[n, i, j]) / s
+    q[rows, 1 + k] = (f[n, k, i] + f[n, i, k]) / s
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    q *= np.where(q[:, :1] >= 0, 1.0, -1.0)
+    return q.reshape(m.shape[:-2] + (4,))

@@ -84,9 +84,9 @@ class RenderWorker:
     def render_item(self, item: RenderItem, bones: Sequence[str], rotations: Sequence[Sequence[float]]) -> dict[str, Any]:
         """One non-standard render -> its ``renders`` row (``render_seconds``: time inside the render call)."""
         rng = np.random.default_rng(item.seed)
-        posing.apply_pose(self.character, self.rig, bones, rotations)
         expression = str(rng.choice([posing.NEUTRAL, *self.expressions]))
-        posing.set_expression(self.character, expression)
+        posing.set_expression(self.character, expression)   # first: the pose's update deforms the meshes once
+        posing.apply_pose(self.character, self.rig, bones, rotations)
         view = camera.sample_viewpoint(rng)
         points = self._posed_points()
         centre = Vector(((points.min(axis=0) + points.max(axis=0)) / 2).tolist())
