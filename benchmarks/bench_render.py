@@ -35,10 +35,12 @@ from serialgen.config import RaySettings, load_settings  # noqa: E402
 
 def one_image(lake: str, character_id: str, pose_id: str, view_id: int, out: str) -> None:
     """The script approach's child: import bpy, load one character, render one image, write a PNG."""
+    from serialgen.render.actor import blender_sized_for
     from serialgen.render.plan import RenderItem, stable_seed
-    from serialgen.render.worker import RenderWorker
 
     settings = load_settings(lake=lake)
+    with blender_sized_for(settings.render.threads_per_worker):   # as in the stage's actors
+        from serialgen.render.worker import RenderWorker
     lake_ = settings.open_lake()
     glb = lake_.read("characters", filter=f"character_id = '{character_id}'").column("normalized_glb")[0].as_py()
     pose = lake_.read("poses", filter=f"pose_id = '{pose_id}'").to_pylist()[0]

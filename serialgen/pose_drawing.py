@@ -27,14 +27,14 @@ _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
                     np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False))], axis=1)
 
 
-def _ellipse(p: np.ndarray, q: np.ndarray, half_width: float) -> list[tuple[float, float]]:
-    """Polygon of the ellipse spanning p..q with the given half-width."""
+def _ellipses(p: np.ndarray, q: np.ndarray, half_width: float) -> np.ndarray:
+    """Polygons (n x 24 x 2) of the ellipses spanning p[i]..q[i] with the given half-width."""
     axis = q - p
-    length = float(np.hypot(*axis))
-    along = axis / length if length > 0 else np.array([1.0, 0.0])
-    across = np.array([-along[1], along[0]])
-    points = (p + q) / 2 + np.outer(_CIRCLE[:, 0] * length / 2, along) + np.outer(_CIRCLE[:, 1] * half_width, across)
-    return [tuple(v) for v in points.tolist()]
+    length = np.hypot(axis[:, 0], axis[:, 1])
+    along = np.where(length[:, None] > 0, axis / np.where(length > 0, length, 1.0)[:, None], [1.0, 0.0])
+    across = np.stack([-along[:, 1], along[:, 0]], axis=1)
+    return ((p + q) / 2)[:, None] + (_CIRCLE[:, 0] * length[:, None] / 2)[..., None] * along[:, None] \
+        + (_CIRCLE[:, 1] * half_width)[None, :, None] * across[:, None]
 
 
 def draw_pose_on(canvas: Image.Image, keypoints: np.ndarray) -> Image.Image:
@@ -47,9 +47,11 @@ def draw_pose_on(canvas: Image.Image, keypoints: np.ndarray) -> Image.Image:
     stick, radius = _sizes(canvas.width, canvas.height)
     draw = ImageDraw.Draw(canvas)
     visible = kp[:, 2] > 0
-    for (a, b), color in zip(LIMBS, COLORS):
-        if visible[a] and visible[b]:
-            draw.polygon(_ellipse(kp[a, :2], kp[b, :2], stick), fill=tuple(int(c * 0.6) for c in color))
+    limbs = [(a, b, color) for (a, b), color in zip(LIMBS, COLORS) if visible[a] and visible[b]]
+    if limbs:
+        ends = np.array([(a, b) for a, b, _ in limbs])
+        for polygon, (_, _, color) in zip(_ellipses(kp[ends[:, 0], :2], kp[ends[:, 1], :2], stick).tolist(), limbs):
+            draw.polygon([tuple(v) for v in polygon], fill=tuple(int(c * 0.6) for c in color))
     for (x, y, v), color in zip(kp, COLORS):
         if v > 0:
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color)

@@ -89,7 +89,7 @@ class Renderer:
         bpy.ops.render.render(write_still=True)
         seconds = time.perf_counter() - start
         try:
-            with Image.open(self.path) as img:
+            with Image.open(self.path, formats=("TGA",)) as img:
                 rgba = np.asarray(img.convert("RGBA"))
         finally:
             self.path.unlink(missing_ok=True)
