@@ -36,12 +36,16 @@ class ReferenceBank:
         self.keep = None
 
 
-class ReferenceWriteProcessor:
-    """ReferenceNet ``attn1``: inject FBDM/RPIM into the input, store it, attend as usual."""
+class _BankProcessor:
+    """A self-attention processor bound to one layer's slot in the shared :class:`ReferenceBank`."""
 
     def __init__(self, bank: ReferenceBank, index: int) -> None:
         self.bank, self.index = bank, index
         self._attend = AttnProcessor2_0()
+
+
+class ReferenceWriteProcessor(_BankProcessor):
+    """ReferenceNet ``attn1``: inject FBDM/RPIM into the input, store it, attend as usual."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
@@ -51,12 +55,8 @@ class ReferenceWriteProcessor:
         return self._attend(attn, hidden_states, None, attention_mask, temb)
 
 
-class ReferenceReadProcessor:
+class ReferenceReadProcessor(_BankProcessor):
     """Denoiser ``attn1``: keys/values = [own tokens, reference tokens] when the bank holds them."""
-
-    def __init__(self, bank: ReferenceBank, index: int) -> None:
-        self.bank, self.index = bank, index
-        self._attend = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, **kwargs) -> torch.Tensor:

@@ -50,7 +50,8 @@ class Lake:
 
     @property
     def is_local(self) -> bool:
-        return urlparse(self.uri).scheme in ("", "file") or len(urlparse(self.uri).scheme) == 1
+        scheme = urlparse(self.uri).scheme
+        return scheme in ("", "file") or len(scheme) == 1
 
     def table_uri(self, name: str) -> str:
         spec(name)
@@ -170,11 +171,10 @@ def conform(table_spec: TableSpec, rows: pa.Table | pa.RecordBatch | Iterable[Ma
             rows = pa.Table.from_pylist(rows, schema=payload) if rows else payload.empty_table()
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
             raise SchemaMismatchError(f"rows do not fit table {table_spec.name!r}: {exc}") from exc
-    now = pa.scalar(dt.datetime.now(dt.timezone.utc), PROVENANCE[1].type)
-    if "run_id" not in rows.column_names:
-        rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
-    rows = rows.append_column("written_at", pa.array([now.as_py()] * rows.num_rows, now.type)) \
-        if "written_at" not in rows.column_names else rows
+    stamps = {"run_id": run_id, "written_at": dt.datetime.now(dt.timezone.utc)}
+    for stamp in PROVENANCE:
+        if stamp.name not in rows.column_names:
+            rows = rows.append_column(stamp.name, pa.array([stamps[stamp.name]] * rows.num_rows, stamp.type))
     names = set(rows.column_names)
     expected = set(table_spec.schema.names)
     if names != expected:
