@@ -13,7 +13,7 @@ from serialgen.flows.assets import assets
 from serialgen.flows.composite import composite
 from serialgen.flows.render import render
 from serialgen.flows.train_standardizer import train_standardizer
-from serialgen.pipeline import STAGES, config_hash, external_inputs
+from serialgen.stages.registry import STAGES, config_hash, external_inputs
 from serialgen.storage.runs import up_to_date
 
 #: Each stage's flow; called as a subflow so its runs and artifacts show up on their own in the dashboard.

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from serialgen.config import Settings
-from serialgen.pipeline import config_hash
+from serialgen.stages.registry import config_hash
 from serialgen.render import asset_worker, skeleton
 from serialgen.render.audit import UNREADABLE, Facts, decide
 from serialgen.render.poses import dedup, pose_id

@@ -37,7 +37,7 @@ from serialgen.compositing.backgrounds import (
 from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, make_pair_id
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings, ConfigError, Settings
-from serialgen.pipeline import config_hash
+from serialgen.stages.registry import config_hash
 from serialgen.runtime import init_ray
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from serialgen.config import RenderSettings, Settings
-from serialgen.pipeline import config_hash
+from serialgen.stages.registry import config_hash
 from serialgen.pose_drawing import overlay_pose
 from serialgen.render.plan import ChunkResult, RenderItem, plan_by_character, standard_error_key
 from serialgen.storage import Lake

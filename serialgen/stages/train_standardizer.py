@@ -22,7 +22,7 @@ from pathlib import Path
 from serialgen.config import ConfigError, Settings, load_settings
 from serialgen.models.components import load_sd15_components, tiny_components
 from serialgen.models.standardizer import Standardizer
-from serialgen.pipeline import config_hash
+from serialgen.stages.registry import config_hash
 from serialgen.storage.runs import StageRun
 from serialgen.training.standardizer import (
     CHECKPOINT_PREFIX,

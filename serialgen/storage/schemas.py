@@ -148,12 +148,20 @@ PAIRS = _spec(
     F("augmentation", JSON),
 )
 
+#: Bounding box (left, top, right, bottom) in pixels, e.g. where the original image sits in a padded frame.
+BOX = pa.list_(pa.int32(), 4)
+
 REAL_IMAGES = _spec(
     "real_images", ("image_id",),
-    F("image_id", pa.string()),
+    F("image_id", pa.string()),                # content hash of the decoded, orientation-corrected pixels
     F("source_uri", pa.string()),
-    F("image", IMAGE),
+    F("image", IMAGE),                         # RGB PNG, or RGBA PNG when the source had real transparency
+    F("has_alpha", pa.bool_()),                # the source carried a usable alpha (used as the mask)
     F("caption", pa.string()),
+    F("domain", pa.string()),                  # anime | real | null (unknown)
+    F("character_id", pa.string()),            # when known: keeps one character's images on one split side
+    F("split", pa.string()),                   # train | test (deterministic, by character_id else image_id)
+    F("source_mode", pa.string()),             # PIL mode of the source file (L, LA, P, RGBA, CMYK, I;16, ...)
     F("width", pa.int32()),
     F("height", pa.int32()),
 )
@@ -161,30 +169,70 @@ REAL_IMAGES = _spec(
 STANDARDIZED = _spec(
     "standardized", ("image_id", "model_version"),
     F("image_id", pa.string()),
-    F("model_version", pa.string()),
-    F("image", IMAGE),
-    F("mask", IMAGE),
-    F("keypoints", KEYPOINTS),
-    F("pose_image", IMAGE),
+    F("model_version", pa.string()),           # standardizer version (its checkpoint's run/config hash)
+    F("image", IMAGE),                         # standardized RGB (white background, A-pose, front)
+    F("input_mask", IMAGE),                    # background mask of the padded input, 255 = background
+    F("reference_keypoints", KEYPOINTS),       # padded-frame pixels, third value = detector score
+    F("reference_pose_image", IMAGE),
+    F("target_keypoints", KEYPOINTS),          # the canonical standard skeleton used
+    F("padding_box", BOX),                     # where the original image sits in the padded frame
+    F("width", pa.int32()),
+    F("height", pa.int32()),
+    F("seed", pa.int64()),
+    F("steps", pa.int32()),
+    F("guidance_scale", pa.float32()),
+    F("sampler", pa.string()),
+    F("preprocessors", JSON),                  # {"mask": name@version, "pose": name@version}
+    F("seconds", pa.float32()),                # model time per image
+)
+
+PERSONALIZER_PAIRS = _spec(
+    "personalizer_pairs", ("mode", "pair_id"),
+    F("mode", pa.string()),                    # two_stage | paired_one_stage | unpaired
+    F("pair_id", pa.string()),
+    F("reference_id", pa.string()),            # image_id (or generation_id) of the reference side
+    F("reference_source", pa.string()),        # standardized | real_images | generations
+    F("reference_image", IMAGE),
+    F("target_id", pa.string()),
+    F("target_image", IMAGE),
+    F("caption", pa.string()),
+    F("standardizer_version", pa.string()),
+    F("split", pa.string()),
 )
 
 GENERATIONS = _spec(
     "generations", ("generation_id",),
-    F("generation_id", pa.string()),
+    F("generation_id", pa.string()),           # hash of (method, reference ids, prompt, seed, scale, versions)
+    F("method", pa.string()),                  # personalizer mode that made it (two_stage, unpaired, ...)
     F("character_id", pa.string()),
+    F("reference_ids", pa.list_(pa.string())), # image ids of the reference(s)
+    F("standardized_reference", IMAGE),        # what the adapter saw (null with --no-standardize)
     F("prompt", pa.string()),
+    F("prompt_category", pa.string()),         # action | background | viewpoint | expression | other
     F("seed", pa.int64()),
-    F("model_version", pa.string()),
+    F("scale", pa.float32()),
+    F("sampler", pa.string()),
+    F("steps", pa.int32()),
+    F("standardizer_version", pa.string()),
+    F("personalizer_version", pa.string()),
     F("image", IMAGE),
+    F("width", pa.int32()),
+    F("height", pa.int32()),
 )
 
 EVALUATIONS = _spec(
     "evaluations", ("evaluation_id",),
     F("evaluation_id", pa.string()),
+    F("method", pa.string()),                  # e.g. two_stage, unpaired, standardizer fbdm+rpim
     F("model_version", pa.string()),
+    F("stage", pa.string()),                   # standardized | personalized | standardizer
     F("metric", pa.string()),                  # clip_i | clip_t | face_sim | ap_clip_i | psnr | ssim
     F("value", pa.float64()),
     F("n", pa.int64()),
+    F("generation_id", pa.string()),           # set on per-generation scores; null on aggregates
+    F("character_id", pa.string()),
+    F("domain", pa.string()),                  # subset: anime | real | synthetic | all
+    F("prompt_category", pa.string()),         # subset: action | background | ... | all
     F("details", JSON),                        # e.g. CLIP model name, face-detection rate
 )
 
@@ -213,7 +261,7 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         CHARACTERS, MOTIONS, POSES, RENDERS, STANDARDS, BACKGROUNDS, PAIRS,
-        REAL_IMAGES, STANDARDIZED, GENERATIONS, EVALUATIONS, RUNS, ERRORS,
+        REAL_IMAGES, STANDARDIZED, PERSONALIZER_PAIRS, GENERATIONS, EVALUATIONS, RUNS, ERRORS,
     )
 }
 
