@@ -32,19 +32,24 @@ PACKAGES = ("serialgen", "bpy", "torch", "diffusers", "transformers", "ray", "py
             "pyarrow", "prefect", "rembg", "open_clip_torch", "controlnet_aux", "numpy")
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def user_command(func: Callable) -> Callable:
-    """Turn the user-fixable errors of a command into one clear line and exit code 2."""
+    """Turn the user-fixable errors of a command into one clear line and exit code 2, and a stage that
+    ended Failed for a stated reason into one line and exit code 1."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from serialgen.storage.runs import StageFailed
+
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except StageFailed as exc:
+            fail(str(exc), code=1)
     return wrapper
 
 
@@ -52,7 +57,9 @@ class _NoUserErrorTracebacks(logging.Filter):
     """Prefect logs a failing run's traceback; for errors the user can fix, its message is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        from serialgen.storage.runs import StageFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, StageFailed)):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -26,7 +26,7 @@ from serialgen.pose_drawing import overlay_pose
 from serialgen.render.plan import ChunkResult, RenderItem, plan_by_character, standard_error_key
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
-from serialgen.storage.runs import StageRun
+from serialgen.storage.runs import StageRun, require_input
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -142,8 +142,10 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
     limit = cfg.limit if limit is None else limit
     lake = settings.open_lake()
     start = time.perf_counter()
+    require_input(lake, "characters", "render", "assets", filter="status = 'accepted'")
+    require_input(lake, "poses", "render", "assets")
     with StageRun(lake, "render", config_hash(settings, "render"), inputs=["characters", "poses"],
-                  flow_run_id=flow_run_id) as run:
+                  flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
         report = RenderReport(run.run_id)
         character_ids = sorted(lake.read("characters", columns=["character_id"], filter="status = 'accepted'")
                                .column("character_id").to_pylist())
@@ -180,6 +182,7 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
                 for actor in actors:
                     ray.kill(actor)
         report.seconds = time.perf_counter() - start
+        run.attempted = report.rendered + report.failed + report.standards_rendered + report.standards_failed
         run.outputs = ["renders", "standards"]
         run.metrics = {k: v for k, v in vars(report).items() if k not in ("run_id", "error_examples")}
         run.metrics["overhead_ratio"] = report.overhead_ratio
