@@ -140,3 +140,14 @@ def test_a_run_where_every_stage_is_skipped_imports_no_heavy_library(settings, t
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"statuses": ["skipped"] * len(STAGES), "heavy": []}
     assert set(BY_NAME) == {s.name for s in STAGES}
+
+
+def test_progress_line_reports_done_total_rate_and_eta(caplog):
+    from serialgen.progress import ProgressReporter
+
+    reporter = ProgressReporter("render", interval=0.0, bar=False)
+    assert reporter.line(40, 120, 20.0) == "render: 40/120 items (33%), 2.00 items/s, ETA 40 s"
+    assert reporter.line(120, 120, 60.0) == "render: 120/120 items (100%), 2.00 items/s, done"
+    with caplog.at_level("INFO", logger="serialgen.progress"):
+        reporter(3, 6)
+    assert caplog.records and caplog.records[-1].getMessage().startswith("render: 3/6 items (50%)")

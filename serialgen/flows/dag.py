@@ -25,7 +25,14 @@ from serialgen.stages.skip import should_run
 from serialgen.storage.runs import StageFailed
 
 
-@task(cache_policy=NO_CACHE, retries=0)
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a stage (its writes are idempotent upserts) unless it failed for a reason a rerun cannot fix."""
+    from serialgen.config import ConfigError
+
+    return not isinstance(state.data, (FileNotFoundError, ConfigError, StageFailed))
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
 def run_stage(name: str, lake: str, profile: str, config: str | None, force: bool) -> dict[str, Any]:
     """Run one stage's flow when :func:`should_run` says so; returns the stage's summary row."""
     logger = get_run_logger()
