@@ -105,7 +105,12 @@ def test_too_many_failed_items_fail_the_run_with_count_and_reasons(lake):
     row = lake.read("runs").to_pylist()[0]
     assert row["status"] == "failed" and "3 of 4 items failed" in json.loads(row["metrics"])["exception"]
     with StageRun(lake, "composite", "h", max_failure_share=0.5) as run:
-        run.errors([("a", "boom")])
+        run.errors([("d", "boom")])
+        run.attempted = 4
+    assert lake.read("runs", filter=f"run_id = '{run.run_id}'").column("status").to_pylist() == ["completed"]
+    # A rerun where the known-bad items fail again (and one new item works) is not a failure.
+    with StageRun(lake, "composite", "h", max_failure_share=0.5) as run:
+        run.errors([("a", "boom"), ("b", "boom"), ("c", "bad")])
         run.attempted = 4
     assert lake.read("runs", filter=f"run_id = '{run.run_id}'").column("status").to_pylist() == ["completed"]
 

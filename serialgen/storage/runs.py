@@ -69,6 +69,10 @@ class StageRun:
         self.attempted = 0              # items the stage tried this run (set by the stage)
         self.max_failure_share = max_failure_share
         self._first_reasons: list[str] = []
+        # Items that failed in an earlier run and fail again are known bad inputs, not a sign of a bug.
+        self._known_bad = (set(lake.read("errors", columns=["key"], filter=f"stage = '{stage}'").column("key")
+                               .to_pylist()) if max_failure_share is not None and lake.exists("errors") else set())
+        self.n_repeated = 0
 
     def __enter__(self) -> "StageRun":
         self._write("running")
@@ -85,10 +89,11 @@ class StageRun:
             raise too_many
 
     def _too_many_failures(self) -> TooManyFailures | None:
-        share = self.n_errors / self.attempted if self.attempted else 0.0
+        new, attempted = self.n_errors - self.n_repeated, self.attempted - self.n_repeated
+        share = new / attempted if attempted > 0 else 0.0
         if self.max_failure_share is None or share <= self.max_failure_share:
             return None
-        return TooManyFailures(f"{self.stage}: {self.n_errors} of {self.attempted} items failed ({share:.0%} > limit "
+        return TooManyFailures(f"{self.stage}: {new} of {attempted} items failed ({share:.0%} > limit "
                                f"{self.max_failure_share:.0%}); first reasons: {'; '.join(self._first_reasons)}")
 
     def error(self, key: str, reason: str) -> None:
@@ -97,7 +102,9 @@ class StageRun:
 
     def errors(self, items: Iterable[tuple[str, str]]) -> None:
         rows = [{"stage": self.stage, "key": k, "reason": r} for k, r in items]
-        self._first_reasons += [r["reason"] for r in rows[:3 - len(self._first_reasons)]]
+        new = [r for r in rows if r["key"] not in self._known_bad]
+        self.n_repeated += len(rows) - len(new)
+        self._first_reasons += [r["reason"] for r in new[:3 - len(self._first_reasons)]]
         if rows:
             self.n_errors += len(rows)
             self.lake.upsert("errors", rows, self.run_id)
