@@ -119,25 +119,32 @@ def info(ctx: typer.Context) -> None:
     console.print(grid)
     lineage = _lineage_table(settings)
     if lineage is not None:
-        console.rule("lineage (last completed run per stage)")
+        console.rule("lineage (DAG order: last completed run per stage, and what `serialgen run` would do)")
         console.print(lineage)
 
 
 def _lineage_table(settings: Settings) -> Table | None:
+    """Every DAG stage in order: what it depends on, its last completed run (config, versions read and
+    written, checkpoint or report), and whether the next `serialgen run` would run it and why."""
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
     from serialgen.storage.runs import last_completed
 
     lake = settings.open_lake()
     if not lake.exists("runs"):
         return None
-    stages = sorted(set(lake.read("runs", columns=["stage"]).column("stage").to_pylist()))
-    grid = Table("stage", "run", "config", "read", "wrote", "checkpoint")
-    for stage in stages:
-        run = last_completed(lake, stage)
+    grid = Table("stage", "after", "last run", "config", "read", "wrote", "checkpoint / report", "next run")
+    versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
+    for stage in topological():
+        run = last_completed(lake, stage.name)
+        runs_next, why = should_run(settings, stage.name)
+        upcoming = f"runs: {why}" if runs_next else "skipped"
+        after = ", ".join(stage.depends_on) or "-"
         if run is None:
+            grid.add_row(stage.name, after, "-", "-", "-", "-", "-", upcoming)
             continue
-        versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
-        grid.add_row(stage, run["run_id"], run["config_hash"], versions(run["inputs"]),
-                     versions(run["outputs"]), run["checkpoint"] or "-")
+        grid.add_row(stage.name, after, run["run_id"], run["config_hash"], versions(run["inputs"]),
+                     versions(run["outputs"]), run["checkpoint"] or "-", upcoming)
     return grid
 
 

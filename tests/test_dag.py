@@ -156,3 +156,18 @@ def test_progress_line_reports_done_total_rate_and_eta(caplog):
     with caplog.at_level("INFO", logger="serialgen.progress"):
         reporter(3, 6)
     assert caplog.records and caplog.records[-1].getMessage().startswith("render: 3/6 items (50%)")
+
+
+def test_info_shows_every_stage_in_dag_order_with_what_the_next_run_does(settings):
+    from typer.testing import CliRunner
+
+    from serialgen.cli import app
+
+    _complete(settings, "assets")
+    result = CliRunner().invoke(app, ["--lake", settings.lake, "info"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lineage = result.output.split("lineage (DAG order")[1]
+    rows = [line for line in lineage.splitlines() if line.strip("│ ").split(" ")[0] in BY_NAME]
+    names = [row.strip("│ ").split(" ")[0] for row in rows]
+    assert names == [s.name for s in topological()]
+    assert "skipped" in rows[0] and "runs: never completed" in rows[1]
