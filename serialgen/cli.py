@@ -229,7 +229,9 @@ def _gpu_description() -> str:
 def run_command(ctx: typer.Context,
                 force: bool = typer.Option(False, help="Rerun every stage even if its inputs and config are unchanged.")) -> None:
     """Run the whole DAG (Prefect flow `serialgen`): each stage whose inputs or config changed."""
-    summary = run_flow(ctx, "dag", "serialgen", force=force)
+    summary = None if force else _nothing_to_run(ctx.obj)
+    if summary is None:
+        summary = run_flow(ctx, "dag", "serialgen", force=force)
     grid = Table("stage", "status", "why", "seconds")
     for row in summary:
         grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
@@ -238,6 +240,26 @@ def run_command(ctx: typer.Context,
     console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
                   f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
                   "details: `serialgen info`", highlight=False)
+
+
+def _nothing_to_run(settings: Settings) -> list[dict] | None:
+    """The DAG's summary when every stage would be skipped and no Prefect server is configured: then the
+    ephemeral API (seconds to start) would only record a run that does nothing, so it is not started.
+    With ``PREFECT_API_URL`` set the flow always runs, so the dashboard shows every scheduled run."""
+    import os
+
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    summary = []
+    for stage in topological():
+        run, why = should_run(settings, stage.name)
+        if run:
+            return None
+        summary.append({"stage": stage.name, "status": "skipped", "why": why, "seconds": 0.0})
+    return summary
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,16 @@ def test_info_shows_every_stage_in_dag_order_with_what_the_next_run_does(setting
     names = [row.strip("│ ").split(" ")[0] for row in rows]
     assert names == [s.name for s in topological()]
     assert "skipped" in rows[0] and "runs: never completed" in rows[1]
+
+
+def test_cli_run_with_every_stage_up_to_date_starts_no_prefect_server(settings, tmp_path):
+    for stage in topological():
+        _complete(settings, stage.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERIALGEN_", "PREFECT_API_URL"))}
+    proc = subprocess.run([sys.executable, "-m", "serialgen.cli", "--lake", settings.lake, "run"],
+                          capture_output=True, text=True, env={**env, "COLUMNS": "200"}, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "temporary server" not in proc.stdout + proc.stderr
+    statuses = [line.split("│")[2].strip() for line in proc.stdout.splitlines()
+                if line.startswith("│") and line.split("│")[1].strip() in BY_NAME]
+    assert statuses == ["skipped"] * len(STAGES)
