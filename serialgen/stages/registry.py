@@ -23,6 +23,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("render", ("render",)),
     Stage("composite", ("composite",)),
     Stage("train-standardizer", ("standardizer", "composite")),
+    Stage("train-personalizer", ("personalizer",)),
+    Stage("generate", ("personalizer",)),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
