@@ -81,21 +81,25 @@ class IPAdapter(nn.Module):
             processor.to_v_ip[0].weight.data.copy_(state[f"ip_adapter.{2 * i + 1}.to_v_ip.weight"])
 
 
-def install_ip_adapter(unet, encoder_config, tokens: int = 257) -> IPAdapter:
+def install_ip_adapter(unet, encoder_config, tokens: int = 257, seed: int = 0) -> IPAdapter:
     """Put an IP-Adapter into ``unet`` (in place) and return its trainable part.
 
     ``tokens`` equal to the encoder's sequence length ((image / patch)^2 + 1) selects the ``full``
-    projection; any other count the ``plain`` one. Everything else in the UNet is left as it was.
+    projection; any other count the ``plain`` one. The projection's initialisation is drawn from
+    ``seed`` (the global RNG is left as it was). Everything else in the UNet is left as it was.
     """
     sequence = (encoder_config.image_size // encoder_config.patch_size) ** 2 + 1
     cross_dim = unet.config.cross_attention_dim
-    if tokens == sequence:
-        image_proj = IPAdapterFullImageProjection(image_embed_dim=encoder_config.hidden_size, cross_attention_dim=cross_dim)
-    elif tokens > 0:
-        image_proj = ImageProjection(image_embed_dim=encoder_config.projection_dim, cross_attention_dim=cross_dim,
-                                     num_image_text_embeds=tokens)
-    else:
+    if tokens <= 0:
         raise ValueError(f"personalizer.image_tokens must be positive, got {tokens}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if tokens == sequence:
+            image_proj = IPAdapterFullImageProjection(image_embed_dim=encoder_config.hidden_size,
+                                                      cross_attention_dim=cross_dim)
+        else:
+            image_proj = ImageProjection(image_embed_dim=encoder_config.projection_dim, cross_attention_dim=cross_dim,
+                                         num_image_text_embeds=tokens)
     processors, adapters = {}, {}
     for name in unet.attn_processors:
         attention = unet.get_submodule(name.removesuffix(".processor"))

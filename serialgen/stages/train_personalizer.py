@@ -109,7 +109,7 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
         if len(train_data) == 0:
             raise FileNotFoundError(f"no train-split {cfg.mode} pairs in lake {settings.lake}: "
                                     "ingest more real images (`serialgen ingest-real`)")
-        model = Personalizer(parts, cfg.image_tokens)
+        model = Personalizer(parts, cfg.image_tokens, cfg.seed)
         result = train_personalizer(model, train_data, cfg, output_dir, resume=resume, stop_at=stop_at,
                                     accelerator=accelerator)
         trained = base = None

@@ -39,7 +39,7 @@ from serialgen.training.loop import (
 class Personalizer(nn.Module):
     """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
 
-    def __init__(self, parts: SDXLParts, image_tokens: int = 257) -> None:
+    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0) -> None:
         super().__init__()
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
@@ -48,7 +48,7 @@ class Personalizer(nn.Module):
         self.scheduler_config = parts.scheduler_config
         for module in parts.frozen_modules().values():
             module.requires_grad_(False).eval()
-        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens)
+        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
         self.adapter.requires_grad_(True).train()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -92,15 +92,19 @@ def _quote(value: str) -> str:
     return value.replace("'", "''")
 
 
-def rgb_on_white(data: bytes) -> np.ndarray:
-    """Encoded image -> HxWx3 uint8; a transparent background becomes white."""
-    image = decode_image(data)
+def on_white(image: np.ndarray) -> np.ndarray:
+    """uint8 HxW, HxWx3 or HxWx4 -> HxWx3; a transparent background becomes white."""
     if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
+        return np.repeat(image[..., None], 3, axis=2)
     if image.shape[2] == 4:
         alpha = image[..., 3:].astype(np.float32) / 255
-        image = np.rint(image[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        return np.rint(image[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
     return image
+
+
+def rgb_on_white(data: bytes) -> np.ndarray:
+    """Encoded image -> HxWx3 uint8 (see :func:`on_white`)."""
+    return on_white(decode_image(data))
 
 
 def cover_crop(image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
