@@ -53,8 +53,8 @@ class SDXLParts:
     tokenizer_2: CLIPTokenizer
     image_encoder: CLIPVisionModelWithProjection
     scheduler_config: dict[str, Any]
-    model_dir: Path
-    image_encoder_dir: Path
+    model_dir: Path | None           # None: built in memory (benchmarks)
+    image_encoder_dir: Path | None
 
     def frozen_modules(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
@@ -101,27 +101,37 @@ def sdxl_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIP
     return unet, vae, text, text_2, vision
 
 
-def write_sdxl_folders(root: Path, configs=None, seed: int = 0) -> tuple[Path, Path]:
-    """Random-weight components from ``configs`` (default :func:`tiny_configs`) saved as
-    ``root/base`` (SDXL base layout, loadable by ``StableDiffusionXLPipeline.from_pretrained``) and
-    ``root/image_encoder``; returns both folders. Tokenizers are written as vocab.json + merges.txt."""
-    root = Path(root)
+def random_sdxl_parts(vocab_dir: Path, configs=None, seed: int = 0) -> SDXLParts:
+    """Random-weight components from ``configs`` (default :func:`tiny_configs`), tokenizers from the
+    BPE vocabulary written to ``vocab_dir``; build under ``torch.device("cuda")`` to initialise on a GPU."""
     unet_config, vae_config, text_config, text_config_2, vision_config = configs or tiny_configs()
     torch.manual_seed(seed)
-    base, encoder_dir = root / "base", root / "image_encoder"
-    vocab_dir = root / "vocab"
-    _write_bpe_vocabulary(vocab_dir, TINY_WORDS)
+    _write_bpe_vocabulary(Path(vocab_dir), TINY_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, local_files_only=True, model_max_length=77)
-    pipeline = StableDiffusionXLPipeline(
-        vae=AutoencoderKL(**vae_config), text_encoder=CLIPTextModel(text_config),
+    return SDXLParts(
+        unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**vae_config), text_encoder=CLIPTextModel(text_config),
         text_encoder_2=CLIPTextModelWithProjection(text_config_2), tokenizer=tokenizer, tokenizer_2=tokenizer,
-        unet=UNet2DConditionModel(**unet_config), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE))
+        image_encoder=CLIPVisionModelWithProjection(vision_config), scheduler_config=dict(SDXL_SCHEDULE),
+        model_dir=None, image_encoder_dir=None)
+
+
+def write_sdxl_folders(root: Path, configs=None, seed: int = 0) -> tuple[Path, Path]:
+    """:func:`random_sdxl_parts` saved as ``root/base`` (SDXL base layout, loadable by
+    ``StableDiffusionXLPipeline.from_pretrained``) and ``root/image_encoder``; returns both folders.
+    Tokenizers are written as vocab.json + merges.txt, like SDXL base ships them."""
+    root = Path(root)
+    base, encoder_dir, vocab_dir = root / "base", root / "image_encoder", root / "vocab"
+    parts = random_sdxl_parts(vocab_dir, configs, seed)
+    pipeline = StableDiffusionXLPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE))
     pipeline.save_pretrained(base, safe_serialization=True)
-    for folder in ("tokenizer", "tokenizer_2"):  # SDXL base ships its BPE files; keep that layout
+    for folder in ("tokenizer", "tokenizer_2"):
         (base / folder / "tokenizer.json").unlink(missing_ok=True)
         for name in ("vocab.json", "merges.txt"):
             (base / folder / name).write_bytes((vocab_dir / name).read_bytes())
-    CLIPVisionModelWithProjection(vision_config).save_pretrained(encoder_dir, safe_serialization=True)
+    parts.image_encoder.save_pretrained(encoder_dir, safe_serialization=True)
     return base, encoder_dir
 
 

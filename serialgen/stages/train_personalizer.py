@@ -47,7 +47,9 @@ class TrainPersonalizerReport:
     heldout_loss_scale0: float | None   # same model, adapter off (plain SDXL), same noise and timesteps
     adapter_dir: Path | None
     checkpoint: Path | None
-    data_share: float | None
+    data_share: float | None            # loader share of step time (first batch excluded)
+    step_seconds: float | None          # mean compute time per step (first step excluded)
+    data_seconds: float | None          # mean wait for a batch (first batch excluded)
     losses: list[float]
 
 
@@ -127,7 +129,8 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
             run_id=run.run_id if run is not None else None, mode=cfg.mode, step=result.step,
             resumed_from=result.resumed_from, train_pairs=len(train_data), test_pairs=len(test_data),
             heldout_loss=trained, heldout_loss_scale0=base, adapter_dir=adapter_dir, checkpoint=result.checkpoint,
-            data_share=result.data_share, losses=result.losses)
+            data_share=result.data_share, step_seconds=_mean(result.step_times[1:]),
+            data_seconds=_mean(result.data_times), losses=result.losses)
         if run is not None:
             run.metrics = {"mode": cfg.mode, "step": result.step, "resumed_from": result.resumed_from,
                            "train_pairs": len(train_data), "test_pairs": len(test_data),
@@ -184,6 +187,10 @@ pipe.load_ip_adapter("{folder}", subfolder="", weight_name="{WEIGHTS_NAME}",
 ```
 Pad the (standardized) reference to a white square before passing it.
 """
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _drop_stale_pairs(lake, mode: str, keep: set[str]) -> None:
