@@ -216,6 +216,50 @@ def train_standardizer_command(
                   highlight=False)
 
 
+@app.command("train-personalizer")
+@user_command
+def train_personalizer_command(
+    ctx: typer.Context,
+    mode: Optional[str] = typer.Option(None, help="two_stage | paired_one_stage | unpaired (default personalizer.mode)."),
+    resume: bool = typer.Option(True, help="Continue the mode's latest checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides personalizer.steps)."),
+) -> None:
+    """Train the IP-Adapter personalizer on SDXL (Prefect flow `train-personalizer`); multi-GPU: see README."""
+    r = run_flow(ctx, "train_personalizer", "train_personalizer", mode=mode, resume=resume, steps=steps)
+    console.print(f"{r['mode']}: trained to step {r['step']} (from {r['resumed_from']}) on {r['train_pairs']} pairs; "
+                  f"held-out loss {r['heldout_loss']} (adapter off: {r['heldout_loss_scale0']}); adapter: "
+                  f"{r['adapter_dir']}", highlight=False, soft_wrap=True)
+
+
+@app.command("generate")
+@user_command
+def generate_command(
+    ctx: typer.Context,
+    reference: list[Path] = typer.Option(..., "--reference", help="Reference image of the character (repeatable: "
+                                                                   "several are averaged)."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text prompt (repeatable)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="File: one prompt per line (category<TAB>prompt)."),
+    seeds: int = typer.Option(1, help="Images per prompt (seeds 0..N-1)."),
+    scale: Optional[float] = typer.Option(None, help="Adapter scale in [0, 2] (default personalizer.scale)."),
+    standardize: bool = typer.Option(True, "--standardize/--no-standardize",
+                                     help="Standardize the reference first (the method) or use it as is."),
+    mode: Optional[str] = typer.Option(None, help="Which trained adapter: two_stage | paired_one_stage | unpaired."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default <lake>/_artifacts/generations)."),
+) -> None:
+    """Serial generation: standardize the reference, then one image per prompt and seed (Prefect flow `generate`)."""
+    from serialgen.stages.generate import read_prompts, read_reference
+
+    for path in reference:  # fail fast, before Prefect starts
+        read_reference(path)
+    if prompts is not None:
+        read_prompts(prompts)
+    r = run_flow(ctx, "generate", "generate", references=[str(p) for p in reference], prompts=prompt or [],
+                 prompts_file=str(prompts) if prompts else None, seeds=seeds, scale=scale, standardize=standardize,
+                 method=mode, out=str(out) if out else None)
+    console.print(f"{r['rows']} images written to `generations` and {Path(r['files'][0]).parent}; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
+
+
 def _gpu_description() -> str:
     import torch
 

@@ -141,10 +141,38 @@ class StandardizerSettings(Section):
 
 
 class PersonalizerSettings(Section):
-    model_dir: Path | None = None       # sdxl: local SDXL base folder
+    # SDXL base folder (unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) and a
+    # CLIPVisionModelWithProjection folder (ViT-H/14). tiny: None = <lake>/_models/tiny-sdxl/, written offline.
+    model_dir: Path | None = None
     image_encoder_dir: Path | None = None
     width: int = 64
     height: int = 96
+    mode: Literal["two_stage", "paired_one_stage", "unpaired"] = "two_stage"  # training pairs (paper Table 2)
+    image_tokens: int = 257             # 257 = every encoder token ("full" layout); other N: N tokens (Fig. 13)
+    standardizer_version: str | None = None  # `standardized` rows used by two_stage; None: the newest version
+    steps: int = 40
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    seed: int = 0
+    text_dropout: float = 0.05          # CFG dropout, per sample: text only (zero text embeddings, as SDXL's
+    image_dropout: float = 0.05         # force_zeros_for_empty_prompt), image only (encoder on zero pixels),
+    both_dropout: float = 0.05          # or both
+    noise_offset: float = 0.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/personalizer/<mode> (local lakes only)
+    checkpoint_every: int = 20          # steps between resumable checkpoints (and at the end); 0: none
+    checkpoints_total_limit: int = 2
+    ema_decay: float | None = None      # None: no EMA; else the EMA adapter is evaluated and exported
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    num_workers: int = 0                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
+    log_every: int = 10
+    eval_pairs: int = 16                # held-out (test split) pairs of the end-of-training denoising loss
+    inference_steps: int = 20           # DDIM steps at generation (the paper's 20)
+    guidance_scale: float = 5.0
+    scale: float = 1.0                  # adapter scale at generation, in [0, 2]
 
 
 class DagSettings(Section):
@@ -199,7 +227,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "num_workers": 4, "log_every": 50},
     },
     "sdxl": {
-        "personalizer": {"width": 512, "height": 768},
+        "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",
+                         "gradient_checkpointing": True, "checkpoint_every": 2000, "num_workers": 4,
+                         "eval_pairs": 256, "log_every": 50},
     },
 }
 

@@ -19,21 +19,26 @@ class Stage:
     sections: tuple[str, ...]         # config sections whose output-affecting values key the stage
     depends_on: tuple[str, ...] = ()  # stages whose outputs it reads (they run first)
     flow: str = ""                    # "module:function" of its Prefect flow under serialgen.flows
-    produces: str = ""                # the table or artifact a missing-input error tells the user to build
+    in_dag: bool = True               # run by `serialgen run` (else only by its own command/deployment)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("assets", ("assets",), (), "assets:assets", "characters"),
-    Stage("render", ("render",), ("assets",), "render:render", "renders"),
-    Stage("composite", ("composite",), ("render",), "composite:composite", "pairs"),
-    Stage("train-standardizer", ("standardizer", "composite"), ("composite",),
-          "train_standardizer:train_standardizer", "the standardizer checkpoint"),
+    Stage("assets", ("assets",), (), "assets:assets"),
+    Stage("render", ("render",), ("assets",), "render:render"),
+    Stage("composite", ("composite",), ("render",), "composite:composite"),
+    Stage("train-standardizer", ("standardizer", "composite"), ("composite",), "train_standardizer:train_standardizer"),
+    Stage("train-personalizer", ("personalizer",), ("train-standardizer",), "train_personalizer:train_personalizer",
+          in_dag=False),
+    # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
+    Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def topological(stages: tuple[Stage, ...] = STAGES) -> list[Stage]:
-    """The stages in an order where every stage follows the ones it depends on (a cycle is an error)."""
+def topological(stages: tuple[Stage, ...] | None = None) -> list[Stage]:
+    """The DAG's stages (default: those with ``in_dag``) in an order where every stage follows the ones it
+    depends on (a cycle is an error)."""
+    stages = tuple(s for s in STAGES if s.in_dag) if stages is None else stages
     order: list[Stage] = []
     state: dict[str, str] = {}
 

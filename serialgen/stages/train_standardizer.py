@@ -12,9 +12,6 @@ writes to the lake:
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +21,14 @@ from serialgen.models.components import load_sd15_components, tiny_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
 from serialgen.storage.runs import StageRun
+from serialgen.training.loop import prepare_run_folder
 from serialgen.training.standardizer import (
-    CHECKPOINT_PREFIX,
     TrainResult,
     Validation,
     make_accelerator,
     train_standardizer,
 )
 
-log = logging.getLogger(__name__)
 STAGE = "train-standardizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
 MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
@@ -130,30 +126,11 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
 
 
 def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
-    """Refuse to resume a folder trained with another model definition; start over when ``resume`` is
-    False or the training data changed (new input table versions: the DAG reran upstream), so that
-    resuming only ever continues an interrupted run on the same data."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    marker = output_dir / "training.json"
+    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this model definition."""
     model = {"profile": settings.profile,
              **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
     lake = settings.open_lake()
-    data = {name: lake.version(name) for name in inputs}
-    stored = json.loads(marker.read_text()) if marker.is_file() else {}
-    has_checkpoints = any(output_dir.glob(f"{CHECKPOINT_PREFIX}*"))
-    if resume and has_checkpoints:
-        changed = sorted(k for k in model if stored.get(k) != model[k])
-        if changed:
-            raise ConfigError(f"{output_dir} was trained with other {', '.join(changed)}: "
-                              "pass --no-resume to start over or set standardizer.run_name")
-        if stored.get("data", data) != data:
-            log.info("training data changed since %s was written (%s -> %s): starting over",
-                     output_dir, stored.get("data"), data)
-            resume = False
-    if not resume:
-        for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            shutil.rmtree(old)
-    marker.write_text(json.dumps({**model, "data": data}, indent=1))
+    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume)
 
 
 def main(argv: list[str] | None = None) -> None:
