@@ -153,3 +153,27 @@ def test_a_new_model_or_test_set_reruns_and_bad_references_become_errors(setting
     errors = errors_of(lake, "evaluate").to_pylist()
     assert [e["key"] for e in errors] == ["test-set/gone"] and "missing.png" in errors[0]["reason"]
     assert len(load_test_set(lake, spec).characters) == 1
+
+
+@pytest.mark.slow
+def test_table3_scores_the_trained_standardizer_like_its_validation(settings, lake, evaluator):
+    from serialgen.stages.train_standardizer import run_train_standardizer, with_overrides
+    from serialgen.storage.runs import last_completed
+
+    make_pairs(lake, 2, test=2)
+    cfg = settings.standardizer.model_copy(update={"width": 32, "height": 48, "validation_pairs": 2,
+                                                   "inference_steps": 2, "num_workers": 0})
+    settings = with_overrides(settings.model_copy(update={"standardizer": cfg}), steps=1)
+    run_train_standardizer(settings)
+    trained = last_completed(lake, "train-standardizer")["metrics"]
+    evaluate = settings.evaluate.model_copy(update={"standardizer_pairs": 2})
+    report = run_evaluate(settings.model_copy(update={"evaluate": evaluate}), evaluator=evaluator)
+    assert report.standardizers == ["fbdm+rpim"] and report.generations == 0
+    rows = lake.read("evaluations").to_pylist()
+    per_pair = [r for r in rows if r["pair_id"] is not None]
+    assert sorted((r["metric"], r["pair_id"]) for r in per_pair) == [("psnr", "p2"), ("psnr", "p3"),
+                                                                     ("ssim", "p2"), ("ssim", "p3")]
+    psnr, ssim = (_aggregate(rows, "fbdm+rpim", m, stage="standardizer") for m in ("psnr", "ssim"))
+    assert psnr["n"] == 2 and psnr["value"] == pytest.approx(trained["val_psnr"], rel=1e-5)
+    assert ssim["value"] == pytest.approx(trained["val_ssim"], rel=1e-5)
+    assert report.tables["table3"].rows == [["✓", "✓", round(psnr["value"], 2), round(ssim["value"], 4), 2]]

@@ -74,6 +74,9 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
     if not test_set.characters:
         raise FileNotFoundError(f"the test set {settings.evaluate.test_set or '(default)'} has no readable "
                                 "reference image")
+    if not personalizers and not standardizers:
+        raise FileNotFoundError(f"no trained personalizer (<lake>/_checkpoints/personalizer/<mode>/) or standardizer "
+                                f"in lake {lake.uri}: run `serialgen train-personalizer` or `train-standardizer`")
     lineage = {"test_set": test_set.fingerprint,
                "personalizers": {mode: _folder_version(folder) for mode, folder in personalizers.items()},
                "standardizers": {v.label: v.run_id for v in standardizers},
@@ -87,7 +90,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         run.errors(test_set_errors)
         if evaluator is None:
             evaluator = load_evaluator(settings, clip_dir, face_file)
-        if generate is None:
+        if generate is None and personalizers:
             from serialgen.stages.generate import generate_images as generate  # contract C3
         generations = generate_test_set(settings, test_set, personalizers, generate, run)
         rows = score_generations(evaluator, generations, {c.character_id: c for c in test_set.characters},
