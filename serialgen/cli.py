@@ -202,6 +202,24 @@ def train_standardizer_command(
                   highlight=False)
 
 
+@app.command("evaluate")
+@user_command
+def evaluate_command(
+    ctx: typer.Context,
+    test_set: Optional[Path] = typer.Option(None, help="Test set YAML (see configs/test_set.yaml); default: tiny set."),
+    force: bool = typer.Option(False, help="Evaluate even if models, test set and config are unchanged."),
+) -> None:
+    """Score every trained personalizer mode and standardizer variant; write the report (Prefect flow `evaluate`)."""
+    result = run_flow(ctx, "evaluate", "evaluate", test_set=str(test_set) if test_set else None, force=force)
+    if result["skipped"]:
+        console.print(f"evaluate skipped: {result['why']}", highlight=False)
+        return
+    console.print(f"evaluated {', '.join(result['methods'] + result['standardizers'])}: "
+                  f"{result['generations']} generations, {result['evaluations']} evaluation rows", highlight=False)
+    console.print(f"report: {result['report']}\nmarkdown: {result['markdown']}\nuser study: {result['user_study']}",
+                  highlight=False)
+
+
 def _gpu_description() -> str:
     import torch
 

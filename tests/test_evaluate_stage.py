@@ -177,3 +177,25 @@ def test_table3_scores_the_trained_standardizer_like_its_validation(settings, la
     assert psnr["n"] == 2 and psnr["value"] == pytest.approx(trained["val_psnr"], rel=1e-5)
     assert ssim["value"] == pytest.approx(trained["val_ssim"], rel=1e-5)
     assert report.tables["table3"].rows == [["✓", "✓", round(psnr["value"], 2), round(ssim["value"], 4), 2]]
+
+
+def test_cli_reports_one_line_errors_and_skips_an_unchanged_evaluation(settings, lake, evaluator, prefect_harness,
+                                                                      tmp_path):
+    from typer.testing import CliRunner
+
+    from serialgen.cli import app
+
+    make_pairs(lake, 2, test=2)
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["--lake", settings.lake, "evaluate"])
+    assert nothing.exit_code == 2 and "no trained personalizer" in nothing.output.strip().splitlines()[-1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts:\n  - {prompt: x, category: dancing}\n")
+    invalid = runner.invoke(app, ["--lake", settings.lake, "evaluate", "--test-set", str(bad)])
+    assert invalid.exit_code == 2 and "category" in invalid.output.strip().splitlines()[-1]
+    _checkpoints(Path(lake.uri), ("unpaired",))
+    run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    skipped = runner.invoke(app, ["--lake", settings.lake, "evaluate"])
+    assert skipped.exit_code == 0 and "evaluate skipped: unchanged since run" in skipped.output
+    sdxl = runner.invoke(app, ["--lake", settings.lake, "--profile", "sdxl", "evaluate"])
+    assert sdxl.exit_code == 2 and "evaluate.clip_dir" in sdxl.output.strip().splitlines()[-1]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from serialgen.config import ConfigError
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError, decode_image
 
@@ -35,7 +36,7 @@ DEFAULT_SPEC: dict[str, Any] = {
 }
 
 
-class TestSetError(ValueError):
+class TestSetError(ConfigError):
     """A test set file the user can fix (one line)."""
 
 
