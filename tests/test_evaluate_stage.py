@@ -199,3 +199,26 @@ def test_cli_reports_one_line_errors_and_skips_an_unchanged_evaluation(settings,
     assert skipped.exit_code == 0 and "evaluate skipped: unchanged since run" in skipped.output
     sdxl = runner.invoke(app, ["--lake", settings.lake, "--profile", "sdxl", "evaluate"])
     assert sdxl.exit_code == 2 and "evaluate.clip_dir" in sdxl.output.strip().splitlines()[-1]
+
+
+def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, evaluator, prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from serialgen.tasks.evaluate import publish_evaluation
+
+    make_pairs(lake, 2, test=2)
+    _checkpoints(Path(lake.uri), ("two_stage", "unpaired"))
+    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    publish_evaluation(report)
+
+    async def artifacts():
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_artifacts()}
+
+    published = asyncio.run(artifacts())
+    assert {"table-1", "table-2", "table-3", "table-4", "table-7", "evaluation-grid", "evaluation-report"} <= set(published)
+    assert published["table-2"].type == "table" and "AP-CLIP-I" in str(published["table-2"].data)
+    assert "data:image/png;base64," in published["evaluation-grid"].data
+    assert report.files.html.name in published["evaluation-report"].data

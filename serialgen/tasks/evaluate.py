@@ -16,8 +16,13 @@ from serialgen.tasks.artifacts import publish_png
 def evaluate_task(settings: Settings, force: bool = False) -> EvaluateReport:
     """Evaluate every trained model in the lake; tables as table artifacts, the first grid inline, the report linked."""
     report = run_evaluate(settings, flow_run_id=flow_run.id, force=force)
-    if report.skipped:
-        return report
+    if not report.skipped:
+        publish_evaluation(report)
+    return report
+
+
+def publish_evaluation(report: EvaluateReport) -> None:
+    """The report's tables as table artifacts, the first method's grid inline, and a link to the HTML report."""
     for table in report.tables.values():
         create_table_artifact(key=table.key, table=table.records() or [{"result": "no model of this kind in the lake"}],
                               description=f"{table.title}. {table.note}")
@@ -27,4 +32,3 @@ def evaluate_task(settings: Settings, force: bool = False) -> EvaluateReport:
                     files.grid_png.read_bytes(), files.grid_png)
     create_link_artifact(key="evaluation-report", link=files.html.resolve().as_uri(), link_text="evaluation report",
                          description=f"evaluate run {report.run_id}: HTML report (Markdown: {files.markdown})")
-    return report
