@@ -23,7 +23,7 @@ from serialgen.evaluation.scoring import Evaluator
 from serialgen.evaluation.testset import DEFAULT_SPEC, load_test_set
 from serialgen.evaluation.tiny_models import TINY_LABEL, build_tiny_clip, build_tiny_face_model
 from serialgen.stages.evaluate import run_evaluate
-from serialgen.storage.images import encode_png
+from serialgen.storage.images import decode_image, encode_png
 from serialgen.storage.runs import errors_of
 
 
@@ -124,6 +124,9 @@ def test_scores_every_method_keeps_per_generation_rows_and_skips_unchanged_rerun
     html = report.files.html.read_text()
     assert TINY_LABEL in html and "data:image/png;base64," in html and "Table 7" in html
     assert all(TINY_LABEL in report.tables[k].title for k in ("table1", "table2", "table7"))
+    grid = decode_image(report.files.grids["two_stage"].read_bytes())
+    assert grid.shape[:2] == (2 * 128, (2 + n_prompts) * 128)  # characters x (reference | standardized | prompts)
+    assert "| SerialGen two-stage (ours) |" in report.files.markdown.read_text()
     sheet = report.files.user_study.read_text()
     assert "unpaired" not in sheet and "two_stage" not in sheet
     key = json.loads(report.files.user_study_key.read_text())
@@ -218,7 +221,8 @@ def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, eval
             return {a.key: a for a in await client.read_artifacts()}
 
     published = asyncio.run(artifacts())
-    assert {"table-1", "table-2", "table-3", "table-4", "table-7", "evaluation-grid", "evaluation-report"} <= set(published)
+    assert {"table-1", "table-2", "table-3", "table-4", "table-7", "evaluation-grid-two-stage",
+            "evaluation-grid-unpaired", "evaluation-report"} <= set(published)
     assert published["table-2"].type == "table" and "AP-CLIP-I" in str(published["table-2"].data)
-    assert "data:image/png;base64," in published["evaluation-grid"].data
+    assert "data:image/png;base64," in published["evaluation-grid-unpaired"].data
     assert report.files.html.name in published["evaluation-report"].data

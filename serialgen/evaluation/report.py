@@ -11,7 +11,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,9 @@ class ReportTable:
 class ReportFiles:
     html: Path
     markdown: Path
-    grid_png: Path | None
+    grids: dict[str, Path]         # method -> PNG grid
     user_study: Path | None
     user_study_key: Path | None
-    extra: list[Path] = field(default_factory=list)
 
 
 def build_tables(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
@@ -161,11 +160,10 @@ def write_report(folder: Path, tables: Mapping[str, ReportTable], test_set: Test
     """report.html (images inline), report.md (+ grid PNGs), user_study.html and its key, in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     grids = {m: image_grid(test_set, rows) for m, rows in _by_method(generations).items()}
-    grid_files = []
+    grid_files = {}
     for method, grid in grids.items():
-        path = folder / f"grid_{method}.png"
-        path.write_bytes(encode_png(grid))
-        grid_files.append(path)
+        grid_files[method] = folder / f"grid_{method}.png"
+        grid_files[method].write_bytes(encode_png(grid))
     sheet, key = user_study_sheet(test_set, generations, cfg.user_study_items, cfg.seed)
     study, study_key = None, None
     if sheet is not None:
@@ -175,7 +173,7 @@ def write_report(folder: Path, tables: Mapping[str, ReportTable], test_set: Test
     html_path, md_path = folder / "report.html", folder / "report.md"
     html_path.write_text(_html(tables, grids, test_set, study))
     md_path.write_text(_markdown(tables, grid_files, test_set, study))
-    return ReportFiles(html_path, md_path, grid_files[0] if grid_files else None, study, study_key, grid_files[1:])
+    return ReportFiles(html_path, md_path, grid_files, study, study_key)
 
 
 def image_grid(test_set: TestSet, rows: Sequence[Mapping[str, Any]], cell: int = 128) -> np.ndarray:
@@ -253,7 +251,7 @@ def _html(tables: Mapping[str, ReportTable], grids: Mapping[str, np.ndarray], te
     return "".join(parts) + "</body></html>"
 
 
-def _markdown(tables: Mapping[str, ReportTable], grid_files: Sequence[Path], test_set: TestSet,
+def _markdown(tables: Mapping[str, ReportTable], grid_files: Mapping[str, Path], test_set: TestSet,
               study: Path | None) -> str:
     lines = ["# SerialGen evaluation", "", _summary_text(test_set), ""]
     for table in tables.values():
@@ -261,8 +259,8 @@ def _markdown(tables: Mapping[str, ReportTable], grid_files: Sequence[Path], tes
                   "|" + "---|" * len(table.columns)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.rows]
         lines += ["", table.note, ""]
-    for path in grid_files:
-        lines += [f"## Grid: {path.stem.removeprefix('grid_')}", "", f"![{path.stem}]({path.name})", ""]
+    for method, path in grid_files.items():
+        lines += [f"## Grid: {_name(method)}", "", f"![{path.stem}]({path.name})", ""]
     if study is not None:
         lines += ["## User study", "", f"Blind sheet: [{study.name}]({study.name}); key in user_study_key.json.", ""]
     return "\n".join(lines)

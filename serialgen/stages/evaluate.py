@@ -32,6 +32,8 @@ from serialgen.storage.runs import StageRun, last_completed
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
 PERSONALIZER_MODES = ("two_stage", "paired_one_stage", "unpaired")
+#: The exported adapter (stock diffusers ``load_ip_adapter`` weight name) that marks a trained mode folder.
+ADAPTER_FILE = "ip_adapter.safetensors"
 #: Modes whose adapter was trained on standardized references, so inference standardizes too.
 STANDARDIZED_MODES = frozenset({"two_stage"})
 #: (prompt, category) pairs and seeds in, `generations` rows out (contract C3 with the settings bound).
@@ -157,12 +159,11 @@ def score_standardizers(settings: Settings, lake: Lake, variants: Sequence[Stand
 
 
 def personalizer_checkpoints(lake: Lake) -> dict[str, Path]:
-    """{mode: folder} of the trained personalizer adapters in ``<lake>/_checkpoints/personalizer/``."""
+    """{mode: folder} of the trained personalizer adapters in ``<lake>/_checkpoints/personalizer/<mode>/``."""
     if not lake.is_local:
         return {}
     root = Path(lake.uri) / "_checkpoints" / "personalizer"
-    return {mode: root / mode for mode in PERSONALIZER_MODES
-            if (root / mode).is_dir() and any(p.is_file() for p in (root / mode).rglob("*"))}
+    return {mode: root / mode for mode in PERSONALIZER_MODES if (root / mode / ADAPTER_FILE).is_file()}
 
 
 def standardizer_variants(lake: Lake, settings: Settings) -> list[StandardizerVariant]:
