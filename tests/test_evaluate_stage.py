@@ -143,15 +143,26 @@ def test_a_new_model_or_test_set_reruns_and_bad_references_become_errors(setting
     lake_dir = Path(lake.uri)
     _checkpoints(lake_dir, ("unpaired",))
     calls: list = []
-    run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    working = fake_generate(calls)
+
+    def failing_for_c3(settings, references, prompts, seeds, character_id=None, **kw):
+        if character_id == "c3":
+            raise ValueError("reference has no foreground")
+        return working(settings, references, prompts, seeds, character_id=character_id, **kw)
+
+    first = run_evaluate(settings, evaluator=evaluator, generate=failing_for_c3)
+    assert first.generations == len(DEFAULT_SPEC["prompts"])  # c2 only; the stage went on
+    assert [(e["key"], e["reason"]) for e in errors_of(lake, "evaluate").to_pylist()] == [
+        ("unpaired/c3", "generation failed: reference has no foreground")]
     _checkpoints(lake_dir, ("two_stage",))
-    second = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    second = run_evaluate(settings, evaluator=evaluator, generate=working)
     assert not second.skipped and second.methods == ["two_stage", "unpaired"]
+    assert errors_of(lake, "evaluate").num_rows == 0  # c3 generated now: its error is cleared
     spec = tmp_path / "test_set.yaml"
     spec.write_text("held_out_characters: 1\ncharacters:\n  - {id: gone, reference: missing.png, domain: anime}\n"
                     "prompts:\n  - {prompt: a person in the park, category: background}\nseeds: [0, 1]\n")
     settings = settings.model_copy(update={"evaluate": settings.evaluate.model_copy(update={"test_set": spec})})
-    third = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    third = run_evaluate(settings, evaluator=evaluator, generate=working)
     assert not third.skipped and third.generations == 2 * 1 * 2
     errors = errors_of(lake, "evaluate").to_pylist()
     assert [e["key"] for e in errors] == ["test-set/gone"] and "missing.png" in errors[0]["reason"]

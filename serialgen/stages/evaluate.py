@@ -90,6 +90,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
             return EvaluateReport(None, True, why)
     with StageRun(lake, STAGE, digest, inputs=["pairs"], flow_run_id=flow_run_id) as run:
         run.errors(test_set_errors)
+        run.clear_errors(f"test-set/{c.character_id}" for c in test_set.characters)
         if evaluator is None:
             evaluator = load_evaluator(settings, clip_dir, face_file)
         if generate is None and personalizers:
@@ -112,7 +113,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
 def generate_test_set(settings: Settings, test_set: TestSet, personalizers: dict[str, Path],
                       generate: GenerateFn, run: StageRun) -> list[dict[str, Any]]:
     """Every (character, prompt, seed) through every personalizer mode; a character that fails is an error row."""
-    rows = []
+    rows, done = [], []
     for mode, folder in sorted(personalizers.items()):
         for character in test_set.characters:
             key = f"{mode}/{character.character_id}"
@@ -120,8 +121,10 @@ def generate_test_set(settings: Settings, test_set: TestSet, personalizers: dict
                 rows += generate(settings, [character.image], test_set.prompts, test_set.seeds,
                                  scale=settings.evaluate.scale, standardize=mode in STANDARDIZED_MODES,
                                  adapter_dir=folder, character_id=character.character_id, method=mode)
+                done.append(key)
             except (ValueError, RuntimeError) as exc:
                 run.error(key, f"generation failed: {exc}")
+    run.clear_errors(done)
     return rows
 
 
