@@ -258,6 +258,22 @@ def generate_command(
                  method=mode, out=str(out) if out else None)
     console.print(f"{r['rows']} images written to `generations` and {Path(r['files'][0]).parent}; grid: {r['grid']}",
                   highlight=False, soft_wrap=True)
+@app.command("evaluate")
+@user_command
+def evaluate_command(
+    ctx: typer.Context,
+    test_set: Optional[Path] = typer.Option(None, help="Test set YAML (see configs/test_set.yaml); default: tiny set."),
+    force: bool = typer.Option(False, help="Evaluate even if models, test set and config are unchanged."),
+) -> None:
+    """Score every trained personalizer mode and standardizer variant; write the report (Prefect flow `evaluate`)."""
+    result = run_flow(ctx, "evaluate", "evaluate", test_set=str(test_set) if test_set else None, force=force)
+    if result["skipped"]:
+        console.print(f"evaluate skipped: {result['why']}", highlight=False)
+        return
+    console.print(f"evaluated {', '.join(result['methods'] + result['standardizers'])}: "
+                  f"{result['generations']} generations, {result['evaluations']} evaluation rows", highlight=False)
+    console.print(f"report: {result['report']}\nmarkdown: {result['markdown']}\nuser study: {result['user_study']}",
+                  highlight=False)
 
 
 def _gpu_description() -> str:

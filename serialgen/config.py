@@ -184,6 +184,19 @@ class DagSettings(Section):
     max_failure_share: float = 0.5
 
 
+class EvaluateSettings(Section):
+    test_set: Path | None = None        # YAML test set (configs/test_set.yaml layout); None: embedded tiny default
+    clip_dir: Path | None = None        # open_clip folder (open_clip_config.json + weights; paper: ViT-H/14)
+    face_model: Path | None = None      # ArcFace ONNX, e.g. <root>/models/buffalo_l/w600k_r50.onnx
+    # tiny profile only: with clip_dir / face_model unset, random tiny models are built into the lake.
+    build_tiny_models: bool = True
+    scale: float | None = None          # IP-Adapter scale for generation (None: generate's default)
+    standardizer_pairs: int = 4         # held-out pairs per standardizer variant (Table 3); 0: the whole test split
+    user_study_items: int = 20          # (character, prompt) items on the blind user-study sheet
+    seed: int = 0                       # shuffles the user-study sheet
+    report_dir: Path | None = None      # None: <lake>/_reports/evaluate (local lakes)
+
+
 class Settings(BaseSettings):
     """The resolved configuration of one invocation."""
 
@@ -199,6 +212,7 @@ class Settings(BaseSettings):
     standardizer: StandardizerSettings = Field(default_factory=StandardizerSettings)
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
     dag: DagSettings = Field(default_factory=DagSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -230,6 +244,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",
                          "gradient_checkpointing": True, "checkpoint_every": 2000, "num_workers": 4,
                          "eval_pairs": 256, "log_every": 50},
+        "evaluate": {"build_tiny_models": False, "standardizer_pairs": 0},
     },
 }
 

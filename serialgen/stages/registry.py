@@ -31,6 +31,8 @@ STAGES: tuple[Stage, ...] = (
           in_dag=False),
     # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
     Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
+    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
+          in_dag=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
