@@ -202,6 +202,18 @@ def train_standardizer_command(
                   highlight=False)
 
 
+@app.command("train-preprocessors")
+@user_command
+def train_preprocessors_command(ctx: typer.Context) -> None:
+    """Train the tiny mask/pose ONNX models on `pairs` (Prefect flow `train-preprocessors`)."""
+    r = run_flow(ctx, "train_preprocessors", "train_preprocessors")
+    m = r["metrics"]
+    console.print(f"exported to {r['folder']}; held-out mask IoU {m.get('mask_iou', float('nan')):.3f} "
+                  f"(whole frame {m.get('mask_iou_whole_frame', float('nan')):.3f}), PCK@{m.get('pck_threshold')} "
+                  f"{m.get('pck', float('nan')):.3f} (mean pose {m.get('pck_mean_pose', float('nan')):.3f})",
+                  highlight=False, soft_wrap=True)
+
+
 def _gpu_description() -> str:
     import torch
 

@@ -23,6 +23,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("render", ("render",)),
     Stage("composite", ("composite",)),
     Stage("train-standardizer", ("standardizer", "composite")),
+    Stage("train-preprocessors", ("preprocessing",)),
+    Stage("ingest-real", ("ingest",)),
+    Stage("standardize", ("standardize", "standardizer", "preprocessing")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 

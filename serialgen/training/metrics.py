@@ -1,7 +1,8 @@
-"""PSNR and SSIM on image batches with an explicit data range (images in [0, data_range])."""
+"""Image metrics with explicit ranges: PSNR and SSIM on batches, mask IoU and keypoint PCK on arrays."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -33,3 +34,19 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1)
+
+
+def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean HxW foreground masks (1.0 when both are empty)."""
+    union = np.logical_or(prediction, target).sum()
+    return float(np.logical_and(prediction, target).sum() / union) if union else 1.0
+
+
+def pck(prediction: np.ndarray, target: np.ndarray, size: float, threshold: float = 0.1,
+        score_threshold: float = 0.3) -> tuple[int, int]:
+    """(correct, counted) keypoints: every target keypoint with visibility > 0 counts; a prediction is correct
+    when it scores above ``score_threshold`` and lies within ``threshold * size`` pixels (PCK, size = the
+    person box's long side)."""
+    visible = target[:, 2] > 0
+    close = np.hypot(*(prediction[:, :2] - target[:, :2]).T) <= threshold * size
+    return int((visible & close & (prediction[:, 2] > score_threshold)).sum()), int(visible.sum())
