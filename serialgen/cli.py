@@ -214,6 +214,21 @@ def train_preprocessors_command(ctx: typer.Context) -> None:
                   highlight=False, soft_wrap=True)
 
 
+@app.command("ingest-real")
+@user_command
+def ingest_real_command(
+    ctx: typer.Context,
+    images: Optional[str] = typer.Option(None, help="Folder, URI or CSV/Parquet list of real images "
+                                         "(default: held-out synthetic images of the lake)."),
+    captions: Optional[str] = typer.Option(None, help="CSV/Parquet list: path, caption, domain, character_id."),
+) -> None:
+    """Ingest real character images into `real_images` (Prefect flow `ingest-real`)."""
+    r = run_flow(ctx, "ingest_real", "ingest_real", images=images, captions=captions)
+    console.print(f"{r['source']}: {r['files']} files, {r['skipped']} already ingested, {r['ingested']} read "
+                  f"({r['new_images']} new images), {r['errors']} errors; real_images holds {r['images']}",
+                  highlight=False, soft_wrap=True)
+
+
 def _gpu_description() -> str:
     import torch
 

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
 from serialgen.training.metrics import psnr, ssim
 
@@ -105,8 +106,8 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
         model.enable_gradient_checkpointing()
     model.vae.to(device)  # float32: the SD VAE overflows in float16
     model.image_encoder.to(device, weight_dtype)
-    if model.standard_pose is None and len(train_data):
-        model.standard_pose = _standard_pose(train_data[0])
+    if model.standard_keypoints is None:  # the canonical target, never one training character's skeleton
+        model.set_standard_skeleton(canonical_skeleton(cfg.width, cfg.height), cfg.width, cfg.height)
 
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -321,11 +322,6 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return folder
-
-
-def _standard_pose(item: dict[str, Any]) -> np.ndarray:
-    """The target pose of a training pair as uint8 HxWx3: the model's default target at inference."""
-    return (item["target_pose_image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _tensorboard(folder: Path):
