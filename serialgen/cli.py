@@ -229,6 +229,19 @@ def ingest_real_command(
                   highlight=False, soft_wrap=True)
 
 
+@app.command("standardize")
+@user_command
+def standardize_command(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="Standardize at most N not yet standardized images."),
+) -> None:
+    """Standardize `real_images` with the trained standardizer into `standardized` (Prefect flow `standardize`)."""
+    r = run_flow(ctx, "standardize", "standardize", limit=limit)
+    console.print(f"model {r['model_version']}: {r['written']} standardized, {r['skipped']} already done, "
+                  f"{r['errors']} errors, {r['images_per_second']} images/s; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
+
+
 def _gpu_description() -> str:
     import torch
 
