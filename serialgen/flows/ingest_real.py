@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.ingest_real import ingest_real_task
 
 
@@ -14,4 +14,4 @@ from serialgen.tasks.ingest_real import ingest_real_task
 def ingest_real(lake: str | None = None, profile: str | None = None, config: str | None = None,
                 images: str | None = None, captions: str | None = None) -> dict[str, Any]:
     """Ingest ``images`` (folder, URI or CSV/Parquet list; default: held-out synthetic images) with ``captions``."""
-    return ingest_real_task(load_settings(config, profile, lake=lake), images, captions).as_dict()
+    return ingest_real_task(flow_settings(lake, profile, config), images, captions).as_dict()

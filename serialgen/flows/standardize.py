@@ -6,13 +6,13 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.standardize import publish_standardized_grid, standardize_task
 
 
 @flow(name="standardize")
 def standardize(lake: str | None = None, profile: str | None = None, config: str | None = None,
                 limit: int | None = None, grid_images: int = 6) -> dict[str, Any]:
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     report = standardize_task(settings, limit)
     return {**report.as_dict(), "grid": publish_standardized_grid(settings, grid_images)}

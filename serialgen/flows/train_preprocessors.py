@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.train_preprocessors import train_preprocessors_task
 
 
 @flow(name="train-preprocessors")
 def train_preprocessors(lake: str | None = None, profile: str | None = None,
                         config: str | None = None) -> dict[str, Any]:
-    return train_preprocessors_task(load_settings(config, profile, lake=lake)).as_dict()
+    return train_preprocessors_task(flow_settings(lake, profile, config)).as_dict()
