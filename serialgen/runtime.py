@@ -19,6 +19,8 @@ PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    # The ephemeral API starts in a subprocess; on a busy 2-core machine that can take longer than the default 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -47,7 +49,8 @@ class _DropMessages(logging.Filter):
 
 def _quiet_ray_logs() -> None:
     """Keep worker logs to what matters: Ray Data's per-dataset INFO lines stay in its session log file;
-    the SIGTERM notice (DAG stages start Ray from a task thread; Prefect owns signal handling) is dropped."""
+    the SIGTERM notice (DAG stages start Ray from a task thread; Prefect owns signal handling) and the
+    token-authentication announcement are dropped."""
     import ray.data  # noqa: F401  (configures the "ray.data" logger)
     from ray.util.debug import log_once
 
@@ -57,9 +60,12 @@ def _quiet_ray_logs() -> None:
     log_once("ray_data_progress_manager_disabled")   # progress is ours (serialgen.progress), not Ray's tqdm
     # lance-ray 0.5.0 still passes `ray_remote_args` to Ray 2.60 (pinned pair, see pyproject.toml).
     warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", module="lance_ray")
-    worker_logger = logging.getLogger("ray._private.worker")
-    if not any(isinstance(f, _DropMessages) for f in worker_logger.filters):
-        worker_logger.addFilter(_DropMessages("SIGTERM handler is not set"))
+    # Ray's default for a local cluster (token authentication on) is what we want; its announcement is noise.
+    for name, prefix in (("ray._private.worker", "SIGTERM handler is not set"),
+                         ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled")):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefix))
 
 
 def init_ray(settings: RaySettings) -> None:
@@ -80,8 +86,6 @@ def _init_ray(settings: RaySettings) -> None:
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
         return
-    # A local cluster gets token authentication, stated explicitly so Ray does not announce its default.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     with warnings.catch_warnings():
         # Ray starts its processes by fork+exec; no Lance state is used in the child.
         warnings.filterwarnings("ignore", message="lance is not fork-safe")

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from composite_data import figure_keypoints, figure_rgba, render_row, write_characters
+from personalizer_data import make_real_and_standardized
 from render_data import character_glbs, fill_lake
 from resilience_data import TINY, kill, ray_worker_pids, show, table_keys, wait_for
 from serialgen.compositing.pairs import make_pair_id
@@ -246,3 +247,41 @@ def test_renders_table_of_an_older_schema_is_refused_by_name_and_left_untouched(
     assert after.version == before.version and after.to_table().equals(before.to_table())
     run = lake.read("runs", filter="stage = 'render'").to_pylist()[0]
     assert run["status"] == "failed" and "renders" in run["metrics"]
+
+
+@pytest.mark.slow
+def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path):
+    """SIGKILL `serialgen train-personalizer` after its first checkpoint; the rerun resumes from it (not from 0)
+    and ends at the planned step with every personalizer pair stored once."""
+    lake_dir = tmp_path / "lake"
+    settings = load_settings(lake=str(lake_dir))
+    make_real_and_standardized(settings.open_lake())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALGEN_")}
+    env.update(SERIALGEN_PERSONALIZER__STEPS="16", SERIALGEN_PERSONALIZER__CHECKPOINT_EVERY="2")
+    command = [sys.executable, "-m", "serialgen.cli", "--lake", str(lake_dir), "train-personalizer"]
+    run_dir = lake_dir / "_checkpoints" / "personalizer" / "two_stage"
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(run_dir.glob("checkpoint-*")) or proc.poll() is not None, 600, "a first checkpoint")
+        assert proc.poll() is None, "training finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    at_kill = max(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+    rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    lake = settings.open_lake()
+    runs = lake.read("runs", filter="stage = 'train-personalizer'").to_pylist()
+    done = [r for r in runs if r["status"] == "completed"]
+    metrics = json.loads(done[0]["metrics"])
+    pairs = lake.read("personalizer_pairs", columns=["mode", "pair_id"]).to_pylist()
+    show("train-personalizer: SIGKILL after a checkpoint, then rerun", {
+        "step at kill (last checkpoint)": (">= 2", at_kill), "resumed from": (at_kill, metrics["resumed_from"]),
+        "final step": (16, metrics["step"]), "pairs (distinct)": (len(pairs), len({tuple(p.values()) for p in pairs})),
+        "runs completed": (1, len(done))})
+    assert len(done) == 1 and metrics["step"] == 16
+    assert metrics["resumed_from"] == at_kill >= 2
+    assert len(pairs) == len({(p["mode"], p["pair_id"]) for p in pairs}) > 0

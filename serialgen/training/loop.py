@@ -71,10 +71,17 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """``accelerator.save_state`` into ``checkpoint-<step>``, keeping the newest ``keep`` (0: all)."""
+    """``accelerator.save_state`` into ``checkpoint-<step>``, keeping the newest ``keep`` (0: all).
+
+    Written under a temporary name and renamed when complete, so a process killed while saving leaves no
+    half checkpoint for the next run to resume from."""
     folder = output_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
     if accelerator.is_main_process:
-        accelerator.save_state(str(folder))
+        partial = output_dir / f".partial-{CHECKPOINT_PREFIX}{step:07d}"
+        shutil.rmtree(partial, ignore_errors=True)
+        accelerator.save_state(str(partial))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
         for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
