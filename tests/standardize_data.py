@@ -14,7 +14,7 @@ from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE, preproc
 from serialgen.preprocessing.training import LabelledImages, train_and_export
 
 #: Enough steps for the nets to find the drawn figures (a few seconds each on one core).
-STEPS = {"mask_steps": 100, "detector_steps": 1000, "pose_steps": 150, "batch_size": 8}
+STEPS = {"mask_steps": 100, "detector_steps": 1000, "pose_steps": 400, "batch_size": 8}
 
 
 def figure_scene(rng: np.random.Generator, width: int = 96, height: int = 144,
@@ -41,7 +41,7 @@ def labelled_figures(n: int, seed: int) -> LabelledImages:
 
 def train_tiny_preprocessors(folder: Path) -> dict:
     cfg = PreprocessingSettings(**STEPS)
-    return train_and_export(labelled_figures(32, seed=1), cfg, folder, (MASK_FILE, DETECTOR_FILE, POSE_FILE))
+    return train_and_export(labelled_figures(48, seed=1), cfg, folder, (MASK_FILE, DETECTOR_FILE, POSE_FILE))
 
 
 def install_preprocessors(trained: Path, settings: Settings) -> Path:

@@ -52,7 +52,7 @@ def test_tiny_onnx_models_load_through_rembg_and_the_dwpose_runner_and_beat_base
     scores = evaluate(pre, held_out, labelled_figures(12, seed=1))
     print(scores)
     assert scores["mask_iou"] > scores["mask_iou_whole_frame"] + 0.3
-    assert scores["pck"] > scores["pck_mean_pose"]
+    assert scores["pck"] > scores["pck_mean_pose"] + 0.05
     image = held_out.images[0]
     mask, keypoints = pre.mask(image), pre.pose(image)
     assert mask.shape == image.shape[:2] and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
