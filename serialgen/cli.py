@@ -238,8 +238,8 @@ def ingest_real_command(
 ) -> None:
     """Ingest real character images into `real_images` (Prefect flow `ingest-real`)."""
     r = run_flow(ctx, "ingest_real", "ingest_real", images=images, captions=captions)
-    console.print(f"{r['source']}: {r['files']} files, {r['skipped']} already ingested, {r['ingested']} read "
-                  f"({r['new_images']} new images), {r['errors']} errors; real_images holds {r['images']}",
+    console.print(f"{r['source']}: {r['files']} files, {r['skipped']} already ingested, {r['ingested']} new images, "
+                  f"{r['duplicates']} duplicates, {r['errors']} errors; real_images holds {r['images']}",
                   highlight=False, soft_wrap=True)
 
 

@@ -154,7 +154,7 @@ class PreprocessingSettings(Section):
     # train-preprocessors (tiny): small nets trained on `pairs`, exported in the real files' conventions
     mask_steps: int = 120
     pose_steps: int = 240
-    detector_steps: int = 160
+    detector_steps: int = 600
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0

@@ -19,7 +19,7 @@ from serialgen.preprocessing.pose import WHOLEBODY_KEYPOINTS, YOLOX_STRIDES
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.SiLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.SiLU())
 
 
 class TinySegmenter(nn.Module):

@@ -24,7 +24,6 @@ from serialgen.preprocessing.pose import (
     box_to_centre_scale,
     coco18_to_coco17,
     crop_matrix,
-    letterbox,
     pose_input,
     yolox_grid,
 )
@@ -32,7 +31,7 @@ from serialgen.preprocessing.pose import (
 #: Width (in SimCC bins) of the 1-D Gaussian labels around a keypoint.
 SIMCC_SIGMA = 2.0
 #: Box jitter (share of the box size) for pose crops, so the pose net tolerates detector error.
-BOX_JITTER = 0.06
+BOX_JITTER = 0.12
 
 
 @dataclass
@@ -97,25 +96,37 @@ def train_segmenter(data: LabelledImages, cfg: PreprocessingSettings) -> tuple[T
     return model, _fit(model, loss_fn, cfg.mask_steps, cfg, len(data))
 
 
+def _detector_sample(image: np.ndarray, fg: np.ndarray, size: tuple[int, int],
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A YOLOX input (letterbox geometry: 114 padding, raw pixels) with the image at a random scale and
+    place (mirrored half the time), and its person box; variety the few synthetic pairs lack."""
+    if rng.integers(2):
+        image, fg = image[:, ::-1], fg[:, ::-1]
+    ratio = min(size[0] / image.shape[0], size[1] / image.shape[1]) * rng.uniform(0.5, 1.0)
+    h, w = max(1, int(image.shape[0] * ratio)), max(1, int(image.shape[1] * ratio))
+    top, left = rng.integers(0, size[0] - h + 1), rng.integers(0, size[1] - w + 1)
+    canvas = np.full((*size, 3), 114, np.uint8)
+    canvas[top:top + h, left:left + w] = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h)))
+    box = foreground_box(fg) * ratio + (left, top, left, top)
+    return canvas.transpose(2, 0, 1).astype(np.float32), box
+
+
 def train_detector(data: LabelledImages, cfg: PreprocessingSettings) -> tuple[TinyDetector, list[float]]:
     """YOLOX-style targets: at each stride the cell holding the box centre is positive (offset, log size,
-    objectness, person); every other anchor is negative objectness."""
+    objectness, person); every other anchor is negative objectness. Eight random placements per image."""
     torch.manual_seed(cfg.seed)
     size = (cfg.detector_size, cfg.detector_size)
     grid, strides = yolox_grid(size)
+    rng = np.random.default_rng(cfg.seed + 2)
     inputs, regression, positive = [], [], []
     for image, fg in zip(data.images, data.foreground):
-        for flip in (False, True):
-            im, f = (image[:, ::-1], fg[:, ::-1]) if flip else (image, fg)
-            x, ratio = letterbox(np.ascontiguousarray(im), size)
-            box = foreground_box(f) * ratio
+        for _ in range(8):
+            x, box = _detector_sample(image, fg, size, rng)
             centre, extent = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
-            cell = np.floor(centre / strides).astype(np.float32)
-            pos = (grid == cell).all(1)
             reg = np.concatenate([centre / strides - grid, np.log(np.maximum(extent, 1) / strides)], 1)
             inputs.append(x)
             regression.append(reg.astype(np.float32))
-            positive.append(pos)
+            positive.append((grid == np.floor(centre / strides)).all(1))
     x, reg, pos = (torch.from_numpy(np.stack(a)) for a in (inputs, regression, positive))
     model = TinyDetector()
 
@@ -125,7 +136,7 @@ def train_detector(data: LabelledImages, cfg: PreprocessingSettings) -> tuple[Ti
         objectness = F.binary_cross_entropy_with_logits(raw[..., 4], p, pos_weight=torch.tensor(8.0))
         person = F.binary_cross_entropy_with_logits(raw[..., 5][pos[index]], torch.ones(int(p.sum())))
         box = F.smooth_l1_loss(raw[..., :4][pos[index]], reg[index][pos[index]])
-        return objectness + person + 2 * box
+        return objectness + person + 5 * box
 
     return model, _fit(model, loss_fn, cfg.detector_steps, cfg, len(x))
 

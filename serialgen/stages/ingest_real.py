@@ -42,8 +42,8 @@ class IngestReport:
     run_id: str
     files: int
     skipped: int
-    ingested: int
-    new_images: int
+    ingested: int                # new images written
+    duplicates: int              # files whose pixels were already ingested from another file
     errors: int
     images: int
     seconds: float
@@ -77,23 +77,27 @@ def run_ingest_real(settings: Settings, images: str | None = None, captions: str
         done = set(lake.read("real_images", columns=["source_uri"]).column("source_uri").to_pylist())
         known = {k for (k,) in lake.keys("real_images")}
         todo = [e for e in entries if e.uri not in done]
-        ingested, new, rows = 0, set(), []
+        ingested, duplicates, rows = 0, 0, []
         for i, entry in enumerate(todo, 1):
             try:
-                rows.append(_row(entry, cfg.max_pixels, cfg.max_bytes, cfg.test_fraction))
+                row = _row(entry, cfg.max_pixels, cfg.max_bytes, cfg.test_fraction)
+                if row["image_id"] in known:  # the same pixels from another file: the first source stays
+                    duplicates += 1
+                else:
+                    known.add(row["image_id"])
+                    rows.append(row)
             except (UnusableImage, OSError) as exc:
                 run.error(entry.uri, str(exc))
-            if len(rows) >= cfg.batch_size or i == len(todo):
+            if rows and (len(rows) >= cfg.batch_size or i == len(todo)):
                 ingested += lake.upsert("real_images", rows, run.run_id)
-                new |= {r["image_id"] for r in rows} - known
                 run.clear_errors(r["source_uri"] for r in rows)
                 rows = []
                 if progress is not None:
                     progress(i, len(todo))
         run.outputs = ["real_images"]
         seconds = time.perf_counter() - start
-        run.metrics = {"files": len(entries), "ingested": ingested, "new_images": len(new)}
-    return IngestReport(run.run_id, len(entries), len(entries) - len(todo), ingested, len(new), run.n_errors,
+        run.metrics = {"files": len(entries), "ingested": ingested, "duplicates": duplicates}
+    return IngestReport(run.run_id, len(entries), len(entries) - len(todo), ingested, duplicates, run.n_errors,
                         lake.count("real_images"), round(seconds, 2), images or "procedural")
 
 

@@ -296,14 +296,14 @@ def run_standardize(settings: Settings, limit: int | None = None, flow_run_id: s
 def preview_rows(settings: Settings, n: int) -> list[dict]:
     """Up to ``n`` decoded (original, mask, pose, standardized) rows of the newest model version, for the grid."""
     lake = settings.open_lake()
-    table = lake.read("standardized", columns=["image_id", "model_version", "image", "input_mask",
-                                                "reference_pose_image", "written_at"])
-    if table.num_rows == 0:
+    keys = lake.read("standardized", columns=["image_id", "model_version", "written_at"])
+    if keys.num_rows == 0:
         return []
-    rows = sorted(table.to_pylist(), key=lambda r: r["written_at"], reverse=True)
-    newest = rows[0]["model_version"]
-    rows = [r for r in rows if r["model_version"] == newest][:n]
-    quoted = ", ".join(f"'{r['image_id']}'" for r in rows)
+    newest = max(keys.to_pylist(), key=lambda r: r["written_at"])["model_version"]
+    ids = [r["image_id"] for r in keys.to_pylist() if r["model_version"] == newest][:n]
+    quoted = ", ".join(f"'{i}'" for i in ids)
+    rows = lake.read("standardized", columns=["image_id", "image", "input_mask", "reference_pose_image"],
+                     filter=f"model_version = '{newest}' AND image_id IN ({quoted})").to_pylist()
     originals = {r["image_id"]: r["image"] for r in
                  lake.read("real_images", columns=["image_id", "image"], filter=f"image_id IN ({quoted})").to_pylist()}
     return [{"original": decode_image(originals[r["image_id"]], "RGB"), "mask": decode_image(r["input_mask"]),
