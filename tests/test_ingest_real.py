@@ -8,6 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from serialgen.config import load_settings
 from serialgen.stages.ingest_real import run_ingest_real
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import errors_of
@@ -98,3 +99,25 @@ def test_list_with_captions_domains_and_characters_keeps_a_character_on_one_side
         assert r["domain"] == ("anime" if int(r["character_id"]) % 2 else "real")
     assert all(len(s) == 1 for s in by_character.values())
     assert {s for v in by_character.values() for s in v} == {"train", "test"}
+
+
+def test_offline_default_spreads_over_characters_and_follows_their_split(tmp_path, ray_local):
+    """Without --images: composited pairs and RGBA renders of every character, each on its character's split
+    side, so the personalizer has train images and the held-out characters stay held out."""
+    from composite_data import write_characters
+
+    from serialgen.stages.composite import run_composite
+
+    settings = load_settings(lake=str(tmp_path / "lake"), ray={"num_cpus": 2}, ingest={"procedural_images": 12},
+                             composite={"backgrounds_procedural": 2})
+    lake = settings.open_lake()
+    characters = write_characters(lake, n_characters=6, poses=3)
+    run_composite(settings)
+    pair_split = dict(zip(*lake.read("pairs", columns=["character_id", "split"]).to_pydict().values()))
+    assert set(pair_split.values()) == {"train", "test"}
+    report = run_ingest_real(settings)
+    rows = lake.read("real_images", columns=["character_id", "split", "source_uri", "has_alpha"]).to_pylist()
+    assert report.errors == 0 and len(rows) == 12 + 3
+    assert {r["character_id"] for r in rows} == set(characters)
+    assert all(r["split"] == pair_split[r["character_id"]] for r in rows)
+    assert sum(r["has_alpha"] for r in rows) == 3 and sum(r["source_uri"].startswith("pairs://") for r in rows) == 12

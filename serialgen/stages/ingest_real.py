@@ -7,8 +7,9 @@ with its caption, domain and source mode. Unusable files go to `errors` with the
 already ingested are skipped, so a rerun adds nothing.
 
 Without ``--images`` (the tiny profile, offline) the stage ingests images the pipeline made itself:
-held-out (test-split) composited pairs and RGBA renders of those characters, exported as PNG files
-with their character id, so both the photo path and the own-alpha path run.
+composited pairs and RGBA renders spread over all characters, exported as PNG files with their
+character id (so the split follows the characters' split), and both the photo path and the own-alpha
+path run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serialgen.compositing.backgrounds import IMAGE_SUFFIXES
-from serialgen.compositing.split import TEST, split_of
+from serialgen.compositing.split import split_of
 from serialgen.config import ConfigError, Settings
 from serialgen.real_images import UnusableImage, pixel_id, read_real_image
 from serialgen.stages.assets import list_sources
@@ -160,24 +161,39 @@ def _text(value) -> str | None:
 
 
 def _procedural_entries(settings: Settings, scratch: Path) -> list[_Entry]:
-    """The offline default: test-split composited pairs (RGB) and RGBA renders of the same characters, as files."""
+    """The offline default: composited pairs (RGB) and RGBA renders, spread over the characters, as files.
+
+    Both splits are taken: each image keeps its character id, so it lands on the same split side as its
+    character's pairs (same rule and fraction); the personalizer trains on the train side and the
+    held-out characters stay held out for evaluation."""
     lake = settings.open_lake()
     n = settings.ingest.procedural_images
-    pairs = lake.read("pairs", columns=["pair_id", "character_id", "input_image"], filter=f"split = '{TEST}'")
+    pairs = lake.read("pairs", columns=["pair_id", "character_id", "input_image"])
     if pairs.num_rows == 0:
-        raise FileNotFoundError(f"no held-out pairs in lake {settings.lake} to ingest by default: "
+        raise FileNotFoundError(f"no pairs in lake {settings.lake} to ingest by default: "
                                 "run `serialgen composite` first or pass --images")
-    entries = []
-    for row in pairs.slice(0, n).to_pylist():
-        entries.append(_export(scratch, f"pairs://{row['pair_id']}", row["input_image"], row["character_id"]))
-    characters = sorted(set(pairs.column("character_id").to_pylist()))
-    quoted = ", ".join(f"'{c}'" for c in characters)
-    renders = lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba"],
-                        filter=f"character_id IN ({quoted})").slice(0, max(1, n // 4))
-    for row in renders.to_pylist():
+    entries = [_export(scratch, f"pairs://{row['pair_id']}", row["input_image"], row["character_id"])
+               for row in _spread(pairs.sort_by("pair_id").to_pylist(), n)]
+    renders = lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba"])
+    renders = renders.sort_by([("character_id", "ascending"), ("pose_id", "ascending"), ("view_id", "ascending")])
+    for row in _spread(renders.to_pylist(), max(1, n // 4)):
         uri = f"renders://{row['character_id']}/{row['pose_id']}/{row['view_id']}"
         entries.append(_export(scratch, uri, row["rgba"], row["character_id"]))
     return entries
+
+
+def _spread(rows: list[dict], n: int) -> list[dict]:
+    """Up to ``n`` rows taken round-robin over their characters (every character is represented)."""
+    by_character: dict[str, list[dict]] = {}
+    for row in rows:
+        by_character.setdefault(row["character_id"], []).append(row)
+    queues = list(by_character.values())
+    out: list[dict] = []
+    while len(out) < n and any(queues):
+        for queue in queues:
+            if queue and len(out) < n:
+                out.append(queue.pop(0))
+    return out
 
 
 def _export(scratch: Path, uri: str, png: bytes, character_id: str) -> _Entry:
