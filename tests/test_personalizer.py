@@ -231,3 +231,21 @@ def test_reference_is_padded_to_a_white_square_not_cropped():
     padded = pad_to_white_square(tall)
     assert padded.shape == (30, 30, 3) and (padded[:, 10:20] == 0).all()
     assert (padded[:, :10] == 255).all() and (padded[:, 20:] == 255).all()
+
+
+def test_accelerate_entry_point_trains_unpaired_and_records(trained, tmp_path, capsys):
+    import json
+
+    from serialgen.stages.train_personalizer import main
+
+    settings, _ = trained
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"personalizer": {"checkpoint_dir": str(tmp_path / "runs"), "eval_pairs": 2}}))
+    main(["--lake", settings.lake, "--config", str(config), "--mode", "unpaired", "--steps", "2"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["step"] == 2 and printed["adapter"] == str(tmp_path / "runs" / "unpaired")
+    assert (tmp_path / "runs" / "unpaired" / WEIGHTS_NAME).is_file()
+    run = settings.open_lake().read("runs", filter=f"run_id = '{printed['run_id']}'").to_pylist()[0]
+    assert run["status"] == "completed" and json.loads(run["inputs"]).keys() == {"real_images"}
+    pairs = settings.open_lake().read("personalizer_pairs", filter="mode = 'unpaired'").to_pylist()
+    assert len(pairs) == 6 and all(p["reference_image"] == p["target_image"] for p in pairs)
