@@ -123,7 +123,7 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
                 "standardizer_version": standardizer_version, "personalizer_version": personalizer_version,
                 "image": encode_png(image), "width": cfg.width, "height": cfg.height})
     lake = settings.open_lake()
-    with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=["real_images"], flow_run_id=flow_run_id) as run:
+    with StageRun(lake, STAGE, config_hash(settings, STAGE), flow_run_id=flow_run_id) as run:
         lake.upsert("generations", rows, run.run_id)
         run.outputs = ["generations"]
         run.metrics = {"images": len(rows), "method": method, "references": len(references),
