@@ -249,3 +249,22 @@ def test_accelerate_entry_point_trains_unpaired_and_records(trained, tmp_path, c
     assert run["status"] == "completed" and json.loads(run["inputs"]).keys() == {"real_images"}
     pairs = settings.open_lake().read("personalizer_pairs", filter="mode = 'unpaired'").to_pylist()
     assert len(pairs) == 6 and all(p["reference_image"] == p["target_image"] for p in pairs)
+
+
+def test_ema_adapter_is_what_training_leaves_for_export(trained, tmp_path):
+    """With EMA on, the finished adapter holds the EMA weights, which lag behind the raw ones."""
+    settings, _ = trained
+    lake = settings.open_lake()
+    finals = {}
+    for ema in (None, 0.99):
+        cfg = settings.personalizer.model_copy(update={"steps": 3, "checkpoint_every": 0, "learning_rate": 1e-2,
+                                                       "ema_decay": ema})
+        parts = load_sdxl_parts(*sdxl_folders(settings))
+        model = Personalizer(parts)
+        start = {k: v.clone() for k, v in model.adapter.export_state_dict().items()}
+        data = PersonalizerPairs(lake, "two_stage", "train", (96, 64), model.tokenizers,
+                                 reference_processor(parts.image_encoder.config))
+        assert train_personalizer(model, data, cfg, tmp_path / str(ema)).finished
+        finals[ema] = model.adapter.export_state_dict()
+    moved = lambda state: sum((state[k] - start[k]).abs().sum().item() for k in start)  # noqa: E731
+    assert 0 < moved(finals[0.99]) < moved(finals[None])
