@@ -32,19 +32,24 @@ PACKAGES = ("serialgen", "bpy", "torch", "diffusers", "transformers", "ray", "py
             "pyarrow", "prefect", "rembg", "open_clip_torch", "controlnet_aux", "numpy")
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def user_command(func: Callable) -> Callable:
-    """Turn the user-fixable errors of a command into one clear line and exit code 2."""
+    """Turn the user-fixable errors of a command into one clear line and exit code 2, and a stage that
+    ended Failed for a stated reason into one line and exit code 1."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from serialgen.storage.runs import StageFailed
+
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except StageFailed as exc:
+            fail(str(exc), code=1)
     return wrapper
 
 
@@ -52,7 +57,9 @@ class _NoUserErrorTracebacks(logging.Filter):
     """Prefect logs a failing run's traceback; for errors the user can fix, its message is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        from serialgen.storage.runs import StageFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, StageFailed)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -112,25 +119,32 @@ def info(ctx: typer.Context) -> None:
     console.print(grid)
     lineage = _lineage_table(settings)
     if lineage is not None:
-        console.rule("lineage (last completed run per stage)")
+        console.rule("lineage (DAG order: last completed run per stage, and what `serialgen run` would do)")
         console.print(lineage)
 
 
 def _lineage_table(settings: Settings) -> Table | None:
+    """Every DAG stage in order: what it depends on, its last completed run (config, versions read and
+    written, checkpoint or report), and whether the next `serialgen run` would run it and why."""
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
     from serialgen.storage.runs import last_completed
 
     lake = settings.open_lake()
     if not lake.exists("runs"):
         return None
-    stages = sorted(set(lake.read("runs", columns=["stage"]).column("stage").to_pylist()))
-    grid = Table("stage", "run", "config", "read", "wrote", "checkpoint")
-    for stage in stages:
-        run = last_completed(lake, stage)
+    grid = Table("stage", "after", "last run", "config", "read", "wrote", "checkpoint / report", "next run")
+    versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
+    for stage in topological():
+        run = last_completed(lake, stage.name)
+        runs_next, why = should_run(settings, stage.name)
+        upcoming = f"runs: {why}" if runs_next else "skipped"
+        after = ", ".join(stage.depends_on) or "-"
         if run is None:
+            grid.add_row(stage.name, after, "-", "-", "-", "-", "-", upcoming)
             continue
-        versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
-        grid.add_row(stage, run["run_id"], run["config_hash"], versions(run["inputs"]),
-                     versions(run["outputs"]), run["checkpoint"] or "-")
+        grid.add_row(stage.name, after, run["run_id"], run["config_hash"], versions(run["inputs"]),
+                     versions(run["outputs"]), run["checkpoint"] or "-", upcoming)
     return grid
 
 
@@ -244,6 +258,22 @@ def generate_command(
                  method=mode, out=str(out) if out else None)
     console.print(f"{r['rows']} images written to `generations` and {Path(r['files'][0]).parent}; grid: {r['grid']}",
                   highlight=False, soft_wrap=True)
+@app.command("evaluate")
+@user_command
+def evaluate_command(
+    ctx: typer.Context,
+    test_set: Optional[Path] = typer.Option(None, help="Test set YAML (see configs/test_set.yaml); default: tiny set."),
+    force: bool = typer.Option(False, help="Evaluate even if models, test set and config are unchanged."),
+) -> None:
+    """Score every trained personalizer mode and standardizer variant; write the report (Prefect flow `evaluate`)."""
+    result = run_flow(ctx, "evaluate", "evaluate", test_set=str(test_set) if test_set else None, force=force)
+    if result["skipped"]:
+        console.print(f"evaluate skipped: {result['why']}", highlight=False)
+        return
+    console.print(f"evaluated {', '.join(result['methods'] + result['standardizers'])}: "
+                  f"{result['generations']} generations, {result['evaluations']} evaluation rows", highlight=False)
+    console.print(f"report: {result['report']}\nmarkdown: {result['markdown']}\nuser study: {result['user_study']}",
+                  highlight=False)
 
 
 def _gpu_description() -> str:
@@ -259,7 +289,9 @@ def _gpu_description() -> str:
 def run_command(ctx: typer.Context,
                 force: bool = typer.Option(False, help="Rerun every stage even if its inputs and config are unchanged.")) -> None:
     """Run the whole DAG (Prefect flow `serialgen`): each stage whose inputs or config changed."""
-    summary = run_flow(ctx, "dag", "serialgen", force=force)
+    summary = None if force else _nothing_to_run(ctx.obj)
+    if summary is None:
+        summary = run_flow(ctx, "dag", "serialgen", force=force)
     grid = Table("stage", "status", "why", "seconds")
     for row in summary:
         grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
@@ -268,6 +300,26 @@ def run_command(ctx: typer.Context,
     console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
                   f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
                   "details: `serialgen info`", highlight=False)
+
+
+def _nothing_to_run(settings: Settings) -> list[dict] | None:
+    """The DAG's summary when every stage would be skipped and no Prefect server is configured: then the
+    ephemeral API (seconds to start) would only record a run that does nothing, so it is not started.
+    With ``PREFECT_API_URL`` set the flow always runs, so the dashboard shows every scheduled run."""
+    import os
+
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    summary = []
+    for stage in topological():
+        run, why = should_run(settings, stage.name)
+        if run:
+            return None
+        summary.append({"stage": stage.name, "status": "skipped", "why": why, "seconds": 0.0})
+    return summary
 
 
 if __name__ == "__main__":

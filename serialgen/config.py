@@ -27,10 +27,22 @@ class ConfigError(Exception):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def output_settings(self) -> dict[str, Any]:
+        """The values that can change a stage's outputs: every field not marked :func:`runtime`."""
+        keep = {name for name, field in type(self).model_fields.items()
+                if not (field.json_schema_extra or {}).get("runtime")}
+        return self.model_dump(mode="json", include=keep)
+
+
+def runtime(default: Any) -> Any:
+    """A setting that changes how a stage runs (parallelism, commit size, logging), never what it writes:
+    it is left out of the stage's config hash, so changing it reruns nothing."""
+    return Field(default, json_schema_extra={"runtime": True})
+
 
 class RaySettings(Section):
     address: str | None = None          # None: start a local Ray; "auto" or "ray://host:10001": a cluster
-    num_cpus: int | None = None         # local Ray only; None = all cores
+    num_cpus: int | None = runtime(None)  # local Ray only; None = all cores
     object_store_memory_mb: int = 1024  # local Ray only
 
 
@@ -43,11 +55,11 @@ class AssetsSettings(Section):
     seed: int = 0
     pose_dedup_threshold: float = 0.08  # radians, max joint-rotation distance for two poses to be one
     frame_step: int = 2                 # sample every n-th frame of a clip
-    workers: int = 2                    # bpy worker processes
+    workers: int = runtime(2)           # bpy worker processes
     min_canonical_bones: int = 15
     duplicate_threshold: float = 0.05   # geometry-signature distance below which a character is a duplicate
     motion_variants: int = 2            # seeded variations of each procedural motion kind
-    batch_size: int = 4                 # files per worker task
+    batch_size: int = runtime(4)        # files per worker task
     thumbnail_width: int = 96
     thumbnail_height: int = 144
     thumbnail_samples: int = 4
@@ -61,14 +73,14 @@ class RenderSettings(Section):
     samples: int = 8
     adaptive_threshold: float = 0.05
     denoise: bool = False
-    threads_per_worker: int = 1
-    workers: int = 2
-    gpus_per_worker: float = 0.0
+    threads_per_worker: int = runtime(1)
+    workers: int = runtime(2)
+    gpus_per_worker: float = runtime(0.0)
     poses_per_character: int = 6
     views_per_pose: int = 2
     seed: int = 0
     limit: int | None = None
-    chunk_size: int = 8                 # items per actor call and per commit (resume granularity)
+    chunk_size: int = runtime(8)        # items per actor call and per commit (resume granularity)
     standard_head_top: float = 0.06     # standard view: head top on this row (fraction of the height, from the top)
     standard_chin: float = 0.18         # standard view: chin on this row
     standard_arm_angle: float = 45.0    # standard A-pose: arms this many degrees below horizontal
@@ -80,12 +92,12 @@ class CompositeSettings(Section):
     max_background_pixels: int = 40_000_000
     test_fraction: float = 0.2
     seed: int = 0
-    workers: int = 2                    # compositing actors; they share what the Lance read tasks leave (0.5 CPU)
-    batch_size: int = 16
+    workers: int = runtime(2)           # compositing actors; they share what the Lance read tasks leave (0.5 CPU)
+    batch_size: int = runtime(16)
     background_source: str | None = None  # folder or URI of user background images (else procedural only)
     background_max_side: int = 1024     # ingested backgrounds are downscaled to this long side
     dynamic: bool = False               # composite on the fly in the training loader instead of writing pairs
-    write_rows: int = 256               # pairs per Lake.upsert commit (resume granularity)
+    write_rows: int = runtime(256)      # pairs per Lake.upsert commit (resume granularity)
     limit: int | None = None            # composite at most this many renders (smoke runs)
     scale_range: tuple[float, float] = (0.45, 0.95)  # character height as a share of the canvas height
     crop_probability: float = 0.3       # share of pairs whose character is cut off by the frame
@@ -113,8 +125,8 @@ class StandardizerSettings(Section):
     gradient_checkpointing: bool = False
     checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints (local lakes only)
     run_name: str = "standardizer"      # training folder under checkpoint_dir; resume continues it
-    checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end); 0: none
-    checkpoints_total_limit: int = 2
+    checkpoint_every: int = runtime(50)  # steps between resumable checkpoints (and at the end); 0: none
+    checkpoints_total_limit: int = runtime(2)
     validate_every: int = 0             # steps between validations; 0: only at the end
     validation_pairs: int = 4           # held-out (test split) pairs standardized per validation
     noise_offset: float = 0.05
@@ -124,8 +136,8 @@ class StandardizerSettings(Section):
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    num_workers: int = 1                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
-    log_every: int = 10
+    num_workers: int = runtime(1)       # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
+    log_every: int = runtime(10)
 
 
 class PersonalizerSettings(Section):
@@ -163,6 +175,28 @@ class PersonalizerSettings(Section):
     scale: float = 1.0                  # adapter scale at generation, in [0, 2]
 
 
+class DagSettings(Section):
+    # Independent branches (ingest-real beside the synthetic half, preprocessors beside the standardizer)
+    # run side by side up to this many stages; 1 (default) runs them one after another, which is as fast
+    # on 2 cores and keeps every stage's torch RNG to itself.
+    max_parallel: int = runtime(1)
+    # A stage whose share of failed items exceeds this ends Failed (a code bug should not look like bad data).
+    max_failure_share: float = 0.5
+
+
+class EvaluateSettings(Section):
+    test_set: Path | None = None        # YAML test set (configs/test_set.yaml layout); None: embedded tiny default
+    clip_dir: Path | None = None        # open_clip folder (open_clip_config.json + weights; paper: ViT-H/14)
+    face_model: Path | None = None      # ArcFace ONNX, e.g. <root>/models/buffalo_l/w600k_r50.onnx
+    # tiny profile only: with clip_dir / face_model unset, random tiny models are built into the lake.
+    build_tiny_models: bool = True
+    scale: float | None = None          # IP-Adapter scale for generation (None: generate's default)
+    standardizer_pairs: int = 4         # held-out pairs per standardizer variant (Table 3); 0: the whole test split
+    user_study_items: int = 20          # (character, prompt) items on the blind user-study sheet
+    seed: int = 0                       # shuffles the user-study sheet
+    report_dir: Path | None = None      # None: <lake>/_reports/evaluate (local lakes)
+
+
 class Settings(BaseSettings):
     """The resolved configuration of one invocation."""
 
@@ -177,6 +211,8 @@ class Settings(BaseSettings):
     composite: CompositeSettings = Field(default_factory=CompositeSettings)
     standardizer: StandardizerSettings = Field(default_factory=StandardizerSettings)
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
+    dag: DagSettings = Field(default_factory=DagSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -189,7 +225,7 @@ class Settings(BaseSettings):
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections, the cache/lineage key of a stage's config."""
-        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        data = {s: getattr(self, s).output_settings() for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -208,6 +244,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",
                          "gradient_checkpointing": True, "checkpoint_every": 2000, "num_workers": 4,
                          "eval_pairs": 256, "log_every": 50},
+        "evaluate": {"build_tiny_models": False, "standardizer_pairs": 0},
     },
 }
 

@@ -33,3 +33,12 @@ def test_every_deployment_entrypoint_and_parameters_match_its_flow():
         assert deployment["work_pool"]["name"] == "serialgen-process"
     nightly = next(d for d in deployments if d["name"] == "nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    assert nightly["concurrency_limit"] == 1
+
+
+def test_deployment_runs_get_the_prefect_settings_of_cli_runs():
+    from serialgen.runtime import PREFECT_DEFAULTS
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for deployment in config["deployments"]:
+        assert deployment["work_pool"]["job_variables"]["env"] == PREFECT_DEFAULTS, deployment["name"]

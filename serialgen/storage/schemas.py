@@ -223,18 +223,21 @@ GENERATIONS = _spec(
 
 EVALUATIONS = _spec(
     "evaluations", ("evaluation_id",),
-    F("evaluation_id", pa.string()),
-    F("method", pa.string()),                  # e.g. two_stage, unpaired, standardizer fbdm+rpim
-    F("model_version", pa.string()),
+    F("evaluation_id", pa.string()),           # hash of every column below that names the score (not its value)
+    F("test_set", pa.string()),                # fingerprint of the test set (or held-out pairs) scored
+    F("method", pa.string()),                  # personalizer mode (two_stage, ...) or standardizer variant (fbdm+rpim, ...)
+    F("model_version", pa.string()),           # personalizer version, or the standardizer's for stage standardizer
+    F("standardizer_version", pa.string()),    # the standardizer that made the references (null without)
     F("stage", pa.string()),                   # standardized | personalized | standardizer
     F("metric", pa.string()),                  # clip_i | clip_t | face_sim | ap_clip_i | psnr | ssim
-    F("value", pa.float64()),
-    F("n", pa.int64()),
+    F("value", pa.float64()),                  # null: not measurable (no face found)
+    F("n", pa.int64()),                        # items (or image pairs for ap_clip_i) behind the value
     F("generation_id", pa.string()),           # set on per-generation scores; null on aggregates
-    F("character_id", pa.string()),
+    F("pair_id", pa.string()),                 # set on per-pair standardizer scores (held-out `pairs`)
+    F("character_id", pa.string()),            # set on per-generation and per-character scores
     F("domain", pa.string()),                  # subset: anime | real | synthetic | all
-    F("prompt_category", pa.string()),         # subset: action | background | ... | all
-    F("details", JSON),                        # e.g. CLIP model name, face-detection rate
+    F("prompt_category", pa.string()),         # subset: action | background | viewpoint | expression | all
+    F("details", JSON),                        # evaluator (CLIP / face model labels), face detection rate, ...
 )
 
 RUNS = _spec(

@@ -173,20 +173,40 @@ def validate(model: Standardizer, data: Dataset | None, cfg: StandardizerSetting
     n = min(cfg.validation_pairs, len(data)) if data is not None else 0
     if n == 0:
         return Validation(0, None, None)
+    scored = score_pairs(model, data, n, cfg)
+    model.train()
+    grid = torch.cat([torch.cat(list(r), -2) for r in scored.rows], -2)
+    grid = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Validation(n, scored.psnr.mean().item(), scored.ssim.mean().item(), grid)
+
+
+@dataclass
+class PairScores:
+    """Per-pair PSNR/SSIM (data range 1) of standardized held-out pairs, and their image rows."""
+
+    pair_ids: list[str]
+    character_ids: list[str]
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    rows: list[torch.Tensor]  # per batch: input | reference pose | target | standardized, (B, 3, H, 4W) in [0, 1]
+
+
+@torch.no_grad()
+def score_pairs(model: Standardizer, data: Dataset, n: int, cfg: StandardizerSettings) -> PairScores:
+    """Standardize the first ``n`` pairs of ``data`` (DDIM, ``cfg.inference_steps``) and score each against its target."""
     pipeline = StandardizationPipeline(model, model.denoising_unet.device)
-    scores, rows = [], []
+    out = PairScores([], [], torch.empty(0), torch.empty(0), [])
     for first in range(0, n, cfg.batch_size):
         batch = torch.utils.data.default_collate([data[i] for i in range(first, min(n, first + cfg.batch_size))])
         output = pipeline.standardize(batch["input_image"], batch["background_mask"], batch["reference_pose_image"],
                                       batch["target_pose_image"], cfg.inference_steps, cfg.guidance_scale, cfg.seed)
         prediction, target = (output.cpu() + 1) / 2, (batch["target_image"] + 1) / 2
-        scores.append(torch.stack([psnr(prediction, target), ssim(prediction, target)], 1))
-        rows.append(torch.cat([(batch["input_image"] + 1) / 2, batch["reference_pose_image"], target, prediction], -1))
-    model.train()
-    scores = torch.cat(scores)
-    grid = torch.cat([torch.cat(list(r), -2) for r in rows], -2)
-    grid = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Validation(n, scores[:, 0].mean().item(), scores[:, 1].mean().item(), grid)
+        out.pair_ids += list(batch["pair_id"])
+        out.character_ids += list(batch["character_id"])
+        out.psnr = torch.cat([out.psnr, psnr(prediction, target)])
+        out.ssim = torch.cat([out.ssim, ssim(prediction, target)])
+        out.rows.append(torch.cat([(batch["input_image"] + 1) / 2, batch["reference_pose_image"], target, prediction], -1))
+    return out
 
 
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],

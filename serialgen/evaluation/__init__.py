@@ -1,0 +1,1 @@
+"""The paper's evaluation protocol: metrics, evaluation models, test set, scoring and report (no Prefect)."""

@@ -1,0 +1,263 @@
+"""Stage driver: the paper's evaluation (section 4) of every trained model in the lake (no Prefect).
+
+For each personalizer mode with a checkpoint in ``<lake>/_checkpoints/personalizer/<mode>/``, the test
+set goes through :func:`serialgen.stages.generate.generate_images` (contract C3) and is scored
+(:mod:`serialgen.evaluation.scoring`); each standardizer variant (FBDM x RPIM) trained into the lake is
+scored by PSNR/SSIM on held-out `pairs` (Table 3). Everything lands in `evaluations`, then the report
+(:mod:`serialgen.evaluation.report`) is written. A rerun with unchanged models, test set, evaluation
+models and config does nothing (lineage in the `runs` row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serialgen.config import ConfigError, Settings
+from serialgen.evaluation.clip import ClipModel
+from serialgen.evaluation.face import FaceEmbedder
+from serialgen.evaluation.report import ReportFiles, build_tables, write_report
+from serialgen.evaluation.scoring import Evaluator, Group, aggregate_items, evaluation_row, score_generations
+from serialgen.evaluation.testset import TestSet, load_test_set
+from serialgen.evaluation.tiny_models import TINY_LABEL, build_tiny_clip, build_tiny_face_model
+from serialgen.stages.registry import config_hash
+from serialgen.storage import Lake
+from serialgen.storage.runs import StageRun, last_completed
+
+log = logging.getLogger(__name__)
+STAGE = "evaluate"
+PERSONALIZER_MODES = ("two_stage", "paired_one_stage", "unpaired")
+#: The exported adapter (stock diffusers ``load_ip_adapter`` weight name) that marks a trained mode folder.
+ADAPTER_FILE = "ip_adapter.safetensors"
+#: Modes whose adapter was trained on standardized references, so inference standardizes too.
+STANDARDIZED_MODES = frozenset({"two_stage"})
+#: (prompt, category) pairs and seeds in, `generations` rows out (contract C3 with the settings bound).
+GenerateFn = Callable[..., list[dict[str, Any]]]
+
+
+@dataclass
+class StandardizerVariant:
+    """A trained standardizer in the lake: the newest completed training run of one FBDM x RPIM setting."""
+
+    label: str          # fbdm+rpim | fbdm | rpim | base
+    run_id: str
+    folder: Path
+    fbdm: bool
+    rpim: bool
+
+
+@dataclass
+class EvaluateReport:
+    run_id: str | None
+    skipped: bool
+    why: str
+    methods: list[str] = field(default_factory=list)
+    standardizers: list[str] = field(default_factory=list)
+    generations: int = 0
+    evaluations: int = 0
+    tables: dict[str, Any] = field(default_factory=dict)
+    files: ReportFiles | None = None
+
+
+def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool = False,
+                 evaluator: Evaluator | None = None, generate: GenerateFn | None = None) -> EvaluateReport:
+    """Generate, score and report; ``evaluator`` / ``generate`` default to the lake's models (C1) and C3."""
+    lake = settings.open_lake()
+    test_set_errors: list[tuple[str, str]] = []
+    test_set = load_test_set(lake, settings.evaluate.test_set, lambda k, r: test_set_errors.append((k, r)))
+    personalizers = personalizer_checkpoints(lake)
+    standardizers = standardizer_variants(lake, settings)
+    clip_dir, face_file = evaluation_models(settings)
+    if not test_set.characters:
+        raise FileNotFoundError(f"the test set {settings.evaluate.test_set or '(default)'} has no readable "
+                                "reference image")
+    if not personalizers and not standardizers:
+        raise FileNotFoundError(f"no trained personalizer (<lake>/_checkpoints/personalizer/<mode>/) or standardizer "
+                                f"in lake {lake.uri}: run `serialgen train-personalizer` or `train-standardizer`")
+    lineage = {"test_set": test_set.fingerprint,
+               "personalizers": {mode: _folder_version(folder) for mode, folder in personalizers.items()},
+               "standardizers": {v.label: v.run_id for v in standardizers},
+               "evaluator": {"clip": _folder_version(clip_dir), "face": _folder_version(face_file)}}
+    digest = config_hash(settings, STAGE)
+    if not force:
+        skip, why = _unchanged(lake, digest, lineage)
+        if skip:
+            return EvaluateReport(None, True, why)
+    with StageRun(lake, STAGE, digest, inputs=["pairs"], flow_run_id=flow_run_id) as run:
+        run.errors(test_set_errors)
+        run.clear_errors(f"test-set/{c.character_id}" for c in test_set.characters)
+        if evaluator is None:
+            evaluator = load_evaluator(settings, clip_dir, face_file)
+        if generate is None and personalizers:
+            from serialgen.stages.generate import generate_images as generate  # contract C3
+        generations = generate_test_set(settings, test_set, personalizers, generate, run)
+        rows = score_generations(evaluator, generations, {c.character_id: c for c in test_set.characters},
+                                 test_set.fingerprint) if generations else []
+        rows += score_standardizers(settings, lake, standardizers, evaluator.details)
+        lake.upsert("evaluations", rows, run.run_id)
+        stored = lake.read("evaluations").to_pylist()
+        tables = build_tables(stored, rows, evaluator.details, _is_tiny(settings, clip_dir, face_file), standardizers)
+        files = write_report(report_dir(settings, lake), tables, test_set, generations, settings.evaluate)
+        run.outputs = ["generations", "evaluations"] if generations else ["evaluations"]
+        run.metrics = {"lineage": lineage, "generations": len(generations), "evaluations": len(rows),
+                       "report": str(files.html)}
+        return EvaluateReport(run.run_id, False, "evaluated", sorted(personalizers), [v.label for v in standardizers],
+                              len(generations), len(rows), tables, files)
+
+
+def generate_test_set(settings: Settings, test_set: TestSet, personalizers: dict[str, Path],
+                      generate: GenerateFn, run: StageRun) -> list[dict[str, Any]]:
+    """Every (character, prompt, seed) through every personalizer mode; a character that fails is an error row."""
+    rows, done = [], []
+    for mode, folder in sorted(personalizers.items()):
+        for character in test_set.characters:
+            key = f"{mode}/{character.character_id}"
+            try:
+                rows += generate(settings, [character.image], test_set.prompts, test_set.seeds,
+                                 scale=settings.evaluate.scale, standardize=mode in STANDARDIZED_MODES,
+                                 adapter_dir=folder, character_id=character.character_id, method=mode)
+                done.append(key)
+            except (ValueError, RuntimeError) as exc:
+                run.error(key, f"generation failed: {exc}")
+    run.clear_errors(done)
+    return rows
+
+
+def score_standardizers(settings: Settings, lake: Lake, variants: Sequence[StandardizerVariant],
+                        details: dict[str, str]) -> list[dict[str, Any]]:
+    """PSNR/SSIM (data range 1) of each standardizer variant on the held-out pairs (Table 3)."""
+    if not variants:
+        return []
+    import torch
+
+    from serialgen.compositing.dynamic import pairs_dataset
+    from serialgen.models.standardizer import Standardizer
+    from serialgen.training.standardizer import score_pairs
+
+    rows = []
+    for variant in variants:
+        trained = _trained_settings(variant.folder)
+        cfg = settings.standardizer.model_copy(update={k: trained[k] for k in ("width", "height") if k in trained})
+        data = pairs_dataset(settings, "test", (cfg.height, cfg.width))
+        n = min(settings.evaluate.standardizer_pairs or len(data), len(data))
+        if n == 0:
+            break
+        model = Standardizer.from_pretrained(variant.folder).eval()
+        torch.manual_seed(cfg.seed)
+        scored = score_pairs(model, data, n, cfg)
+        group = Group(variant.label, variant.run_id, variant.run_id)
+        test_set = f"pairs@{lake.version('pairs')}:test:{n}"
+        per_pair = [evaluation_row(test_set, group, "standardizer", metric, float(values[i]), 1,
+                                   {**details, "data_range": 1.0, "size": [cfg.height, cfg.width]},
+                                   pair_id=scored.pair_ids[i], character_id=scored.character_ids[i],
+                                   domain="synthetic")
+                    for metric, values in (("psnr", scored.psnr), ("ssim", scored.ssim)) for i in range(n)]
+        rows += per_pair + aggregate_items(per_pair, test_set, group, "standardizer", {"data_range": 1.0})
+    return rows
+
+
+def personalizer_checkpoints(lake: Lake) -> dict[str, Path]:
+    """{mode: folder} of the trained personalizer adapters in ``<lake>/_checkpoints/personalizer/<mode>/``."""
+    if not lake.is_local:
+        return {}
+    root = Path(lake.uri) / "_checkpoints" / "personalizer"
+    return {mode: root / mode for mode in PERSONALIZER_MODES if (root / mode / ADAPTER_FILE).is_file()}
+
+
+def standardizer_variants(lake: Lake, settings: Settings) -> list[StandardizerVariant]:
+    """The newest completed `train-standardizer` run's model folder for each FBDM x RPIM setting present."""
+    from serialgen.models.standardizer import CONFIG_NAME
+
+    runs = lake.read("runs", filter=f"stage = 'train-standardizer' AND status = 'completed'")
+    newest: dict[tuple[bool, bool], StandardizerVariant] = {}
+    for row in sorted(runs.to_pylist(), key=lambda r: r["finished_at"]):
+        folder = Path(row["checkpoint"]) if row["checkpoint"] else None
+        if folder is None or not (folder / CONFIG_NAME).is_file():
+            continue
+        flags = json.loads((folder / CONFIG_NAME).read_text())
+        key = (bool(flags.get("fbdm")), bool(flags.get("rpim")))
+        newest[key] = StandardizerVariant(variant_label(*key), row["run_id"], folder, *key)
+    return [newest[k] for k in sorted(newest, reverse=True)]
+
+
+def variant_label(fbdm: bool, rpim: bool) -> str:
+    return "+".join(n for n, on in (("fbdm", fbdm), ("rpim", rpim)) if on) or "base"
+
+
+def evaluation_models(settings: Settings) -> tuple[Path, Path]:
+    """The CLIP folder and the face ONNX file; the tiny profile builds random ones into the lake when unset."""
+    cfg = settings.evaluate
+    if cfg.clip_dir is not None and cfg.face_model is not None:
+        return Path(cfg.clip_dir), Path(cfg.face_model)
+    lake = settings.open_lake()
+    if not cfg.build_tiny_models or not lake.is_local:
+        missing = "evaluate.clip_dir (a local open_clip ViT-H/14 folder)" if cfg.clip_dir is None else \
+            "evaluate.face_model (an ArcFace ONNX file, e.g. insightface's w600k_r50.onnx)"
+        raise ConfigError(f"set {missing}: the {settings.profile} profile does not build tiny evaluation models")
+    root = Path(lake.uri) / "_checkpoints" / "evaluation"
+    clip_dir = Path(cfg.clip_dir) if cfg.clip_dir is not None else root / "tiny_clip"
+    face_file = Path(cfg.face_model) if cfg.face_model is not None else root / "tiny_arcface.onnx"
+    if cfg.clip_dir is None and not (clip_dir / "open_clip_config.json").is_file():
+        build_tiny_clip(clip_dir, seed=cfg.seed)
+    if cfg.face_model is None and not face_file.is_file():
+        build_tiny_face_model(face_file, seed=cfg.seed)
+    return clip_dir, face_file
+
+
+def load_evaluator(settings: Settings, clip_dir: Path, face_file: Path) -> Evaluator:
+    """CLIP and ArcFace from their files, mask and pose from the lake's preprocessors (contract C1)."""
+    from serialgen.preprocessing import load_preprocessors
+
+    face_label = f"{face_file.stem} ({TINY_LABEL})" if _is_tiny(settings, clip_dir, face_file) else face_file.stem
+    preprocessors = load_preprocessors(settings)
+    return Evaluator(ClipModel(clip_dir), FaceEmbedder(face_file, face_label), preprocessors.mask, preprocessors.pose)
+
+
+def report_dir(settings: Settings, lake: Lake) -> Path:
+    if settings.evaluate.report_dir is not None:
+        return Path(settings.evaluate.report_dir)
+    if not lake.is_local:
+        raise ConfigError(f"lake {lake.uri} is not a local folder: set evaluate.report_dir")
+    return Path(lake.uri).resolve() / "_reports" / "evaluate"
+
+
+def _is_tiny(settings: Settings, clip_dir: Path, face_file: Path) -> bool:
+    """Whether either evaluation model is a random tiny one (its numbers must be labelled)."""
+    config = clip_dir / "open_clip_config.json"
+    tiny_clip = config.is_file() and TINY_LABEL in config.read_text()
+    return tiny_clip or (settings.evaluate.face_model is None and settings.evaluate.build_tiny_models)
+
+
+def _trained_settings(model_folder: Path) -> dict[str, Any]:
+    marker = model_folder.parent / "training.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def _folder_version(path: Path) -> str:
+    """A cheap version of a checkpoint file or folder: names, sizes and modification times of its files."""
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    digest = hashlib.sha256()
+    for p in files:
+        stat = p.stat()
+        digest.update(f"{p.relative_to(path.parent)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _unchanged(lake: Lake, digest: str, lineage: dict[str, Any]) -> tuple[bool, str]:
+    last = last_completed(lake, STAGE)
+    if last is None:
+        return False, "never completed"
+    if last["config_hash"] != digest:
+        return False, "config changed"
+    if last["metrics"].get("lineage") != lineage:
+        changed = sorted(k for k in lineage if last["metrics"].get("lineage", {}).get(k) != lineage[k])
+        return False, f"changed: {', '.join(changed)}"
+    if any(lake.version(name) != version for name, version in last["inputs"].items()):
+        return False, "inputs changed: pairs"
+    return True, f"unchanged since run {last['run_id']}"
+

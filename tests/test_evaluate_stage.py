@@ -1,0 +1,239 @@
+"""The evaluate stage on a temp lake: scoring of `generations` rows, lineage skip, errors, report files.
+
+The personalizer's ``generate_images`` (contract C3) is built on another branch, so these tests hand the
+stage a generator with C3's signature that writes constructed `generations` rows into the lake: a
+"replicating" method (outputs = the reference, like the paper's unpaired one-stage) and a two-stage one
+(recoloured outputs, a standardized reference). The CLIP and face models are the tiny random ones, run
+for real; mask and pose stand in for the C1 preprocessors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_standardizer import make_pairs
+
+from serialgen.evaluation.clip import ClipModel
+from serialgen.evaluation.face import ARCFACE_TEMPLATE, FACE_KEYPOINTS, FaceEmbedder
+from serialgen.evaluation.scoring import Evaluator
+from serialgen.evaluation.testset import DEFAULT_SPEC, load_test_set
+from serialgen.evaluation.tiny_models import TINY_LABEL, build_tiny_clip, build_tiny_face_model
+from serialgen.stages.evaluate import run_evaluate
+from serialgen.storage.images import decode_image, encode_png
+from serialgen.storage.runs import errors_of
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory) -> Evaluator:
+    folder = tmp_path_factory.mktemp("evaluation")
+    return Evaluator(ClipModel(build_tiny_clip(folder / "clip")),
+                     FaceEmbedder(build_tiny_face_model(folder / "face.onnx"), f"tiny ({TINY_LABEL})"),
+                     mask_fn=_mask, pose_fn=_pose)
+
+
+def _mask(image: np.ndarray) -> np.ndarray:
+    """Foreground = saturated pixels (the drawn figures are saturated, backgrounds grey or white)."""
+    rgb = np.asarray(image)[..., :3].astype(np.int16)
+    return np.where(rgb.max(-1) - rgb.min(-1) > 80, 255, 0).astype(np.uint8)
+
+
+def _pose(image: np.ndarray) -> np.ndarray:
+    """A face at the image's top centre, except on images with a pure white top-left corner (no face)."""
+    keypoints = np.zeros((18, 3), np.float32)
+    if tuple(np.asarray(image)[0, 0, :3]) == (255, 255, 255):
+        return keypoints
+    h, w = image.shape[:2]
+    for row, index in enumerate(FACE_KEYPOINTS):
+        keypoints[index] = (*(ARCFACE_TEMPLATE[row] / 112 * (w * 0.4) + (w * 0.3, h * 0.05)), 0.9)
+    return keypoints
+
+
+def fake_generate(calls: list):
+    """A generator with contract C3's signature writing `generations` rows into the settings' lake."""
+    def generate(settings, references, prompts, seeds, scale=None, standardize=True, adapter_dir=None,
+                 character_id=None, method=None):
+        calls.append((method, character_id))
+        reference = references[0]
+        rows = []
+        for k, (prompt, category) in enumerate(prompts):
+            for seed in seeds:
+                if method == "unpaired":
+                    image = reference
+                else:  # recoloured per prompt, white corner: no face found
+                    image = np.roll(reference, 1 + k, axis=2).copy()
+                    image[:4, :4] = 255
+                gid = hashlib.sha256(f"{method}{character_id}{prompt}{seed}".encode()).hexdigest()[:16]
+                rows.append({"generation_id": gid, "method": method, "character_id": character_id,
+                             "reference_ids": [character_id],
+                             "standardized_reference": encode_png(reference[::-1].copy()) if standardize else None,
+                             "prompt": prompt, "prompt_category": category, "seed": seed, "scale": 1.0,
+                             "sampler": "ddim", "steps": 2, "standardizer_version": "std-v1" if standardize else None,
+                             "personalizer_version": f"{method}-v1", "image": encode_png(image),
+                             "width": image.shape[1], "height": image.shape[0]})
+        settings.open_lake().upsert("generations", rows, "fake-generate")
+        return rows
+    return generate
+
+
+def _checkpoints(lake_dir, modes=("two_stage", "unpaired")) -> None:
+    for mode in modes:
+        folder = lake_dir / "_checkpoints" / "personalizer" / mode
+        folder.mkdir(parents=True)
+        (folder / "ip_adapter.safetensors").write_bytes(mode.encode())
+
+
+def _aggregate(rows, method, metric, stage="personalized", domain="all", category="all"):
+    hits = [r for r in rows if (r["method"], r["metric"], r["stage"], r["domain"], r["prompt_category"])
+            == (method, metric, stage, domain, category) and r["generation_id"] is None and r["character_id"] is None]
+    assert len(hits) == 1, (method, metric, stage, domain, category, hits)
+    return hits[0]
+
+
+def test_scores_every_method_keeps_per_generation_rows_and_skips_unchanged_reruns(settings, lake, evaluator):
+    make_pairs(lake, 2, test=2)
+    _checkpoints(Path(lake.uri))
+    calls: list = []
+    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    assert not report.skipped and report.methods == ["two_stage", "unpaired"]
+    n_prompts = len(DEFAULT_SPEC["prompts"])
+    assert sorted(calls) == sorted((m, c) for m in ("two_stage", "unpaired") for c in ("c2", "c3"))
+    assert report.generations == 2 * 2 * n_prompts
+    rows = lake.read("evaluations").to_pylist()
+    per_generation = [r for r in rows if r["generation_id"] is not None]
+    assert len(per_generation) == report.generations * 3  # clip_i, clip_t, face_sim each
+    # The replicating method reproduces the reference: CLIP-I 100 and AP-CLIP-I 100; the recoloured one does not.
+    assert _aggregate(rows, "unpaired", "clip_i")["value"] == pytest.approx(100.0, abs=1e-3)
+    assert _aggregate(rows, "unpaired", "ap_clip_i")["value"] == pytest.approx(100.0, abs=1e-3)
+    assert _aggregate(rows, "two_stage", "clip_i")["value"] < 99.9
+    assert _aggregate(rows, "two_stage", "ap_clip_i")["value"] < 99.9
+    # Face Sim: the replicas show the reference's face (cosine 1); the two-stage outputs show none, counted.
+    unpaired_face, two_stage_face = _aggregate(rows, "unpaired", "face_sim"), _aggregate(rows, "two_stage", "face_sim")
+    assert unpaired_face["value"] == pytest.approx(1.0, abs=1e-5) and unpaired_face["n"] == 2 * n_prompts
+    assert two_stage_face["value"] is None and two_stage_face["n"] == 0
+    assert json.loads(two_stage_face["details"])["detection_rate"] == 0.0
+    # Subsets: per domain and per prompt category, and Table 7's standardized stage for two-stage only.
+    assert _aggregate(rows, "two_stage", "clip_t", domain="synthetic")["n"] == 2 * n_prompts
+    assert _aggregate(rows, "two_stage", "clip_t", category="action")["n"] == 2
+    assert _aggregate(rows, "two_stage", "clip_i", stage="standardized")["n"] == 2
+    assert not [r for r in rows if r["method"] == "unpaired" and r["stage"] == "standardized"]
+    # Report: labelled tables, inline images, a blind sheet whose key is stored apart.
+    html = report.files.html.read_text()
+    assert TINY_LABEL in html and "data:image/png;base64," in html and "Table 7" in html
+    assert all(TINY_LABEL in report.tables[k].title for k in ("table1", "table2", "table7"))
+    grid = decode_image(report.files.grids["two_stage"].read_bytes())
+    assert grid.shape[:2] == (2 * 128, (2 + n_prompts) * 128)  # characters x (reference | standardized | prompts)
+    assert "| SerialGen two-stage (ours) |" in report.files.markdown.read_text()
+    sheet = report.files.user_study.read_text()
+    assert "unpaired" not in sheet and "two_stage" not in sheet
+    key = json.loads(report.files.user_study_key.read_text())
+    assert {frozenset(item["methods"].values()) for item in key["items"]} == {frozenset({"two_stage", "unpaired"})}
+    # Unchanged models, test set and config: nothing happens.
+    count, version = lake.count("evaluations"), lake.version("evaluations")
+    again = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    assert again.skipped and "unchanged" in again.why and len(calls) == 4
+    assert (lake.count("evaluations"), lake.version("evaluations")) == (count, version)
+
+
+def test_a_new_model_or_test_set_reruns_and_bad_references_become_errors(settings, lake, evaluator, tmp_path):
+    make_pairs(lake, 2, test=2)
+    lake_dir = Path(lake.uri)
+    _checkpoints(lake_dir, ("unpaired",))
+    calls: list = []
+    working = fake_generate(calls)
+
+    def failing_for_c3(settings, references, prompts, seeds, character_id=None, **kw):
+        if character_id == "c3":
+            raise ValueError("reference has no foreground")
+        return working(settings, references, prompts, seeds, character_id=character_id, **kw)
+
+    first = run_evaluate(settings, evaluator=evaluator, generate=failing_for_c3)
+    assert first.generations == len(DEFAULT_SPEC["prompts"])  # c2 only; the stage went on
+    assert [(e["key"], e["reason"]) for e in errors_of(lake, "evaluate").to_pylist()] == [
+        ("unpaired/c3", "generation failed: reference has no foreground")]
+    _checkpoints(lake_dir, ("two_stage",))
+    second = run_evaluate(settings, evaluator=evaluator, generate=working)
+    assert not second.skipped and second.methods == ["two_stage", "unpaired"]
+    assert errors_of(lake, "evaluate").num_rows == 0  # c3 generated now: its error is cleared
+    spec = tmp_path / "test_set.yaml"
+    spec.write_text("held_out_characters: 1\ncharacters:\n  - {id: gone, reference: missing.png, domain: anime}\n"
+                    "prompts:\n  - {prompt: a person in the park, category: background}\nseeds: [0, 1]\n")
+    settings = settings.model_copy(update={"evaluate": settings.evaluate.model_copy(update={"test_set": spec})})
+    third = run_evaluate(settings, evaluator=evaluator, generate=working)
+    assert not third.skipped and third.generations == 2 * 1 * 2
+    errors = errors_of(lake, "evaluate").to_pylist()
+    assert [e["key"] for e in errors] == ["test-set/gone"] and "missing.png" in errors[0]["reason"]
+    assert len(load_test_set(lake, spec).characters) == 1
+
+
+@pytest.mark.slow
+def test_table3_scores_the_trained_standardizer_like_its_validation(settings, lake, evaluator):
+    from serialgen.stages.train_standardizer import run_train_standardizer, with_overrides
+    from serialgen.storage.runs import last_completed
+
+    make_pairs(lake, 2, test=2)
+    cfg = settings.standardizer.model_copy(update={"width": 32, "height": 48, "validation_pairs": 2,
+                                                   "inference_steps": 2, "num_workers": 0})
+    settings = with_overrides(settings.model_copy(update={"standardizer": cfg}), steps=1)
+    run_train_standardizer(settings)
+    trained = last_completed(lake, "train-standardizer")["metrics"]
+    evaluate = settings.evaluate.model_copy(update={"standardizer_pairs": 2})
+    report = run_evaluate(settings.model_copy(update={"evaluate": evaluate}), evaluator=evaluator)
+    assert report.standardizers == ["fbdm+rpim"] and report.generations == 0
+    rows = lake.read("evaluations").to_pylist()
+    per_pair = [r for r in rows if r["pair_id"] is not None]
+    assert sorted((r["metric"], r["pair_id"]) for r in per_pair) == [("psnr", "p2"), ("psnr", "p3"),
+                                                                     ("ssim", "p2"), ("ssim", "p3")]
+    psnr, ssim = (_aggregate(rows, "fbdm+rpim", m, stage="standardizer") for m in ("psnr", "ssim"))
+    assert psnr["n"] == 2 and psnr["value"] == pytest.approx(trained["val_psnr"], rel=1e-5)
+    assert ssim["value"] == pytest.approx(trained["val_ssim"], rel=1e-5)
+    assert report.tables["table3"].rows == [["✓", "✓", round(psnr["value"], 2), round(ssim["value"], 4), 2]]
+
+
+def test_cli_reports_one_line_errors_and_skips_an_unchanged_evaluation(settings, lake, evaluator, prefect_harness,
+                                                                      tmp_path):
+    from typer.testing import CliRunner
+
+    from serialgen.cli import app
+
+    make_pairs(lake, 2, test=2)
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["--lake", settings.lake, "evaluate"])
+    assert nothing.exit_code == 2 and "no trained personalizer" in nothing.output.strip().splitlines()[-1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts:\n  - {prompt: x, category: dancing}\n")
+    invalid = runner.invoke(app, ["--lake", settings.lake, "evaluate", "--test-set", str(bad)])
+    assert invalid.exit_code == 2 and "category" in invalid.output.strip().splitlines()[-1]
+    _checkpoints(Path(lake.uri), ("unpaired",))
+    run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    skipped = runner.invoke(app, ["--lake", settings.lake, "evaluate"])
+    assert skipped.exit_code == 0 and "evaluate skipped: unchanged since run" in skipped.output
+    sdxl = runner.invoke(app, ["--lake", settings.lake, "--profile", "sdxl", "evaluate"])
+    assert sdxl.exit_code == 2 and "evaluate.clip_dir" in sdxl.output.strip().splitlines()[-1]
+
+
+def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, evaluator, prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from serialgen.tasks.evaluate import publish_evaluation
+
+    make_pairs(lake, 2, test=2)
+    _checkpoints(Path(lake.uri), ("two_stage", "unpaired"))
+    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    publish_evaluation(report)
+
+    async def artifacts():
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_artifacts()}
+
+    published = asyncio.run(artifacts())
+    assert {"table-1", "table-2", "table-3", "table-4", "table-7", "evaluation-grid-two-stage",
+            "evaluation-grid-unpaired", "evaluation-report"} <= set(published)
+    assert published["table-2"].type == "table" and "AP-CLIP-I" in str(published["table-2"].data)
+    assert "data:image/png;base64," in published["evaluation-grid-unpaired"].data
+    assert report.files.html.name in published["evaluation-report"].data
