@@ -101,7 +101,7 @@ def pretrain_base(settings, steps: int, lr: float) -> float:
     from serialgen.training.personalizer_data import build_pairs
 
     lake = settings.open_lake()
-    lake.upsert("personalizer_pairs", build_pairs(lake, "two_stage"), "bench-pretrain")
+    lake.upsert("personalizer_pairs", build_pairs(lake, "two_stage")[0], "bench-pretrain")
     base_dir, encoder_dir = sdxl_folders(settings)
     parts = load_sdxl_parts(base_dir, encoder_dir)
     data = PersonalizerPairs(lake, "two_stage", "train", (96, 64), (parts.tokenizer, parts.tokenizer_2),

@@ -144,8 +144,8 @@ def test_resume_three_then_four_equals_four_straight(trained, tmp_path):
 def test_modes_build_different_pairs_from_the_same_rows(trained):
     settings, _ = trained
     lake = settings.open_lake()
-    two_stage = {p["target_id"]: p for p in build_pairs(lake, "two_stage")}
-    unpaired = {p["target_id"]: p for p in build_pairs(lake, "unpaired")}
+    two_stage = {p["target_id"]: p for p in build_pairs(lake, "two_stage")[0]}
+    unpaired = {p["target_id"]: p for p in build_pairs(lake, "unpaired")[0]}
     assert two_stage.keys() == unpaired.keys() and len(two_stage) == 6
     standardized = {r["image_id"]: r["image"] for r in lake.read("standardized").to_pylist()}
     real = {r["image_id"]: r for r in lake.read("real_images").to_pylist()}
@@ -164,7 +164,8 @@ def test_modes_build_different_pairs_from_the_same_rows(trained):
     rows = generate_images(settings, [decode_image(real[first]["image"])], [("a girl running", "action")], [0],
                            standardize=False)
     assert rows[0]["reference_ids"] == [first]  # the two-stage model's generation of that real image
-    paired = build_pairs(lake, "paired_one_stage")
+    paired, problems = build_pairs(lake, "paired_one_stage")
+    assert problems == []
     assert len(paired) == 1
     assert paired[0]["reference_source"] == "real_images" and paired[0]["reference_image"] == real[first]["image"]
     assert paired[0]["target_source"] == "generations" and paired[0]["target_image"] == rows[0]["image"]
@@ -268,3 +269,22 @@ def test_ema_adapter_is_what_training_leaves_for_export(trained, tmp_path):
         finals[ema] = model.adapter.export_state_dict()
     moved = lambda state: sum((state[k] - start[k]).abs().sum().item() for k in start)  # noqa: E731
     assert 0 < moved(finals[0.99]) < moved(finals[None])
+
+
+def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_path):
+    from tests.personalizer_data import make_real_and_standardized
+
+    settings = with_overrides(load_settings(lake=str(tmp_path / "lake")), "two_stage", 2)
+    settings = _settings_with(settings, checkpoint_every=0, eval_pairs=1)
+    lake = settings.open_lake()
+    ids = make_real_and_standardized(lake, train=3, test=1)
+    broken = lake.read("real_images", filter=f"image_id = '{ids[0]}'").to_pylist()[0]
+    lake.upsert("real_images", [{**broken, "image": broken["image"][:40]}], "test")  # truncated PNG
+    orphan = lake.read("standardized", filter=f"image_id = '{ids[1]}'").to_pylist()[0]
+    lake.upsert("standardized", [{**orphan, "image_id": "no-such-real-image"}], "test")
+    report = run_train_personalizer(settings)
+    assert report.step == 2 and report.train_pairs == 2 and report.test_pairs == 1
+    errors = {r["key"]: r["reason"] for r in lake.read("errors", filter="stage = 'train-personalizer'").to_pylist()}
+    assert set(errors) == {f"two_stage/real_images/{ids[0]}", "two_stage/standardized/no-such-real-image"}
+    assert "not readable" in errors[f"two_stage/real_images/{ids[0]}"]
+    assert "without a `real_images` row" in errors["two_stage/standardized/no-such-real-image"]

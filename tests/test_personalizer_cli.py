@@ -34,8 +34,11 @@ def test_train_then_generate_through_the_flows(settings, lake, tmp_path, prefect
     from prefect.client.orchestration import get_client
 
     make_real_and_standardized(lake, train=2, test=1)
+    config = tmp_path / "fast.yaml"
+    config.write_text("personalizer: {inference_steps: 4, eval_pairs: 1}\n")
     runner = CliRunner()
-    trained = runner.invoke(app, ["--lake", settings.lake, "train-personalizer", "--steps", "3"])
+    base = ["--lake", settings.lake, "--config", str(config)]
+    trained = runner.invoke(app, [*base, "train-personalizer", "--steps", "3"])
     assert trained.exit_code == 0, trained.output
     assert "two_stage: trained to step 3" in trained.output
     reference = tmp_path / "ref.png"
@@ -43,7 +46,7 @@ def test_train_then_generate_through_the_flows(settings, lake, tmp_path, prefect
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("action\trunning\nbackground\tin the city\n")
     out = tmp_path / "out"
-    generated = runner.invoke(app, ["--lake", settings.lake, "generate", "--reference", str(reference), "--prompt",
+    generated = runner.invoke(app, [*base, "generate", "--reference", str(reference), "--prompt",
                                     "smiling", "--prompts", str(prompts), "--no-standardize", "--out", str(out)])
     assert generated.exit_code == 0, generated.output
     rows = lake.read("generations").to_pylist()

@@ -96,7 +96,10 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
                    if accelerator.is_main_process else nullcontext())
     with run_context as run:
         if run is not None:
-            pairs = build_pairs(lake, cfg.mode, cfg.standardizer_version)
+            pairs, problems = build_pairs(lake, cfg.mode, cfg.standardizer_version)
+            run.errors(problems)
+            run.clear_errors(f"{p['mode']}/{p[f'{side}_source']}/{p[f'{side}_id']}"
+                             for p in pairs for side in ("reference", "target"))
             lake.upsert("personalizer_pairs", pairs, run.run_id)
             _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
             run.outputs = ["personalizer_pairs"]
