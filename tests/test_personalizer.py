@@ -272,8 +272,6 @@ def test_ema_adapter_is_what_training_leaves_for_export(trained, tmp_path):
 
 
 def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_path):
-    from tests.personalizer_data import make_real_and_standardized
-
     settings = with_overrides(load_settings(lake=str(tmp_path / "lake")), "two_stage", 2)
     settings = _settings_with(settings, checkpoint_every=0, eval_pairs=1)
     lake = settings.open_lake()
