@@ -216,6 +216,54 @@ def train_standardizer_command(
                   highlight=False)
 
 
+@app.command("train-preprocessors")
+@user_command
+def train_preprocessors_command(ctx: typer.Context) -> None:
+    """Train the tiny mask/pose ONNX models on `pairs` (Prefect flow `train-preprocessors`)."""
+    r = run_flow(ctx, "train_preprocessors", "train_preprocessors")
+    m = r["metrics"]
+    console.print(f"exported to {r['folder']}; held-out mask IoU {m.get('mask_iou', float('nan')):.3f} "
+                  f"(whole frame {m.get('mask_iou_whole_frame', float('nan')):.3f}), PCK@{m.get('pck_threshold')} "
+                  f"{m.get('pck', float('nan')):.3f} (mean pose {m.get('pck_mean_pose', float('nan')):.3f})",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("ingest-real")
+@user_command
+def ingest_real_command(
+    ctx: typer.Context,
+    images: Optional[str] = typer.Option(None, help="Folder, URI or CSV/Parquet list of real images "
+                                         "(default: held-out synthetic images of the lake)."),
+    captions: Optional[str] = typer.Option(None, help="CSV/Parquet list: path, caption, domain, character_id."),
+) -> None:
+    """Ingest real character images into `real_images` (Prefect flow `ingest-real`)."""
+    r = run_flow(ctx, "ingest_real", "ingest_real", images=images, captions=captions)
+    console.print(f"{r['source']}: {r['files']} files, {r['skipped']} already ingested, {r['ingested']} read "
+                  f"({r['new_images']} new images), {r['errors']} errors; real_images holds {r['images']}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("standardize")
+@user_command
+def standardize_command(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="Standardize at most N not yet standardized images."),
+) -> None:
+    """Standardize `real_images` with the trained standardizer into `standardized` (Prefect flow `standardize`)."""
+    r = run_flow(ctx, "standardize", "standardize", limit=limit)
+    console.print(f"model {r['model_version']}: {r['written']} standardized, {r['skipped']} already done, "
+                  f"{r['errors']} errors, {r['images_per_second']} images/s; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
+
+
+def _gpu_description() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none visible (CPU only)"
+    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+
+
 @app.command("train-personalizer")
 @user_command
 def train_personalizer_command(
@@ -274,16 +322,6 @@ def evaluate_command(
                   f"{result['generations']} generations, {result['evaluations']} evaluation rows", highlight=False)
     console.print(f"report: {result['report']}\nmarkdown: {result['markdown']}\nuser study: {result['user_study']}",
                   highlight=False)
-
-
-def _gpu_description() -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        return "none visible (CPU only)"
-    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-
-
 @app.command("run")
 @user_command
 def run_command(ctx: typer.Context,

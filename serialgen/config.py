@@ -140,6 +140,51 @@ class StandardizerSettings(Section):
     log_every: int = runtime(10)
 
 
+class PreprocessingSettings(Section):
+    """Background masks (rembg, U2-Net convention) and reference poses (DWPose convention), as ONNX files.
+
+    Real weights only from these local files; None in the tiny profile: the models `train-preprocessors`
+    wrote to ``<lake>/_checkpoints/preprocessors/``.
+    """
+    mask_model: Path | None = None      # U2-Net-convention ONNX, e.g. ~/.u2net/u2net.onnx or isnet-anime.onnx
+    pose_detector: Path | None = None   # DWPose's YOLOX person detector, e.g. yolox_l.onnx
+    pose_model: Path | None = None      # DWPose's whole-body SimCC model, dw-ll_ucoco_384.onnx
+    detection_threshold: float = 0.3    # person boxes scoring below are ignored (DWPose: 0.3)
+    keypoint_threshold: float = 0.3     # a keypoint counts as visible above this score (DWPose: 0.3)
+    # train-preprocessors (tiny): small nets trained on `pairs`, exported in the real files' conventions
+    mask_steps: int = 120
+    pose_steps: int = 240
+    detector_steps: int = 160
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+    detector_size: int = 64             # tiny detector's square input (YOLOX-l: 640)
+    pose_height: int = 64               # tiny pose net's input (dw-ll_ucoco_384: 384 x 288)
+    pose_width: int = 48
+    pck_threshold: float = 0.1          # PCK: a keypoint is correct within this share of the box's long side
+
+
+class IngestSettings(Section):
+    images: str | None = None           # folder, URI or CSV/Parquet list of real images; None: procedural default
+    captions: str | None = None         # CSV/Parquet list: path, caption, domain, character_id (all but path optional)
+    max_pixels: int = 50_000_000        # decompression-bomb limit, checked from the header before decoding
+    max_bytes: int = 64 * 1024 * 1024   # files larger than this are refused unread
+    test_fraction: float = 0.2
+    batch_size: int = runtime(32)       # images per commit (resume granularity)
+    procedural_images: int = 24         # default source: held-out composited pairs, as image files
+
+
+class StandardizeSettings(Section):
+    model_dir: Path | None = None       # a Standardizer folder; None: the latest completed train-standardizer run's
+    workers: int = runtime(1)           # standardizer replicas (Ray actor pool); one per GPU on a cluster
+    gpus_per_worker: float = runtime(0.0)
+    batch_size: int = runtime(4)        # images per DDIM batch
+    write_rows: int = runtime(8)        # rows per Lake.upsert commit (resume granularity)
+    seed: int = 0                       # image i is sampled with seed hash(seed, image_id)
+    limit: int | None = None
+    min_foreground: float = 0.01        # a mask covering less of the image counts as empty
+
+
 class PersonalizerSettings(Section):
     # SDXL base folder (unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) and a
     # CLIPVisionModelWithProjection folder (ViT-H/14). tiny: None = <lake>/_models/tiny-sdxl/, written offline.
@@ -213,6 +258,9 @@ class Settings(BaseSettings):
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
     dag: DagSettings = Field(default_factory=DagSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    standardize: StandardizeSettings = Field(default_factory=StandardizeSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -239,6 +287,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True,
                          "checkpoint_every": 2000, "validate_every": 5000, "validation_pairs": 64,
                          "num_workers": 4, "log_every": 50},
+        "standardize": {"batch_size": 8, "gpus_per_worker": 1.0, "write_rows": 64},
     },
     "sdxl": {
         "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",

@@ -185,3 +185,23 @@ def test_cli_run_with_every_stage_up_to_date_starts_no_prefect_server(settings, 
     statuses = [line.split("│")[2].strip() for line in proc.stdout.splitlines()
                 if line.startswith("│") and line.split("│")[1].strip() in BY_NAME]
     assert statuses == ["skipped"] * len(topological())
+
+
+def test_a_new_checkpoint_reruns_the_stages_that_load_it_and_nothing_else(settings):
+    for stage in topological():
+        _complete(settings, stage.name)
+    assert not any(should_run(settings, s.name)[0] for s in topological())
+    trained = _complete(settings, "train-standardizer")
+    reruns = {s.name: should_run(settings, s.name) for s in topological() if should_run(settings, s.name)[0]}
+    assert reruns == {"standardize": (True, f"new checkpoint from {trained}"),
+                      "evaluate": (True, f"new checkpoint from {trained}")}
+
+
+def test_every_dag_stage_flow_takes_the_dag_parameters():
+    import importlib
+    import inspect
+
+    for stage in STAGES:
+        module, function = stage.flow.split(":")
+        flow = getattr(importlib.import_module(f"serialgen.flows.{module}"), function)
+        assert {"lake", "profile", "config"} <= set(inspect.signature(flow.fn).parameters), stage.name

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.stages.generate import read_prompts
 from serialgen.tasks.personalizer import generate_task
 
@@ -21,7 +21,7 @@ def generate(references: list[str], prompts: list[str] | None = None, prompts_fi
              character_id: str | None = None, out: str | None = None, lake: str | None = None,
              profile: str | None = None, config: str | None = None) -> dict[str, Any]:
     """Generate ``seeds`` images per prompt of one character (several references are averaged)."""
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     requested = [(p, "other") for p in prompts or []] + (read_prompts(prompts_file) if prompts_file else [])
     return generate_task(settings, list(references), requested, list(range(seeds)), scale, standardize, method,
                          character_id, out)

@@ -20,6 +20,7 @@ class Stage:
     depends_on: tuple[str, ...] = ()  # stages whose outputs it reads (they run first)
     flow: str = ""                    # "module:function" of its Prefect flow under serialgen.flows
     in_dag: bool = True               # run by `serialgen run` (else only by its own command/deployment)
+    checkpoints_of: tuple[str, ...] = ()  # training stages whose model it loads: their new runs rerun it
 
 
 STAGES: tuple[Stage, ...] = (
@@ -27,12 +28,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("render", ("render",), ("assets",), "render:render"),
     Stage("composite", ("composite",), ("render",), "composite:composite"),
     Stage("train-standardizer", ("standardizer", "composite"), ("composite",), "train_standardizer:train_standardizer"),
-    Stage("train-personalizer", ("personalizer",), ("train-standardizer",), "train_personalizer:train_personalizer",
-          in_dag=False),
+    Stage("train-preprocessors", ("preprocessing",), ("composite",), "train_preprocessors:train_preprocessors"),
+    # Its offline default source is the held-out composited pairs; with ingest.images it reads outside files.
+    Stage("ingest-real", ("ingest",), ("composite",), "ingest_real:ingest_real"),
+    Stage("standardize", ("standardize", "standardizer", "preprocessing"),
+          ("ingest-real", "train-standardizer", "train-preprocessors"), "standardize:standardize",
+          checkpoints_of=("train-standardizer", "train-preprocessors")),
+    Stage("train-personalizer", ("personalizer",), ("standardize",), "train_personalizer:train_personalizer"),
+    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
+          checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors")),
     # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
     Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
-    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
-          in_dag=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -67,6 +73,8 @@ def external_inputs(settings: Settings, stage: str) -> str | None:
         return "reads asset folders"
     if stage == "composite" and settings.composite.background_source:
         return "reads the background source"
+    if stage == "ingest-real" and settings.ingest.images:
+        return "reads the real-image source"
     return None
 
 

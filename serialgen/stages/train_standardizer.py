@@ -20,6 +20,7 @@ from serialgen.config import ConfigError, Settings, load_settings
 from serialgen.models.components import load_sd15_components, tiny_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import StageRun
 from serialgen.training.loop import prepare_run_folder
 from serialgen.training.standardizer import (
@@ -50,11 +51,16 @@ class TrainStandardizerReport:
 
 
 def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile: tiny random components, or SD-1.5 from local folders."""
-    cfg = settings.standardizer
+    """A fresh model for the profile (tiny random components, or SD-1.5 from local folders) whose target is
+    the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
+    cfg, view = settings.standardizer, settings.render
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
              else tiny_components(cfg.seed))
-    return Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+    skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
+                                  view.standard_arm_angle)
+    model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
+    return model
 
 
 def training_dir(settings: Settings) -> Path:

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
 from serialgen.training.loop import TrainState, latest_checkpoint, make_accelerator
 from serialgen.training.loop import ema_weights as _ema_weights
@@ -89,8 +90,8 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
         model.enable_gradient_checkpointing()
     model.vae.to(device)  # float32: the SD VAE overflows in float16
     model.image_encoder.to(device, weight_dtype)
-    if model.standard_pose is None and len(train_data):
-        model.standard_pose = _standard_pose(train_data[0])
+    if model.standard_keypoints is None:  # the canonical target, never one training character's skeleton
+        model.set_standard_skeleton(canonical_skeleton(cfg.width, cfg.height), cfg.width, cfg.height)
 
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -282,6 +283,3 @@ def _register_checkpoint_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load)
 
 
-def _standard_pose(item: dict[str, Any]) -> np.ndarray:
-    """The target pose of a training pair as uint8 HxWx3: the model's default target at inference."""
-    return (item["target_pose_image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
