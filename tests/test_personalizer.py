@@ -286,3 +286,27 @@ def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_pa
     assert set(errors) == {f"two_stage/real_images/{ids[0]}", "two_stage/standardized/no-such-real-image"}
     assert "not readable" in errors[f"two_stage/real_images/{ids[0]}"]
     assert "without a `real_images` row" in errors["two_stage/standardized/no-such-real-image"]
+
+
+@pytest.mark.slow
+def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path):
+    """C2 then C3: the reference is standardized once; every prompt's row carries that standardized image."""
+    standardize_data = pytest.importorskip("standardize_data")  # the standardize stage's test helpers
+    from serialgen.stages.standardize import standardize_images
+
+    model = standardize_data.save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
+    settings = load_settings(lake=str(tmp_path / "lake"), standardizer={"inference_steps": 2},
+                             standardize={"model_dir": str(model), "batch_size": 2},
+                             personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3})
+    standardize_data.train_tiny_preprocessors(tmp_path / "preprocessors")
+    standardize_data.install_preprocessors(tmp_path / "preprocessors", settings)
+    make_real_and_standardized(settings.open_lake(), train=2, test=1)
+    run_train_personalizer(settings)
+    reference, _, _ = standardize_data.figure_scene(np.random.default_rng(3), 96, 144)
+    prompts = [("running", "action"), ("in the city", "background"), ("smiling", "expression")]
+    rows = generate_images(settings, [reference], prompts, [0])
+    expected = standardize_images(settings, [reference], seed=0)[0]
+    assert len(rows) == 3 and len({r["standardized_reference"] for r in rows}) == 1
+    assert np.array_equal(decode_image(rows[0]["standardized_reference"], "RGB"), expected.image)
+    assert {r["standardizer_version"] for r in rows} == {expected.model_version}
+    assert settings.open_lake().count("generations") == 3
