@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from serialgen.config import load_settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME, install_ip_adapter, pad_to_white_square, reference_processor
 from serialgen.models.sdxl import load_sdxl_parts
-from serialgen.stages.generate import GenerateInputError, generate_images, read_prompts, read_reference
+from serialgen.stages.generate import GenerateInputError, generate_images, image_id_of, read_prompts, read_reference
 from serialgen.stages.train_personalizer import run_train_personalizer, sdxl_folders, training_dir, with_overrides
-from serialgen.storage.images import decode_image
+from serialgen.storage.images import decode_image, encode_png
 from serialgen.training.personalizer import Personalizer, train_personalizer
 from serialgen.training.personalizer_data import CAPTION_TEMPLATES, PersonalizerPairs, build_pairs
 from tests.personalizer_data import STANDARDIZER_VERSION, make_real_and_standardized
@@ -309,4 +309,28 @@ def test_generate_standardizes_first_and_prompts_share_one_standardized_referenc
     assert len(rows) == 3 and len({r["standardized_reference"] for r in rows}) == 1
     assert np.array_equal(decode_image(rows[0]["standardized_reference"], "RGB"), expected.image)
     assert {r["standardizer_version"] for r in rows} == {expected.model_version}
-    assert settings.open_lake().count("generations") == 3
+    lake = settings.open_lake()
+    assert lake.count("generations") == 3
+
+    # paired_one_stage: the two-stage model renders each real image; those renders are the targets
+    rng = np.random.default_rng(7)
+    scenes = [standardize_data.figure_scene(rng, 96, 144)[0] for _ in range(3)]
+    lake.upsert("real_images", [{
+        "image_id": image_id_of(scene), "source_uri": f"test://scene{i}", "image": encode_png(scene),
+        "has_alpha": False, "caption": None, "domain": "real", "character_id": f"scene{i}",
+        "split": "test" if i == 2 else "train", "source_mode": "RGB", "width": 96, "height": 144}
+        for i, scene in enumerate(scenes)], "test")
+    report = run_train_personalizer(with_overrides(settings, "paired_one_stage"))
+    assert report.step == 2
+    pairs = lake.read("personalizer_pairs", filter="mode = 'paired_one_stage'").to_pylist()
+    by_reference = {p["reference_id"]: p for p in pairs}
+    generations = {g["generation_id"]: g for g in lake.read("generations").to_pylist()}
+    for scene in scenes:
+        pair = by_reference[image_id_of(scene)]
+        made = generations[pair["target_id"]]
+        assert pair["reference_source"] == "real_images" and pair["target_source"] == "generations"
+        assert made["method"] == "two_stage" and made["standardized_reference"] is not None
+        assert pair["caption"] == made["prompt"] and pair["reference_image"] == encode_png(scene)
+    failed = lake.read("errors", filter="stage = 'train-personalizer'").to_pylist()
+    assert all("two-stage generation failed" in e["reason"] for e in failed)
+    assert len(pairs) + len(failed) == lake.count("real_images")
