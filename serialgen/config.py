@@ -207,13 +207,13 @@ class PersonalizerSettings(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/personalizer/<mode> (local lakes only)
-    checkpoint_every: int = 20          # steps between resumable checkpoints (and at the end); 0: none
-    checkpoints_total_limit: int = 2
+    checkpoint_every: int = runtime(20)  # steps between resumable checkpoints (and at the end); 0: none
+    checkpoints_total_limit: int = runtime(2)
     ema_decay: float | None = None      # None: no EMA; else the EMA adapter is evaluated and exported
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    num_workers: int = 0                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
-    log_every: int = 10
+    num_workers: int = runtime(0)       # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
+    log_every: int = runtime(10)
     eval_pairs: int = 16                # held-out (test split) pairs of the end-of-training denoising loss
     inference_steps: int = 20           # DDIM steps at generation (the paper's 20)
     guidance_scale: float = 5.0

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from serialgen.config import load_settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME, install_ip_adapter, pad_to_white_square, reference_processor
 from serialgen.models.sdxl import load_sdxl_parts
-from serialgen.stages.generate import GenerateInputError, generate_images, read_prompts, read_reference
+from serialgen.stages.generate import GenerateInputError, generate_images, image_id_of, read_prompts, read_reference
 from serialgen.stages.train_personalizer import run_train_personalizer, sdxl_folders, training_dir, with_overrides
-from serialgen.storage.images import decode_image
+from serialgen.storage.images import decode_image, encode_png
 from serialgen.training.personalizer import Personalizer, train_personalizer
 from serialgen.training.personalizer_data import CAPTION_TEMPLATES, PersonalizerPairs, build_pairs
 from tests.personalizer_data import STANDARDIZER_VERSION, make_real_and_standardized
@@ -144,8 +144,8 @@ def test_resume_three_then_four_equals_four_straight(trained, tmp_path):
 def test_modes_build_different_pairs_from_the_same_rows(trained):
     settings, _ = trained
     lake = settings.open_lake()
-    two_stage = {p["target_id"]: p for p in build_pairs(lake, "two_stage")}
-    unpaired = {p["target_id"]: p for p in build_pairs(lake, "unpaired")}
+    two_stage = {p["target_id"]: p for p in build_pairs(lake, "two_stage")[0]}
+    unpaired = {p["target_id"]: p for p in build_pairs(lake, "unpaired")[0]}
     assert two_stage.keys() == unpaired.keys() and len(two_stage) == 6
     standardized = {r["image_id"]: r["image"] for r in lake.read("standardized").to_pylist()}
     real = {r["image_id"]: r for r in lake.read("real_images").to_pylist()}
@@ -160,13 +160,14 @@ def test_modes_build_different_pairs_from_the_same_rows(trained):
 
     with pytest.raises(FileNotFoundError, match="generate"):
         build_pairs(lake, "paired_one_stage")
-    rows = generate_images(settings, [decode_image(real["img01"]["image"])], [("a girl running", "action")], [0],
+    first = next(iter(real))
+    rows = generate_images(settings, [decode_image(real[first]["image"])], [("a girl running", "action")], [0],
                            standardize=False)
-    # the two-stage model's generations are keyed by the pixels of the reference; make them the real image's id
-    lake.upsert("generations", [{**rows[0], "reference_ids": ["img01"]}], "test")
-    paired = build_pairs(lake, "paired_one_stage")
+    assert rows[0]["reference_ids"] == [first]  # the two-stage model's generation of that real image
+    paired, problems = build_pairs(lake, "paired_one_stage")
+    assert problems == []
     assert len(paired) == 1
-    assert paired[0]["reference_source"] == "real_images" and paired[0]["reference_image"] == real["img01"]["image"]
+    assert paired[0]["reference_source"] == "real_images" and paired[0]["reference_image"] == real[first]["image"]
     assert paired[0]["target_source"] == "generations" and paired[0]["target_image"] == rows[0]["image"]
     assert paired[0]["caption"] == "a girl running"
 
@@ -231,3 +232,105 @@ def test_reference_is_padded_to_a_white_square_not_cropped():
     padded = pad_to_white_square(tall)
     assert padded.shape == (30, 30, 3) and (padded[:, 10:20] == 0).all()
     assert (padded[:, :10] == 255).all() and (padded[:, 20:] == 255).all()
+
+
+def test_accelerate_entry_point_trains_unpaired_and_records(trained, tmp_path, capsys):
+    import json
+
+    from serialgen.stages.train_personalizer import main
+
+    settings, _ = trained
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"personalizer": {"checkpoint_dir": str(tmp_path / "runs"), "eval_pairs": 2}}))
+    main(["--lake", settings.lake, "--config", str(config), "--mode", "unpaired", "--steps", "2"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["step"] == 2 and printed["adapter"] == str(tmp_path / "runs" / "unpaired")
+    assert (tmp_path / "runs" / "unpaired" / WEIGHTS_NAME).is_file()
+    run = settings.open_lake().read("runs", filter=f"run_id = '{printed['run_id']}'").to_pylist()[0]
+    assert run["status"] == "completed" and json.loads(run["inputs"]).keys() == {"real_images"}
+    pairs = settings.open_lake().read("personalizer_pairs", filter="mode = 'unpaired'").to_pylist()
+    assert len(pairs) == 6 and all(p["reference_image"] == p["target_image"] for p in pairs)
+
+
+def test_ema_adapter_is_what_training_leaves_for_export(trained, tmp_path):
+    """With EMA on, the finished adapter holds the EMA weights, which lag behind the raw ones."""
+    settings, _ = trained
+    lake = settings.open_lake()
+    finals = {}
+    for ema in (None, 0.99):
+        cfg = settings.personalizer.model_copy(update={"steps": 3, "checkpoint_every": 0, "learning_rate": 1e-2,
+                                                       "ema_decay": ema})
+        parts = load_sdxl_parts(*sdxl_folders(settings))
+        model = Personalizer(parts)
+        start = {k: v.clone() for k, v in model.adapter.export_state_dict().items()}
+        data = PersonalizerPairs(lake, "two_stage", "train", (96, 64), model.tokenizers,
+                                 reference_processor(parts.image_encoder.config))
+        assert train_personalizer(model, data, cfg, tmp_path / str(ema)).finished
+        finals[ema] = model.adapter.export_state_dict()
+    moved = lambda state: sum((state[k] - start[k]).abs().sum().item() for k in start)  # noqa: E731
+    assert 0 < moved(finals[0.99]) < moved(finals[None])
+
+
+def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_path):
+    settings = with_overrides(load_settings(lake=str(tmp_path / "lake")), "two_stage", 2)
+    settings = _settings_with(settings, checkpoint_every=0, eval_pairs=1)
+    lake = settings.open_lake()
+    ids = make_real_and_standardized(lake, train=3, test=1)
+    broken = lake.read("real_images", filter=f"image_id = '{ids[0]}'").to_pylist()[0]
+    lake.upsert("real_images", [{**broken, "image": broken["image"][:40]}], "test")  # truncated PNG
+    orphan = lake.read("standardized", filter=f"image_id = '{ids[1]}'").to_pylist()[0]
+    lake.upsert("standardized", [{**orphan, "image_id": "no-such-real-image"}], "test")
+    report = run_train_personalizer(settings)
+    assert report.step == 2 and report.train_pairs == 2 and report.test_pairs == 1
+    errors = {r["key"]: r["reason"] for r in lake.read("errors", filter="stage = 'train-personalizer'").to_pylist()}
+    assert set(errors) == {f"two_stage/real_images/{ids[0]}", "two_stage/standardized/no-such-real-image"}
+    assert "not readable" in errors[f"two_stage/real_images/{ids[0]}"]
+    assert "without a `real_images` row" in errors["two_stage/standardized/no-such-real-image"]
+
+
+@pytest.mark.slow
+def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path):
+    """C2 then C3: the reference is standardized once; every prompt's row carries that standardized image."""
+    standardize_data = pytest.importorskip("standardize_data")  # the standardize stage's test helpers
+    from serialgen.stages.standardize import standardize_images
+
+    model = standardize_data.save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
+    settings = load_settings(lake=str(tmp_path / "lake"), standardizer={"inference_steps": 2},
+                             standardize={"model_dir": str(model), "batch_size": 2},
+                             personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3})
+    standardize_data.train_tiny_preprocessors(tmp_path / "preprocessors")
+    standardize_data.install_preprocessors(tmp_path / "preprocessors", settings)
+    make_real_and_standardized(settings.open_lake(), train=2, test=1)
+    run_train_personalizer(settings)
+    reference, _, _ = standardize_data.figure_scene(np.random.default_rng(3), 96, 144)
+    prompts = [("running", "action"), ("in the city", "background"), ("smiling", "expression")]
+    rows = generate_images(settings, [reference], prompts, [0])
+    expected = standardize_images(settings, [reference], seed=0)[0]
+    assert len(rows) == 3 and len({r["standardized_reference"] for r in rows}) == 1
+    assert np.array_equal(decode_image(rows[0]["standardized_reference"], "RGB"), expected.image)
+    assert {r["standardizer_version"] for r in rows} == {expected.model_version}
+    lake = settings.open_lake()
+    assert lake.count("generations") == 3
+
+    # paired_one_stage: the two-stage model renders each real image; those renders are the targets
+    rng = np.random.default_rng(7)
+    scenes = [standardize_data.figure_scene(rng, 96, 144)[0] for _ in range(3)]
+    lake.upsert("real_images", [{
+        "image_id": image_id_of(scene), "source_uri": f"test://scene{i}", "image": encode_png(scene),
+        "has_alpha": False, "caption": None, "domain": "real", "character_id": f"scene{i}",
+        "split": "test" if i == 2 else "train", "source_mode": "RGB", "width": 96, "height": 144}
+        for i, scene in enumerate(scenes)], "test")
+    report = run_train_personalizer(with_overrides(settings, "paired_one_stage"))
+    assert report.step == 2
+    pairs = lake.read("personalizer_pairs", filter="mode = 'paired_one_stage'").to_pylist()
+    by_reference = {p["reference_id"]: p for p in pairs}
+    generations = {g["generation_id"]: g for g in lake.read("generations").to_pylist()}
+    for scene in scenes:
+        pair = by_reference[image_id_of(scene)]
+        made = generations[pair["target_id"]]
+        assert pair["reference_source"] == "real_images" and pair["target_source"] == "generations"
+        assert made["method"] == "two_stage" and made["standardized_reference"] is not None
+        assert pair["caption"] == made["prompt"] and pair["reference_image"] == encode_png(scene)
+    failed = lake.read("errors", filter="stage = 'train-personalizer'").to_pylist()
+    assert all("two-stage generation failed" in e["reason"] for e in failed)
+    assert len(pairs) + len(failed) == lake.count("real_images")

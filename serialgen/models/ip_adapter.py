@@ -56,7 +56,8 @@ class IPAdapter(nn.Module):
             processor.scale = [scale]
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights under the names stock diffusers ``load_ip_adapter`` reads (one flat safetensors dict)."""
+        """The weights under the names stock diffusers ``load_ip_adapter`` reads (one flat safetensors dict);
+        the tensors share memory with the live weights (clone them to keep a snapshot)."""
         names = _FULL_NAMES if self.full else _PLAIN_NAMES
         out = {}
         for key, value in self.image_proj.state_dict().items():

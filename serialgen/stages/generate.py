@@ -86,6 +86,7 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
     cfg = settings.personalizer
     method = method or cfg.mode
     scale = cfg.scale if scale is None else float(scale)
+    reference_ids = [image_id_of(np.asarray(r)) for r in references]
     references = [_rgb(np.asarray(r)) for r in references]
     _check_request(references, prompts, seeds, scale, method)
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else training_dir(settings, method)
@@ -105,7 +106,6 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
         standardizer_version = standardized[0].model_version
     pipeline = PersonalizationPipeline(parts, adapter_file)
     embeds = pipeline.embed(shown if shown is not None else references)
-    reference_ids = [image_id_of(r) for r in references]
     personalizer_version = adapter_meta.get("version") or _file_digest(adapter_file)
     standardized_png = encode_png(_stack(shown)) if shown is not None else None
     rows = []
@@ -123,7 +123,7 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
                 "standardizer_version": standardizer_version, "personalizer_version": personalizer_version,
                 "image": encode_png(image), "width": cfg.width, "height": cfg.height})
     lake = settings.open_lake()
-    with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=["real_images"], flow_run_id=flow_run_id) as run:
+    with StageRun(lake, STAGE, config_hash(settings, STAGE), flow_run_id=flow_run_id) as run:
         lake.upsert("generations", rows, run.run_id)
         run.outputs = ["generations"]
         run.metrics = {"images": len(rows), "method": method, "references": len(references),
@@ -132,9 +132,11 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
 
 
 def image_id_of(image: np.ndarray) -> str:
-    """Content hash of decoded uint8 pixels (shape included): the id of a reference image."""
-    array = np.ascontiguousarray(image, dtype=np.uint8)
-    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()[:32]
+    """Content hash of decoded pixels as given (shape included), the `real_images.image_id` rule, so a
+    reference taken from `real_images` keeps its id."""
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()[:24]
 
 
 def _check_request(references: list[np.ndarray], prompts: Sequence[tuple[str, str]], seeds: Sequence[int],

@@ -22,6 +22,7 @@ from serialgen.config import ConfigError, Settings, load_settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
 from serialgen.models.sdxl import load_sdxl_parts, write_sdxl_folders
 from serialgen.stages.registry import config_hash
+from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun
 from serialgen.training.loop import make_accelerator, prepare_run_folder
 from serialgen.training.personalizer import Personalizer, heldout_loss, train_personalizer
@@ -30,6 +31,9 @@ from serialgen.training.personalizer_data import MODES, PersonalizerPairs, build
 STAGE = "train-personalizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
 MODEL_FIELDS = ("width", "height", "image_tokens", "model_dir", "image_encoder_dir", "standardizer_version")
+#: What the two-stage model renders each real image with to make paired_one_stage targets (one prompt per image).
+ONE_STAGE_PROMPTS = (("running in a park", "action"), ("standing on a busy city street", "background"),
+                     ("seen from the side", "viewpoint"), ("laughing happily", "expression"))
 #: The tables each mode's pairs are built from (their versions key resume and lineage).
 MODE_INPUTS = {"two_stage": ["real_images", "standardized"], "paired_one_stage": ["real_images", "generations"],
                "unpaired": ["real_images"]}
@@ -92,11 +96,18 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
     parts = load_sdxl_parts(model_dir, encoder_dir)
     accelerator = make_accelerator(cfg, output_dir)
     inputs = MODE_INPUTS[cfg.mode]
+    failed_targets = []
+    if cfg.mode == "paired_one_stage" and accelerator.is_main_process:
+        failed_targets = make_one_stage_targets(settings, flow_run_id)
+    accelerator.wait_for_everyone()
     run_context = (StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=inputs, flow_run_id=flow_run_id)
                    if accelerator.is_main_process else nullcontext())
     with run_context as run:
         if run is not None:
-            pairs = build_pairs(lake, cfg.mode, cfg.standardizer_version)
+            pairs, problems = build_pairs(lake, cfg.mode, cfg.standardizer_version)
+            run.errors([*failed_targets, *problems])
+            run.clear_errors(f"{p['mode']}/{p[f'{side}_source']}/{p[f'{side}_id']}"
+                             for p in pairs for side in ("reference", "target"))
             lake.upsert("personalizer_pairs", pairs, run.run_id)
             _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
             run.outputs = ["personalizer_pairs"]
@@ -140,6 +151,30 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
                            "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout}}
             run.checkpoint = str(adapter_dir or result.checkpoint)
     return report
+
+
+def make_one_stage_targets(settings: Settings, flow_run_id: str | None = None) -> list[tuple[str, str]]:
+    """The paired_one_stage targets: the two-stage model (standardize, then the two_stage adapter) renders each
+    real image that has no two-stage generation yet with one prompt of :data:`ONE_STAGE_PROMPTS` (rotating).
+    Returns the (key, reason) of images it could not render (e.g. no figure found to standardize)."""
+    from serialgen.stages.generate import generate_images, image_id_of
+
+    lake = settings.open_lake()
+    done = {tuple(ids or ()) for ids in lake.read("generations", columns=["reference_ids"],
+                                                  filter="method = 'two_stage'").column("reference_ids").to_pylist()}
+    todo = [r for r in lake.read("real_images", columns=["image_id", "image"]).to_pylist() if (r["image_id"],) not in done]
+    failed = []
+    for i, row in enumerate(sorted(todo, key=lambda r: r["image_id"])):
+        pixels = decode_image(row["image"])
+        if image_id_of(pixels) != row["image_id"]:  # ids follow the pixel-hash rule; anything else cannot pair
+            failed.append((f"paired_one_stage/real_images/{row['image_id']}", "image id is not its pixel hash"))
+            continue
+        try:
+            generate_images(settings, [pixels], [ONE_STAGE_PROMPTS[i % len(ONE_STAGE_PROMPTS)]], [0],
+                            method="two_stage", flow_run_id=flow_run_id)
+        except ValueError as exc:  # standardize_images: no figure found, empty mask, ...
+            failed.append((f"paired_one_stage/real_images/{row['image_id']}", f"two-stage generation failed: {exc}"))
+    return failed
 
 
 def _export(model: Personalizer, settings: Settings, folder: Path, run_id: str, step: int,

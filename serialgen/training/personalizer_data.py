@@ -14,6 +14,7 @@ Captions come from ``real_images.caption``; when absent, :data:`CAPTION_TEMPLATE
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Any
 
 import numpy as np
@@ -37,37 +38,60 @@ def caption_of(row: dict[str, Any]) -> str:
     return caption or CAPTION_TEMPLATES.get(row.get("domain"), CAPTION_TEMPLATES[None])
 
 
-def build_pairs(lake: Lake, mode: str, standardizer_version: str | None = None) -> list[dict[str, Any]]:
-    """The `personalizer_pairs` rows of ``mode`` from the current tables (a FileNotFoundError saying
-    which stage to run when the mode's inputs are missing)."""
+def build_pairs(lake: Lake, mode: str, standardizer_version: str | None = None
+                ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The `personalizer_pairs` rows of ``mode`` from the current tables, and the (key, reason) of rows that
+    cannot make a pair (a FileNotFoundError saying which stage to run when the mode's inputs are missing)."""
     if mode not in MODES:
         raise ValueError(f"unknown personalizer mode {mode!r}; choose one of: {', '.join(MODES)}")
     real = {r["image_id"]: r for r in lake.read("real_images", columns=_REAL).to_pylist()}
     if not real:
         raise FileNotFoundError(f"no `real_images` in lake {lake.uri}: run `serialgen ingest-real` first")
+    problems: list[tuple[str, str]] = []
     if mode == "unpaired":
-        return [_pair(mode, r["image_id"], "real_images", r["image"], r["image_id"], "real_images", r["image"],
-                      caption_of(r), None, r["split"]) for r in real.values()]
-    if mode == "two_stage":
+        pairs = [_pair(mode, r["image_id"], "real_images", r["image"], r["image_id"], "real_images", r["image"],
+                       caption_of(r), None, r["split"]) for r in real.values()]
+    elif mode == "two_stage":
         version = standardizer_version or newest_version(lake, "standardized", "model_version")
         if version is None:
             raise FileNotFoundError(f"no `standardized` rows in lake {lake.uri}: run `serialgen standardize` first")
         rows = lake.read("standardized", columns=["image_id", "model_version", "image"],
                          filter=f"model_version = '{_quote(version)}'").to_pylist()
-        return [_pair(mode, s["image_id"], "standardized", s["image"], s["image_id"], "real_images",
-                      real[s["image_id"]]["image"], caption_of(real[s["image_id"]]), version,
-                      real[s["image_id"]]["split"]) for s in rows if s["image_id"] in real]
-    generations = lake.read("generations", columns=["generation_id", "method", "reference_ids", "prompt", "image",
-                                                    "standardizer_version"],
-                            filter="method = 'two_stage'").to_pylist()
-    pairs = [_pair(mode, g["reference_ids"][0], "real_images", real[g["reference_ids"][0]]["image"], g["generation_id"],
-                   "generations", g["image"], g["prompt"], g["standardizer_version"],
-                   real[g["reference_ids"][0]]["split"])
-             for g in generations if len(g["reference_ids"] or []) == 1 and g["reference_ids"][0] in real]
-    if not pairs:
-        raise FileNotFoundError(f"no two_stage `generations` of real images in lake {lake.uri}: train the two_stage "
-                                "adapter and run `serialgen generate` on the real images first")
-    return pairs
+        problems += [(f"{mode}/standardized/{s['image_id']}", "standardized image without a `real_images` row")
+                     for s in rows if s["image_id"] not in real]
+        pairs = [_pair(mode, s["image_id"], "standardized", s["image"], s["image_id"], "real_images",
+                       real[s["image_id"]]["image"], caption_of(real[s["image_id"]]), version,
+                       real[s["image_id"]]["split"]) for s in rows if s["image_id"] in real]
+    else:
+        generations = lake.read("generations", columns=["generation_id", "method", "reference_ids", "prompt", "image",
+                                                        "standardizer_version"],
+                                filter="method = 'two_stage'").to_pylist()
+        pairs = [_pair(mode, g["reference_ids"][0], "real_images", real[g["reference_ids"][0]]["image"],
+                       g["generation_id"], "generations", g["image"], g["prompt"], g["standardizer_version"],
+                       real[g["reference_ids"][0]]["split"])
+                 for g in generations if len(g["reference_ids"] or []) == 1 and g["reference_ids"][0] in real]
+        if not pairs:
+            raise FileNotFoundError(f"no two_stage `generations` of real images in lake {lake.uri}: train the "
+                                    "two_stage adapter and run `serialgen generate` on the real images first")
+    readable = []
+    for pair in pairs:
+        reason = _unreadable(pair)
+        if reason:
+            problems.append((f"{mode}/{pair['target_source']}/{pair['target_id']}", reason))
+        else:
+            readable.append(pair)
+    return readable, problems
+
+
+def _unreadable(pair: dict[str, Any]) -> str | None:
+    """Why a pair's images cannot be read (PIL's structural check, no full decode), or None."""
+    for side in ("reference", "target"):
+        try:
+            with Image.open(io.BytesIO(pair[f"{side}_image"] or b"")) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many types for broken files
+            return f"{side} image ({pair[f'{side}_source']} {pair[f'{side}_id']}) is not readable: {exc}"
+    return None
 
 
 def newest_version(lake: Lake, table: str, column: str) -> str | None:

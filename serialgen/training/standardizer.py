@@ -33,7 +33,7 @@ from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
-from serialgen.training.loop import CHECKPOINT_PREFIX, TrainState, latest_checkpoint, make_accelerator  # noqa: F401
+from serialgen.training.loop import TrainState, latest_checkpoint, make_accelerator
 from serialgen.training.loop import ema_weights as _ema_weights
 from serialgen.training.loop import save_checkpoint as _save_checkpoint
 from serialgen.training.loop import tensorboard as _tensorboard
