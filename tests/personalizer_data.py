@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from serialgen.stages.generate import image_id_of
+from serialgen.real_images import pixel_id
 from serialgen.storage.images import encode_png
 
 COLOURS = [(200, 40, 40), (40, 90, 200), (30, 160, 60), (220, 170, 30), (150, 60, 180), (20, 180, 190)]
@@ -39,7 +39,7 @@ def make_real_and_standardized(lake, train: int = 4, test: int = 2, seed: int = 
         dx, dy = int(rng.integers(0, width // 3)), int(rng.integers(0, height // 4))
         image = figure(colour, (height, width), (dx, dy, dx + width // 2, dy + height * 2 // 3),
                        background.astype(np.uint8))
-        image_id = image_id_of(image)  # the real_images rule: content hash of the decoded pixels
+        image_id = pixel_id(image)  # the real_images rule: content hash of the decoded pixels
         ids.append(image_id)
         real.append({"image_id": image_id, "source_uri": f"test://{i}", "image": encode_png(image), "has_alpha": False,
                      "caption": None if i % 3 == 0 else f"a character in colour {i}", "domain": "anime" if i % 2 else None,

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from serialgen.config import load_settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME, install_ip_adapter, pad_to_white_square, reference_processor
 from serialgen.models.sdxl import load_sdxl_parts
-from serialgen.stages.generate import GenerateInputError, generate_images, image_id_of, read_prompts, read_reference
+from serialgen.real_images import pixel_id
+from serialgen.stages.generate import GenerateInputError, generate_images, read_prompts, read_reference
 from serialgen.stages.train_personalizer import run_train_personalizer, sdxl_folders, training_dir, with_overrides
 from serialgen.storage.images import decode_image, encode_png
 from serialgen.training.personalizer import Personalizer, train_personalizer
@@ -316,7 +317,7 @@ def test_generate_standardizes_first_and_prompts_share_one_standardized_referenc
     rng = np.random.default_rng(7)
     scenes = [standardize_data.figure_scene(rng, 96, 144)[0] for _ in range(3)]
     lake.upsert("real_images", [{
-        "image_id": image_id_of(scene), "source_uri": f"test://scene{i}", "image": encode_png(scene),
+        "image_id": pixel_id(scene), "source_uri": f"test://scene{i}", "image": encode_png(scene),
         "has_alpha": False, "caption": None, "domain": "real", "character_id": f"scene{i}",
         "split": "test" if i == 2 else "train", "source_mode": "RGB", "width": 96, "height": 144}
         for i, scene in enumerate(scenes)], "test")
@@ -326,7 +327,7 @@ def test_generate_standardizes_first_and_prompts_share_one_standardized_referenc
     by_reference = {p["reference_id"]: p for p in pairs}
     generations = {g["generation_id"]: g for g in lake.read("generations").to_pylist()}
     for scene in scenes:
-        pair = by_reference[image_id_of(scene)]
+        pair = by_reference[pixel_id(scene)]
         made = generations[pair["target_id"]]
         assert pair["reference_source"] == "real_images" and pair["target_source"] == "generations"
         assert made["method"] == "two_stage" and made["standardized_reference"] is not None

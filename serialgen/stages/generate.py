@@ -18,6 +18,7 @@ import numpy as np
 from serialgen.config import ConfigError, Settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME
 from serialgen.models.sdxl import load_sdxl_parts
+from serialgen.real_images import pixel_id
 from serialgen.stages.registry import config_hash
 from serialgen.stages.train_personalizer import sdxl_folders, training_dir
 from serialgen.storage.images import ImageDecodeError, decode_image, encode_png
@@ -86,7 +87,7 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
     cfg = settings.personalizer
     method = method or cfg.mode
     scale = cfg.scale if scale is None else float(scale)
-    reference_ids = [image_id_of(np.asarray(r)) for r in references]
+    reference_ids = [pixel_id(np.asarray(r)) for r in references]
     references = [_rgb(np.asarray(r)) for r in references]
     _check_request(references, prompts, seeds, scale, method)
     adapter_dir = Path(adapter_dir) if adapter_dir is not None else training_dir(settings, method)
@@ -129,14 +130,6 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
         run.metrics = {"images": len(rows), "method": method, "references": len(references),
                        "personalizer_version": personalizer_version, "standardizer_version": standardizer_version}
     return Generated(rows, references, shown)
-
-
-def image_id_of(image: np.ndarray) -> str:
-    """Content hash of decoded pixels as given (shape included), the `real_images.image_id` rule, so a
-    reference taken from `real_images` keeps its id."""
-    digest = hashlib.sha256(str(image.shape).encode())
-    digest.update(np.ascontiguousarray(image).tobytes())
-    return digest.hexdigest()[:24]
 
 
 def _check_request(references: list[np.ndarray], prompts: Sequence[tuple[str, str]], seeds: Sequence[int],

@@ -157,7 +157,8 @@ def make_one_stage_targets(settings: Settings, flow_run_id: str | None = None) -
     """The paired_one_stage targets: the two-stage model (standardize, then the two_stage adapter) renders each
     real image that has no two-stage generation yet with one prompt of :data:`ONE_STAGE_PROMPTS` (rotating).
     Returns the (key, reason) of images it could not render (e.g. no figure found to standardize)."""
-    from serialgen.stages.generate import generate_images, image_id_of
+    from serialgen.real_images import pixel_id
+    from serialgen.stages.generate import generate_images
 
     lake = settings.open_lake()
     done = {tuple(ids or ()) for ids in lake.read("generations", columns=["reference_ids"],
@@ -166,7 +167,7 @@ def make_one_stage_targets(settings: Settings, flow_run_id: str | None = None) -
     failed = []
     for i, row in enumerate(sorted(todo, key=lambda r: r["image_id"])):
         pixels = decode_image(row["image"])
-        if image_id_of(pixels) != row["image_id"]:  # ids follow the pixel-hash rule; anything else cannot pair
+        if pixel_id(pixels) != row["image_id"]:  # ids follow the pixel-hash rule; anything else cannot pair
             failed.append((f"paired_one_stage/real_images/{row['image_id']}", "image id is not its pixel hash"))
             continue
         try:
