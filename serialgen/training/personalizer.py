@@ -31,6 +31,7 @@ from serialgen.training.loop import (
     LoopTimes,
     TrainState,
     latest_checkpoint,
+    log_step,
     make_accelerator,
     save_checkpoint,
     tensorboard,
@@ -159,10 +160,9 @@ def train_personalizer(model: Personalizer, train_data: Dataset, cfg: Personaliz
         state.batch_in_epoch += 1
         if state.batch_in_epoch == sampler.batches_per_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if writer is not None and (state.step % cfg.log_every == 0 or state.step == last_step):
-            writer.add_scalar("train/loss", result.losses[-1], state.step)
-            writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], state.step)
-            writer.add_scalar("train/data_share", result.data_share or 0.0, state.step)
+        if accelerator.is_main_process and (state.step % cfg.log_every == 0 or state.step == last_step):
+            log_step(writer, "train-personalizer", state.step, last_step, result.losses, result.step_times, cfg.batch_size,
+                     lr_scheduler.get_last_lr()[0], result.data_share)
         if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
             result.checkpoint = save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
         tick = time.perf_counter()

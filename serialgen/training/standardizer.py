@@ -33,7 +33,7 @@ from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
-from serialgen.training.loop import TrainState, latest_checkpoint, make_accelerator
+from serialgen.training.loop import TrainState, latest_checkpoint, log_step, make_accelerator
 from serialgen.training.loop import ema_weights as _ema_weights
 from serialgen.training.loop import save_checkpoint as _save_checkpoint
 from serialgen.training.loop import tensorboard as _tensorboard
@@ -144,10 +144,9 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
         state.batch_in_epoch += 1
         if state.batch_in_epoch == sampler.batches_per_epoch:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if writer is not None and (state.step % cfg.log_every == 0 or state.step == last_step):
-            writer.add_scalar("train/loss", result.losses[-1], state.step)
-            writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], state.step)
-            writer.add_scalar("train/data_share", result.data_share or 0.0, state.step)
+        if accelerator.is_main_process and (state.step % cfg.log_every == 0 or state.step == last_step):
+            log_step(writer, "train-standardizer", state.step, last_step, result.losses, result.step_times, cfg.batch_size,
+                     lr_scheduler.get_last_lr()[0], result.data_share)
         if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
             result.checkpoint = _save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
         if cfg.validate_every and state.step % cfg.validate_every == 0 and state.step < cfg.steps:
