@@ -32,19 +32,24 @@ PACKAGES = ("serialgen", "bpy", "torch", "diffusers", "transformers", "ray", "py
             "pyarrow", "prefect", "rembg", "open_clip_torch", "controlnet_aux", "numpy")
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def user_command(func: Callable) -> Callable:
-    """Turn the user-fixable errors of a command into one clear line and exit code 2."""
+    """Turn the user-fixable errors of a command into one clear line and exit code 2, and a stage that
+    ended Failed for a stated reason into one line and exit code 1."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from serialgen.storage.runs import StageFailed
+
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except StageFailed as exc:
+            fail(str(exc), code=1)
     return wrapper
 
 
@@ -52,7 +57,9 @@ class _NoUserErrorTracebacks(logging.Filter):
     """Prefect logs a failing run's traceback; for errors the user can fix, its message is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        from serialgen.storage.runs import StageFailed
+
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, StageFailed)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -112,25 +119,32 @@ def info(ctx: typer.Context) -> None:
     console.print(grid)
     lineage = _lineage_table(settings)
     if lineage is not None:
-        console.rule("lineage (last completed run per stage)")
+        console.rule("lineage (DAG order: last completed run per stage, and what `serialgen run` would do)")
         console.print(lineage)
 
 
 def _lineage_table(settings: Settings) -> Table | None:
+    """Every DAG stage in order: what it depends on, its last completed run (config, versions read and
+    written, checkpoint or report), and whether the next `serialgen run` would run it and why."""
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
     from serialgen.storage.runs import last_completed
 
     lake = settings.open_lake()
     if not lake.exists("runs"):
         return None
-    stages = sorted(set(lake.read("runs", columns=["stage"]).column("stage").to_pylist()))
-    grid = Table("stage", "run", "config", "read", "wrote", "checkpoint")
-    for stage in stages:
-        run = last_completed(lake, stage)
+    grid = Table("stage", "after", "last run", "config", "read", "wrote", "checkpoint / report", "next run")
+    versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
+    for stage in topological():
+        run = last_completed(lake, stage.name)
+        runs_next, why = should_run(settings, stage.name)
+        upcoming = f"runs: {why}" if runs_next else "skipped"
+        after = ", ".join(stage.depends_on) or "-"
         if run is None:
+            grid.add_row(stage.name, after, "-", "-", "-", "-", "-", upcoming)
             continue
-        versions = lambda d: ", ".join(f"{k}@{v}" for k, v in d.items()) or "-"  # noqa: E731
-        grid.add_row(stage, run["run_id"], run["config_hash"], versions(run["inputs"]),
-                     versions(run["outputs"]), run["checkpoint"] or "-")
+        grid.add_row(stage.name, after, run["run_id"], run["config_hash"], versions(run["inputs"]),
+                     versions(run["outputs"]), run["checkpoint"] or "-", upcoming)
     return grid
 
 
@@ -202,6 +216,96 @@ def train_standardizer_command(
                   highlight=False)
 
 
+@app.command("train-preprocessors")
+@user_command
+def train_preprocessors_command(ctx: typer.Context) -> None:
+    """Train the tiny mask/pose ONNX models on `pairs` (Prefect flow `train-preprocessors`)."""
+    r = run_flow(ctx, "train_preprocessors", "train_preprocessors")
+    m = r["metrics"]
+    console.print(f"exported to {r['folder']}; held-out mask IoU {m.get('mask_iou', float('nan')):.3f} "
+                  f"(whole frame {m.get('mask_iou_whole_frame', float('nan')):.3f}), PCK@{m.get('pck_threshold')} "
+                  f"{m.get('pck', float('nan')):.3f} (mean pose {m.get('pck_mean_pose', float('nan')):.3f})",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("ingest-real")
+@user_command
+def ingest_real_command(
+    ctx: typer.Context,
+    images: Optional[str] = typer.Option(None, help="Folder, URI or CSV/Parquet list of real images "
+                                         "(default: held-out synthetic images of the lake)."),
+    captions: Optional[str] = typer.Option(None, help="CSV/Parquet list: path, caption, domain, character_id."),
+) -> None:
+    """Ingest real character images into `real_images` (Prefect flow `ingest-real`)."""
+    r = run_flow(ctx, "ingest_real", "ingest_real", images=images, captions=captions)
+    console.print(f"{r['source']}: {r['files']} files, {r['skipped']} already ingested, {r['ingested']} read "
+                  f"({r['new_images']} new images), {r['errors']} errors; real_images holds {r['images']}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("standardize")
+@user_command
+def standardize_command(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="Standardize at most N not yet standardized images."),
+) -> None:
+    """Standardize `real_images` with the trained standardizer into `standardized` (Prefect flow `standardize`)."""
+    r = run_flow(ctx, "standardize", "standardize", limit=limit)
+    console.print(f"model {r['model_version']}: {r['written']} standardized, {r['skipped']} already done, "
+                  f"{r['errors']} errors, {r['images_per_second']} images/s; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
+
+
+def _gpu_description() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none visible (CPU only)"
+    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+
+
+@app.command("train-personalizer")
+@user_command
+def train_personalizer_command(
+    ctx: typer.Context,
+    mode: Optional[str] = typer.Option(None, help="two_stage | paired_one_stage | unpaired (default personalizer.mode)."),
+    resume: bool = typer.Option(True, help="Continue the mode's latest checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides personalizer.steps)."),
+) -> None:
+    """Train the IP-Adapter personalizer on SDXL (Prefect flow `train-personalizer`); multi-GPU: see README."""
+    r = run_flow(ctx, "train_personalizer", "train_personalizer", mode=mode, resume=resume, steps=steps)
+    console.print(f"{r['mode']}: trained to step {r['step']} (from {r['resumed_from']}) on {r['train_pairs']} pairs; "
+                  f"held-out loss {r['heldout_loss']} (adapter off: {r['heldout_loss_scale0']}); adapter: "
+                  f"{r['adapter_dir']}", highlight=False, soft_wrap=True)
+
+
+@app.command("generate")
+@user_command
+def generate_command(
+    ctx: typer.Context,
+    reference: list[Path] = typer.Option(..., "--reference", help="Reference image of the character (repeatable: "
+                                                                   "several are averaged)."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text prompt (repeatable)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="File: one prompt per line (category<TAB>prompt)."),
+    seeds: int = typer.Option(1, help="Images per prompt (seeds 0..N-1)."),
+    scale: Optional[float] = typer.Option(None, help="Adapter scale in [0, 2] (default personalizer.scale)."),
+    standardize: bool = typer.Option(True, "--standardize/--no-standardize",
+                                     help="Standardize the reference first (the method) or use it as is."),
+    mode: Optional[str] = typer.Option(None, help="Which trained adapter: two_stage | paired_one_stage | unpaired."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default <lake>/_artifacts/generations)."),
+) -> None:
+    """Serial generation: standardize the reference, then one image per prompt and seed (Prefect flow `generate`)."""
+    from serialgen.stages.generate import read_prompts, read_reference
+
+    for path in reference:  # fail fast, before Prefect starts
+        read_reference(path)
+    if prompts is not None:
+        read_prompts(prompts)
+    r = run_flow(ctx, "generate", "generate", references=[str(p) for p in reference], prompts=prompt or [],
+                 prompts_file=str(prompts) if prompts else None, seeds=seeds, scale=scale, standardize=standardize,
+                 method=mode, out=str(out) if out else None)
+    console.print(f"{r['rows']} images written to `generations` and {Path(r['files'][0]).parent}; grid: {r['grid']}",
+                  highlight=False, soft_wrap=True)
 @app.command("evaluate")
 @user_command
 def evaluate_command(
@@ -218,22 +322,14 @@ def evaluate_command(
                   f"{result['generations']} generations, {result['evaluations']} evaluation rows", highlight=False)
     console.print(f"report: {result['report']}\nmarkdown: {result['markdown']}\nuser study: {result['user_study']}",
                   highlight=False)
-
-
-def _gpu_description() -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        return "none visible (CPU only)"
-    return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-
-
 @app.command("run")
 @user_command
 def run_command(ctx: typer.Context,
                 force: bool = typer.Option(False, help="Rerun every stage even if its inputs and config are unchanged.")) -> None:
     """Run the whole DAG (Prefect flow `serialgen`): each stage whose inputs or config changed."""
-    summary = run_flow(ctx, "dag", "serialgen", force=force)
+    summary = None if force else _nothing_to_run(ctx.obj)
+    if summary is None:
+        summary = run_flow(ctx, "dag", "serialgen", force=force)
     grid = Table("stage", "status", "why", "seconds")
     for row in summary:
         grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
@@ -242,6 +338,26 @@ def run_command(ctx: typer.Context,
     console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
                   f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
                   "details: `serialgen info`", highlight=False)
+
+
+def _nothing_to_run(settings: Settings) -> list[dict] | None:
+    """The DAG's summary when every stage would be skipped and no Prefect server is configured: then the
+    ephemeral API (seconds to start) would only record a run that does nothing, so it is not started.
+    With ``PREFECT_API_URL`` set the flow always runs, so the dashboard shows every scheduled run."""
+    import os
+
+    from serialgen.stages.registry import topological
+    from serialgen.stages.skip import should_run
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    summary = []
+    for stage in topological():
+        run, why = should_run(settings, stage.name)
+        if run:
+            return None
+        summary.append({"stage": stage.name, "status": "skipped", "why": why, "seconds": 0.0})
+    return summary
 
 
 if __name__ == "__main__":

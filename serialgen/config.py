@@ -27,10 +27,22 @@ class ConfigError(Exception):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    def output_settings(self) -> dict[str, Any]:
+        """The values that can change a stage's outputs: every field not marked :func:`runtime`."""
+        keep = {name for name, field in type(self).model_fields.items()
+                if not (field.json_schema_extra or {}).get("runtime")}
+        return self.model_dump(mode="json", include=keep)
+
+
+def runtime(default: Any) -> Any:
+    """A setting that changes how a stage runs (parallelism, commit size, logging), never what it writes:
+    it is left out of the stage's config hash, so changing it reruns nothing."""
+    return Field(default, json_schema_extra={"runtime": True})
+
 
 class RaySettings(Section):
     address: str | None = None          # None: start a local Ray; "auto" or "ray://host:10001": a cluster
-    num_cpus: int | None = None         # local Ray only; None = all cores
+    num_cpus: int | None = runtime(None)  # local Ray only; None = all cores
     object_store_memory_mb: int = 1024  # local Ray only
 
 
@@ -43,11 +55,11 @@ class AssetsSettings(Section):
     seed: int = 0
     pose_dedup_threshold: float = 0.08  # radians, max joint-rotation distance for two poses to be one
     frame_step: int = 2                 # sample every n-th frame of a clip
-    workers: int = 2                    # bpy worker processes
+    workers: int = runtime(2)           # bpy worker processes
     min_canonical_bones: int = 15
     duplicate_threshold: float = 0.05   # geometry-signature distance below which a character is a duplicate
     motion_variants: int = 2            # seeded variations of each procedural motion kind
-    batch_size: int = 4                 # files per worker task
+    batch_size: int = runtime(4)        # files per worker task
     thumbnail_width: int = 96
     thumbnail_height: int = 144
     thumbnail_samples: int = 4
@@ -61,14 +73,14 @@ class RenderSettings(Section):
     samples: int = 8
     adaptive_threshold: float = 0.05
     denoise: bool = False
-    threads_per_worker: int = 1
-    workers: int = 2
-    gpus_per_worker: float = 0.0
+    threads_per_worker: int = runtime(1)
+    workers: int = runtime(2)
+    gpus_per_worker: float = runtime(0.0)
     poses_per_character: int = 6
     views_per_pose: int = 2
     seed: int = 0
     limit: int | None = None
-    chunk_size: int = 8                 # items per actor call and per commit (resume granularity)
+    chunk_size: int = runtime(8)        # items per actor call and per commit (resume granularity)
     standard_head_top: float = 0.06     # standard view: head top on this row (fraction of the height, from the top)
     standard_chin: float = 0.18         # standard view: chin on this row
     standard_arm_angle: float = 45.0    # standard A-pose: arms this many degrees below horizontal
@@ -80,12 +92,12 @@ class CompositeSettings(Section):
     max_background_pixels: int = 40_000_000
     test_fraction: float = 0.2
     seed: int = 0
-    workers: int = 2                    # compositing actors; they share what the Lance read tasks leave (0.5 CPU)
-    batch_size: int = 16
+    workers: int = runtime(2)           # compositing actors; they share what the Lance read tasks leave (0.5 CPU)
+    batch_size: int = runtime(16)
     background_source: str | None = None  # folder or URI of user background images (else procedural only)
     background_max_side: int = 1024     # ingested backgrounds are downscaled to this long side
     dynamic: bool = False               # composite on the fly in the training loader instead of writing pairs
-    write_rows: int = 256               # pairs per Lake.upsert commit (resume granularity)
+    write_rows: int = runtime(256)      # pairs per Lake.upsert commit (resume granularity)
     limit: int | None = None            # composite at most this many renders (smoke runs)
     scale_range: tuple[float, float] = (0.45, 0.95)  # character height as a share of the canvas height
     crop_probability: float = 0.3       # share of pairs whose character is cut off by the frame
@@ -113,8 +125,8 @@ class StandardizerSettings(Section):
     gradient_checkpointing: bool = False
     checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints (local lakes only)
     run_name: str = "standardizer"      # training folder under checkpoint_dir; resume continues it
-    checkpoint_every: int = 50          # steps between resumable checkpoints (and at the end); 0: none
-    checkpoints_total_limit: int = 2
+    checkpoint_every: int = runtime(50)  # steps between resumable checkpoints (and at the end); 0: none
+    checkpoints_total_limit: int = runtime(2)
     validate_every: int = 0             # steps between validations; 0: only at the end
     validation_pairs: int = 4           # held-out (test split) pairs standardized per validation
     noise_offset: float = 0.05
@@ -124,15 +136,97 @@ class StandardizerSettings(Section):
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    num_workers: int = 1                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
-    log_every: int = 10
+    num_workers: int = runtime(1)       # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
+    log_every: int = runtime(10)
+
+
+class PreprocessingSettings(Section):
+    """Background masks (rembg, U2-Net convention) and reference poses (DWPose convention), as ONNX files.
+
+    Real weights only from these local files; None in the tiny profile: the models `train-preprocessors`
+    wrote to ``<lake>/_checkpoints/preprocessors/``.
+    """
+    mask_model: Path | None = None      # U2-Net-convention ONNX, e.g. ~/.u2net/u2net.onnx or isnet-anime.onnx
+    pose_detector: Path | None = None   # DWPose's YOLOX person detector, e.g. yolox_l.onnx
+    pose_model: Path | None = None      # DWPose's whole-body SimCC model, dw-ll_ucoco_384.onnx
+    detection_threshold: float = 0.3    # person boxes scoring below are ignored (DWPose: 0.3)
+    keypoint_threshold: float = 0.3     # a keypoint counts as visible above this score (DWPose: 0.3)
+    # train-preprocessors (tiny): small nets trained on `pairs`, exported in the real files' conventions
+    mask_steps: int = 120
+    pose_steps: int = 240
+    detector_steps: int = 160
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+    detector_size: int = 64             # tiny detector's square input (YOLOX-l: 640)
+    pose_height: int = 64               # tiny pose net's input (dw-ll_ucoco_384: 384 x 288)
+    pose_width: int = 48
+    pck_threshold: float = 0.1          # PCK: a keypoint is correct within this share of the box's long side
+
+
+class IngestSettings(Section):
+    images: str | None = None           # folder, URI or CSV/Parquet list of real images; None: procedural default
+    captions: str | None = None         # CSV/Parquet list: path, caption, domain, character_id (all but path optional)
+    max_pixels: int = 50_000_000        # decompression-bomb limit, checked from the header before decoding
+    max_bytes: int = 64 * 1024 * 1024   # files larger than this are refused unread
+    test_fraction: float = 0.2
+    batch_size: int = runtime(32)       # images per commit (resume granularity)
+    procedural_images: int = 24         # default source: held-out composited pairs, as image files
+
+
+class StandardizeSettings(Section):
+    model_dir: Path | None = None       # a Standardizer folder; None: the latest completed train-standardizer run's
+    workers: int = runtime(1)           # standardizer replicas (Ray actor pool); one per GPU on a cluster
+    gpus_per_worker: float = runtime(0.0)
+    batch_size: int = runtime(4)        # images per DDIM batch
+    write_rows: int = runtime(8)        # rows per Lake.upsert commit (resume granularity)
+    seed: int = 0                       # image i is sampled with seed hash(seed, image_id)
+    limit: int | None = None
+    min_foreground: float = 0.01        # a mask covering less of the image counts as empty
 
 
 class PersonalizerSettings(Section):
-    model_dir: Path | None = None       # sdxl: local SDXL base folder
+    # SDXL base folder (unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) and a
+    # CLIPVisionModelWithProjection folder (ViT-H/14). tiny: None = <lake>/_models/tiny-sdxl/, written offline.
+    model_dir: Path | None = None
     image_encoder_dir: Path | None = None
     width: int = 64
     height: int = 96
+    mode: Literal["two_stage", "paired_one_stage", "unpaired"] = "two_stage"  # training pairs (paper Table 2)
+    image_tokens: int = 257             # 257 = every encoder token ("full" layout); other N: N tokens (Fig. 13)
+    standardizer_version: str | None = None  # `standardized` rows used by two_stage; None: the newest version
+    steps: int = 40
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    seed: int = 0
+    text_dropout: float = 0.05          # CFG dropout, per sample: text only (zero text embeddings, as SDXL's
+    image_dropout: float = 0.05         # force_zeros_for_empty_prompt), image only (encoder on zero pixels),
+    both_dropout: float = 0.05          # or both
+    noise_offset: float = 0.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/personalizer/<mode> (local lakes only)
+    checkpoint_every: int = 20          # steps between resumable checkpoints (and at the end); 0: none
+    checkpoints_total_limit: int = 2
+    ema_decay: float | None = None      # None: no EMA; else the EMA adapter is evaluated and exported
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    num_workers: int = 0                # data-loader processes (spawned: Lance is not fork-safe); 0: in-process
+    log_every: int = 10
+    eval_pairs: int = 16                # held-out (test split) pairs of the end-of-training denoising loss
+    inference_steps: int = 20           # DDIM steps at generation (the paper's 20)
+    guidance_scale: float = 5.0
+    scale: float = 1.0                  # adapter scale at generation, in [0, 2]
+
+
+class DagSettings(Section):
+    # Independent branches (ingest-real beside the synthetic half, preprocessors beside the standardizer)
+    # run side by side up to this many stages; 1 (default) runs them one after another, which is as fast
+    # on 2 cores and keeps every stage's torch RNG to itself.
+    max_parallel: int = runtime(1)
+    # A stage whose share of failed items exceeds this ends Failed (a code bug should not look like bad data).
+    max_failure_share: float = 0.5
 
 
 class EvaluateSettings(Section):
@@ -162,7 +256,11 @@ class Settings(BaseSettings):
     composite: CompositeSettings = Field(default_factory=CompositeSettings)
     standardizer: StandardizerSettings = Field(default_factory=StandardizerSettings)
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
+    dag: DagSettings = Field(default_factory=DagSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    standardize: StandardizeSettings = Field(default_factory=StandardizeSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -175,7 +273,7 @@ class Settings(BaseSettings):
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections, the cache/lineage key of a stage's config."""
-        data = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        data = {s: getattr(self, s).output_settings() for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -189,9 +287,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True,
                          "checkpoint_every": 2000, "validate_every": 5000, "validation_pairs": 64,
                          "num_workers": 4, "log_every": 50},
+        "standardize": {"batch_size": 8, "gpus_per_worker": 1.0, "write_rows": 64},
     },
     "sdxl": {
-        "personalizer": {"width": 512, "height": 768},
+        "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",
+                         "gradient_checkpointing": True, "checkpoint_every": 2000, "num_workers": 4,
+                         "eval_pairs": 256, "log_every": 50},
         "evaluate": {"build_tiny_models": False, "standardizer_pairs": 0},
     },
 }

@@ -5,7 +5,10 @@ Nothing here is needed by library code that runs without Ray or Prefect.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import warnings
 from pathlib import Path
 
 from serialgen.config import RaySettings, Settings
@@ -28,17 +31,66 @@ def configure_prefect(settings: Settings) -> None:
         os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(lake.uri).resolve() / "_prefect" / "results"))
 
 
+_RAY_LOCK = threading.Lock()
+
+
+class _DropMessages(logging.Filter):
+    """Drops records that start with one of ``prefixes``: notices that read like failures but are not."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def _quiet_ray_logs() -> None:
+    """Keep worker logs to what matters: Ray Data's per-dataset INFO lines stay in its session log file;
+    the SIGTERM notice (DAG stages start Ray from a task thread; Prefect owns signal handling) is dropped."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+    from ray.util.debug import log_once
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    log_once("ray_data_progress_manager_disabled")   # progress is ours (serialgen.progress), not Ray's tqdm
+    # lance-ray 0.5.0 still passes `ray_remote_args` to Ray 2.60 (pinned pair, see pyproject.toml).
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", module="lance_ray")
+    worker_logger = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _DropMessages) for f in worker_logger.filters):
+        worker_logger.addFilter(_DropMessages("SIGTERM handler is not set"))
+
+
 def init_ray(settings: RaySettings) -> None:
-    """Start (or connect to) Ray once per process: local with explicit CPUs, or ``settings.address``."""
+    """Start (or connect to) Ray once per process: local with explicit CPUs, or ``settings.address``.
+    Thread-safe: stages of the DAG may start it from task threads."""
+    with _RAY_LOCK:
+        _init_ray(settings)
+
+
+def _init_ray(settings: RaySettings) -> None:
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    _quiet_ray_logs()
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
         return
+    # A local cluster gets token authentication, stated explicitly so Ray does not announce its default.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    with warnings.catch_warnings():
+        # Ray starts its processes by fork+exec; no Lance state is used in the child.
+        warnings.filterwarnings("ignore", message="lance is not fork-safe")
+        _start_local_ray(settings)
+
+
+def _start_local_ray(settings: RaySettings) -> None:
+    import ray
+
     ray.init(
         num_cpus=settings.num_cpus or os.cpu_count(),
         include_dashboard=False,

@@ -6,6 +6,7 @@ import importlib.util
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect import Flow
 
@@ -33,3 +34,65 @@ def test_every_deployment_entrypoint_and_parameters_match_its_flow():
         assert deployment["work_pool"]["name"] == "serialgen-process"
     nightly = next(d for d in deployments if d["name"] == "nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    assert nightly["concurrency_limit"] == 1
+
+
+def test_deployment_runs_get_the_prefect_settings_of_cli_runs():
+    from serialgen.runtime import PREFECT_DEFAULTS
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for deployment in config["deployments"]:
+        assert deployment["work_pool"]["job_variables"]["env"] == PREFECT_DEFAULTS, deployment["name"]
+
+
+@pytest.mark.slow
+def test_completed_training_deployments_trigger_standardize_and_evaluate_on_a_real_server(prefect_harness, tmp_path):
+    """`prefect deploy --all` against a running Prefect server, then a train-standardizer (train-personalizer)
+    deployment run reaching Completed makes the server schedule a standardize (evaluate) run; a run of another
+    deployment completing schedules nothing."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Completed
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "SERIALGEN_HOME": str(ROOT)}
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="serialgen-process", type="process"), overwrite=True)
+    proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+
+        def runs_of(name: str) -> int:  # runs the schedules create do not count
+            return sum(r.deployment_id == deployments[name].id and not r.auto_scheduled
+                       for r in client.read_flow_runs())
+
+        def complete(name: str) -> None:
+            run = client.create_flow_run_from_deployment(deployments[name].id)
+            client.set_flow_run_state(run.id, Completed(), force=True)
+
+        def wait_for_run(name: str, before: int) -> bool:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if runs_of(name) > before:
+                    return True
+                time.sleep(1)
+            return False
+
+        before = {name: runs_of(name) for name in ("standardize", "evaluate")}
+        complete("composite")
+        complete("train-standardizer")
+        assert wait_for_run("standardize", before["standardize"])
+        complete("train-personalizer")
+        assert wait_for_run("evaluate", before["evaluate"])
+        time.sleep(3)
+        # Exactly one each: the composite run triggered nothing.
+        assert runs_of("standardize") == before["standardize"] + 1
+        assert runs_of("evaluate") == before["evaluate"] + 1

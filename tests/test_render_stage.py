@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -60,7 +61,12 @@ def test_stage_writes_planned_rows_and_reports_failures(rendered):
     assert sorted(e["key"] for e in errors)[-1] == "zz-broken/standard" and len(errors) == 3
     assert all("character load failed" in e["reason"] for e in errors)
     run = lake.read("runs", filter=f"run_id = '{report.run_id}'").to_pylist()[0]
-    assert run["status"] == "completed" and report.overhead_ratio > 1.0
+    assert run["status"] == "completed"
+    # The recorded ratio is item wall time over time inside the render call, and an item's wall time contains
+    # its render call (a swap or a missing timer breaks one of these).
+    metrics = json.loads(run["metrics"])
+    assert 0 < report.render_seconds <= report.item_seconds
+    assert metrics["overhead_ratio"] == pytest.approx(report.item_seconds / report.render_seconds)
 
 
 def test_rerun_skips_done_keys_and_rerenders_a_lost_row_byte_identically(rendered):

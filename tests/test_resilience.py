@@ -72,10 +72,11 @@ def test_render_worker_killed_mid_run_every_planned_row_once(tmp_path, glbs, ray
     show("render: one RenderActor SIGKILLed mid-run", {
         "renders": (len(planned), len(keys)), "distinct renders": (len(planned), len(set(keys))),
         "standards": (2, lake.count("standards")), "render errors": (0, lake.count("errors")),
-        "chunks retried": (">= 1", report.retried)})
+        "chunks retried": (">= 1", report.retried), "dead workers replaced": (1, report.workers_replaced)})
     assert len(keys) == len(set(keys)) == 24 and set(keys) == planned
     assert lake.count("standards") == 2 and lake.count("errors") == 0
     assert report.retried >= 1 and (report.rendered, report.failed) == (24, 0)
+    assert report.workers_replaced == 1        # the dead actor was replaced, not restarted or fed chunks
 
 
 def test_render_item_failing_in_bpy_goes_to_errors_without_retry(tmp_path, glbs, ray_local):

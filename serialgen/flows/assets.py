@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.assets import build_assets, publish_contact_sheet
 
 
@@ -17,7 +17,7 @@ def assets(lake: str | None = None, profile: str | None = None, config: str | No
            procedural_motions: bool | None = None, workers: int | None = None,
            contact_sheet: str | None = None) -> dict[str, Any]:
     """Run the assets stage (no source given: the config's procedural defaults) and publish artifacts."""
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     report = build_assets(settings, characters, motions, procedural, procedural_motions, workers)
     sheet = publish_contact_sheet(settings, contact_sheet)
     return {**asdict(report), "rows": report.rows(), "contact_sheet": sheet}

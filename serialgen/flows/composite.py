@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.composite import composite_pairs, publish_pair_grid
 
 
@@ -15,7 +15,7 @@ def composite(lake: str | None = None, profile: str | None = None, config: str |
               backgrounds: str | None = None, dynamic: bool | None = None, force: bool = False,
               grid_pairs: int = 6) -> dict[str, Any]:
     """Composite the missing pairs and publish artifacts (``dynamic``: only ingest backgrounds)."""
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     report = composite_pairs(settings, backgrounds, dynamic, force)
     grid = publish_pair_grid(settings, grid_pairs, report.dynamic)
     return {**report.as_dict(), "grid": grid}

@@ -1,52 +1,83 @@
-"""Prefect flow ``serialgen``: every stage in DAG order, skipping the ones whose inputs and config are unchanged."""
+"""Prefect flow ``serialgen``: the stage DAG, each stage a task that waits for the stages it depends on.
+
+A stage task decides (from lineage, cheaply) whether its stage must run; only then does it import the
+stage's flow, so a run where everything is skipped never imports torch, bpy or Ray. The dashboard shows
+the graph (one task per stage, edges from ``depends_on``), each stage's flow run nested under its task.
+Independent branches run side by side up to ``dag.max_parallel``; a failed stage stops its dependents
+only, and the DAG ends Failed.
+"""
 
 from __future__ import annotations
 
+import importlib
 import time
-from typing import Any, Callable
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from serialgen.config import load_settings
-from serialgen.flows.assets import assets
-from serialgen.flows.composite import composite
-from serialgen.flows.render import render
-from serialgen.flows.train_standardizer import train_standardizer
-from serialgen.stages.registry import STAGES, config_hash, external_inputs
-from serialgen.storage.runs import up_to_date
-
-#: Each stage's flow; called as a subflow so its runs and artifacts show up on their own in the dashboard.
-STAGE_FLOWS: dict[str, Callable[..., dict[str, Any]]] = {
-    "assets": assets,
-    "render": render,
-    "composite": composite,
-    "train-standardizer": train_standardizer,
-}
+from serialgen.flows.context import flow_settings
+from serialgen.stages.registry import BY_NAME, topological
+from serialgen.stages.skip import should_run
+from serialgen.storage.runs import StageFailed
 
 
-@flow(name="serialgen")
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a stage (its writes are idempotent upserts) unless it failed for a reason a rerun cannot fix."""
+    from serialgen.config import ConfigError
+
+    return not isinstance(state.data, (FileNotFoundError, ConfigError, StageFailed))
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
+def run_stage(name: str, lake: str, profile: str, config: str | None, force: bool) -> dict[str, Any]:
+    """Run one stage's flow when :func:`should_run` says so; returns the stage's summary row."""
+    logger = get_run_logger()
+    settings = flow_settings(lake, profile, config)
+    run, why = should_run(settings, name, force)
+    if not run:
+        logger.info("stage %s skipped: %s", name, why)
+        return {"stage": name, "status": "skipped", "why": why, "seconds": 0.0}
+    logger.info("stage %s runs: %s", name, why)
+    module, function = BY_NAME[name].flow.split(":")
+    stage_flow = getattr(importlib.import_module(f"serialgen.flows.{module}"), function)
+    start = time.perf_counter()
+    stage_flow(lake=lake, profile=profile, config=config)
+    return {"stage": name, "status": "ran", "why": why, "seconds": round(time.perf_counter() - start, 1)}
+
+
+@flow(name="serialgen", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def serialgen(lake: str | None = None, profile: str | None = None, config: str | None = None,
               force: bool = False) -> list[dict[str, Any]]:
     """Run the DAG; ``force`` reruns every stage (each still skips the rows it already wrote)."""
-    logger = get_run_logger()
-    settings = load_settings(config, profile, lake=lake)
-    store = settings.open_lake()
-    summary = []
-    for stage in STAGES:
-        skip, why = up_to_date(store, stage.name, config_hash(settings, stage.name))
-        external = external_inputs(settings, stage.name)
-        if external:
-            skip, why = False, external
-        if skip and not force:
-            logger.info("stage %s skipped: %s", stage.name, why)
-            summary.append({"stage": stage.name, "status": "skipped", "why": why, "seconds": 0.0})
-            continue
-        logger.info("stage %s runs: %s", stage.name, "forced" if force else why)
-        start = time.perf_counter()
-        STAGE_FLOWS[stage.name](lake=settings.lake, profile=settings.profile, config=config)
-        summary.append({"stage": stage.name, "status": "ran", "why": "forced" if force else why,
-                        "seconds": round(time.perf_counter() - start, 1)})
+    settings = flow_settings(lake, profile, config)
+    futures: dict[str, PrefectFuture] = {}
+    for stage in topological():
+        waits = [futures[d] for d in stage.depends_on]
+        task_run = run_stage.with_options(name=stage.name, task_run_name=stage.name)
+        futures[stage.name] = task_run.submit(stage.name, settings.lake, settings.profile, config, force,
+                                              wait_for=waits)
+        if settings.dag.max_parallel <= 1:
+            futures[stage.name].wait()
+    summary, failed = [], []
+    for name, future in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            summary.append(future.result())
+        else:
+            failed.append(name)
+            summary.append({"stage": name, "status": future.state.name.lower(), "why": _reason(future),
+                            "seconds": 0.0})
     create_table_artifact(key="serialgen-dag", table=summary,
                           description=f"DAG run over lake {settings.lake} ({settings.profile} profile)")
+    if failed:
+        raise StageFailed(f"stages did not complete: {', '.join(failed)} (see their flow runs)")
     return summary
+
+
+def _reason(future: PrefectFuture) -> str:
+    message = future.state.message or ""
+    return message.splitlines()[0][:200] if message else "upstream stage did not complete"

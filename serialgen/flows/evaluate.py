@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.evaluate import evaluate_task
 
 
@@ -14,7 +14,7 @@ from serialgen.tasks.evaluate import evaluate_task
 def evaluate(lake: str | None = None, profile: str | None = None, config: str | None = None,
              test_set: str | None = None, force: bool = False) -> dict[str, Any]:
     """Evaluate every personalizer mode and standardizer variant trained into the lake (``test_set``: a YAML file)."""
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     if test_set is not None:
         settings = settings.model_copy(update={"evaluate": settings.evaluate.model_copy(update={"test_set": test_set})})
     report = evaluate_task(settings, force)

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from serialgen.config import load_settings
+from serialgen.flows.context import flow_settings
 from serialgen.tasks.render import publish_contact_sheet, render_items
 
 
@@ -15,7 +15,7 @@ from serialgen.tasks.render import publish_contact_sheet, render_items
 def render(lake: str | None = None, profile: str | None = None, config: str | None = None,
            limit: int | None = None, contact_sheet_characters: int = 3) -> dict[str, Any]:
     """Render the missing items of the sampling plan (``limit``: the first N only) and publish artifacts."""
-    settings = load_settings(config, profile, lake=lake)
+    settings = flow_settings(lake, profile, config)
     report = render_items(settings, limit)
     sheet = publish_contact_sheet(settings, contact_sheet_characters)
     return {**asdict(report), "overhead_ratio": report.overhead_ratio, "contact_sheet": sheet}

@@ -7,7 +7,8 @@ guider added after ``conv_in``) and the CLIP image embedding, attends to them.
 
 A checkpoint is a folder of diffusers/transformers sub-folders (safetensors), like a pipeline:
 ``reference_unet/ denoising_unet/ pose_guider/ [fbdm/] [rpim/] vae/ image_encoder/ scheduler/``
-plus ``standardizer.json`` and, when known, ``standard_pose.png`` (the default target pose).
+plus ``standardizer.json`` and, when known, ``standard_pose.png`` and ``standard_keypoints.json`` (the canonical
+target skeleton, :mod:`serialgen.standard_skeleton`, and its drawing: the default target pose).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "standardizer.json"
 STANDARD_POSE_NAME = "standard_pose.png"
+STANDARD_KEYPOINTS_NAME = "standard_keypoints.json"
 
 
 class Standardizer(nn.Module):
@@ -42,7 +44,8 @@ class Standardizer(nn.Module):
     def __init__(self, reference_unet: UNet2DConditionModel, denoising_unet: UNet2DConditionModel,
                  pose_guider: PoseGuider, vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
                  scheduler_config: dict[str, Any], fbdm: ForegroundBackgroundTokens | None = None,
-                 rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None) -> None:
+                 rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None,
+                 standard_keypoints: np.ndarray | None = None) -> None:
         super().__init__()
         self.reference_unet, self.denoising_unet, self.pose_guider = reference_unet, denoising_unet, pose_guider
         self.fbdm, self.rpim = fbdm, rpim
@@ -51,6 +54,7 @@ class Standardizer(nn.Module):
         self.image_encoder.requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
         self.standard_pose = standard_pose
+        self.standard_keypoints = standard_keypoints  # (18, 3) pixels of standard_pose's frame
         self.bank = ReferenceBank()
         self.layer_channels = install_reference_attention(reference_unet, denoising_unet, self.bank)
         self.bank.inject = self._inject if (fbdm is not None or rpim is not None) else None
@@ -71,6 +75,13 @@ class Standardizer(nn.Module):
             fbdm=ForegroundBackgroundTokens(layers) if fbdm else None,
             rpim=ReferencePoseInjection(layers, parts.pose_channels, channels) if rpim else None,
         )
+
+    def set_standard_skeleton(self, keypoints: np.ndarray, width: int, height: int) -> None:
+        """Make ``keypoints`` (18, 3) the target skeleton of every standardization, drawn at ``width`` x ``height``."""
+        from serialgen.pose_drawing import draw_pose
+
+        self.standard_keypoints = np.asarray(keypoints, np.float32)
+        self.standard_pose = draw_pose(self.standard_keypoints, width, height)
 
     def trainable_modules(self) -> list[nn.Module]:
         return [m for m in (self.reference_unet, self.denoising_unet, self.pose_guider, self.fbdm, self.rpim)
@@ -185,6 +196,8 @@ class Standardizer(nn.Module):
             from serialgen.storage.images import encode_png
 
             (folder / STANDARD_POSE_NAME).write_bytes(encode_png(self.standard_pose))
+        if self.standard_keypoints is not None:
+            (folder / STANDARD_KEYPOINTS_NAME).write_text(json.dumps(self.standard_keypoints.tolist()))
         return folder
 
     @classmethod
@@ -202,6 +215,9 @@ class Standardizer(nn.Module):
             from serialgen.storage.images import decode_image
 
             standard_pose = decode_image((folder / STANDARD_POSE_NAME).read_bytes(), "RGB")
+        keypoints_file = folder / STANDARD_KEYPOINTS_NAME
+        standard_keypoints = (np.asarray(json.loads(keypoints_file.read_text()), np.float32)
+                              if keypoints_file.is_file() else None)
         return cls(
             UNet2DConditionModel.from_pretrained(folder / "reference_unet", **kw),
             UNet2DConditionModel.from_pretrained(folder / "denoising_unet", **kw),
@@ -211,7 +227,7 @@ class Standardizer(nn.Module):
             dict(DDPMScheduler.load_config(folder / "scheduler")),
             fbdm=ForegroundBackgroundTokens.from_pretrained(folder / "fbdm", **kw) if flags["fbdm"] else None,
             rpim=ReferencePoseInjection.from_pretrained(folder / "rpim", **kw) if flags["rpim"] else None,
-            standard_pose=standard_pose,
+            standard_pose=standard_pose, standard_keypoints=standard_keypoints,
         )
 
 

@@ -34,9 +34,12 @@ class StandardizationPipeline:
     @torch.no_grad()
     def standardize(self, reference: torch.Tensor, background_mask: torch.Tensor, reference_pose: torch.Tensor,
                     target_pose: torch.Tensor, num_inference_steps: int = 20, guidance_scale: float = 3.5,
-                    seed: int = 0) -> torch.Tensor:
+                    seed: int | Sequence[int] = 0) -> torch.Tensor:
         """Batched model tensors (RGB in [-1, 1], mask {0, 1} with 1 = background, poses in [0, 1])
-        -> standardized RGB in [-1, 1], (B, 3, H, W)."""
+        -> standardized RGB in [-1, 1], (B, 3, H, W).
+
+        ``seed``: one for the batch's noise, or one per image (an image's result then does not depend
+        on the batch it is in)."""
         model, device = self.model, self.device
         reference, background_mask = reference.to(device), background_mask.to(device)
         reference_pose, target_pose = reference_pose.to(device), target_pose.to(device)
@@ -50,8 +53,7 @@ class StandardizationPipeline:
         embeds = torch.cat([embeds, embeds]) if guided else embeds
         scheduler = model.inference_scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(reference_latents.shape, generator=generator, dtype=torch.float32).to(device)
+        latents = _initial_noise(reference_latents.shape, seed).to(device)
         latents = latents * scheduler.init_noise_sigma
         dtype = model.denoising_unet.dtype
         try:
@@ -70,7 +72,7 @@ class StandardizationPipeline:
 
     def __call__(self, reference: np.ndarray | Sequence[np.ndarray], background_mask: np.ndarray | Sequence[np.ndarray],
                  reference_pose: np.ndarray | Sequence[np.ndarray], target_pose: np.ndarray | None = None,
-                 num_inference_steps: int = 20, guidance_scale: float = 3.5, seed: int = 0,
+                 num_inference_steps: int = 20, guidance_scale: float = 3.5, seed: int | Sequence[int] = 0,
                  size: tuple[int, int] | None = None) -> list[np.ndarray]:
         """uint8 images (HxWx3; mask HxW, 255 = background) -> standardized uint8 HxWx3 images.
 
@@ -100,8 +102,20 @@ def _as_list(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return [images] if isinstance(images, np.ndarray) else list(images)
 
 
-def _fit(image: np.ndarray, size: tuple[int, int], fill: int, scale: float, offset: float) -> torch.Tensor:
-    """Pad to the aspect ratio of ``size`` (centred, ``fill``), resize, map uint8 to [offset, offset + scale]."""
+def _initial_noise(shape: torch.Size, seed: int | Sequence[int]) -> torch.Tensor:
+    """Gaussian latents drawn on the CPU from one seed, or from one seed per batch item."""
+    if isinstance(seed, (int, np.integer)):
+        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+    return torch.stack([torch.randn(shape[1:], generator=torch.Generator("cpu").manual_seed(int(s)),
+                                    dtype=torch.float32) for s in seed])
+
+
+def pad_to_frame(image: np.ndarray, size: tuple[int, int], fill: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Pad ``image`` to the aspect ratio of ``size`` = (H, W) (centred, ``fill``) and resize it to ``size``.
+
+    Returns the framed uint8 image and the padding box (left, top, right, bottom): where the original
+    sits in the frame, in frame pixels, so outputs map back to the input.
+    """
     height, width = size
     h, w = image.shape[:2]
     canvas_w, canvas_h = max(w, round(h * width / height)), max(h, round(w * height / width))
@@ -109,7 +123,13 @@ def _fit(image: np.ndarray, size: tuple[int, int], fill: int, scale: float, offs
     top, left = (canvas_h - h) // 2, (canvas_w - w) // 2
     canvas[top:top + h, left:left + w] = image
     resample = Image.NEAREST if image.ndim == 2 else Image.BILINEAR
-    resized = np.asarray(Image.fromarray(canvas).resize((width, height), resample), np.float32) / 255.0
-    tensor = torch.from_numpy(resized)
+    framed = np.asarray(Image.fromarray(canvas).resize((width, height), resample))
+    sx, sy = width / canvas_w, height / canvas_h
+    return framed, (round(left * sx), round(top * sy), round((left + w) * sx), round((top + h) * sy))
+
+
+def _fit(image: np.ndarray, size: tuple[int, int], fill: int, scale: float, offset: float) -> torch.Tensor:
+    """Pad to the aspect ratio of ``size`` (centred, ``fill``), resize, map uint8 to [offset, offset + scale]."""
+    tensor = torch.from_numpy(pad_to_frame(image, size, fill)[0].astype(np.float32) / 255.0)
     tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor
     return tensor * scale + offset

@@ -41,7 +41,7 @@ from serialgen.stages.registry import config_hash
 from serialgen.runtime import init_ray
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
-from serialgen.storage.runs import StageRun, errors_of
+from serialgen.storage.runs import StageRun, errors_of, require_input
 from serialgen.storage.schemas import BACKGROUNDS
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     dynamic = cfg.dynamic if dynamic is None else dynamic
     lake = settings.open_lake()
     start = time.perf_counter()
-    with StageRun(lake, "composite", config_hash(settings, "composite"),
-                  inputs=["renders", "standards"], flow_run_id=flow_run_id) as run:
+    require_input(lake, "renders", "composite", "render")
+    with StageRun(lake, "composite", config_hash(settings, "composite"), inputs=["renders", "standards"],
+                  flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
         sink = _Sink(lake, run)
         init_ray(settings.ray)
         ingested, generated = _ingest_backgrounds(sink, settings, source or cfg.background_source)
@@ -111,6 +112,7 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
         if not dynamic and len(done) < len(wanted):
             written = _composite_pairs(sink, cfg, background_ids, done, keys.num_rows, progress,
                                        len(wanted) - len(done))
+            run.attempted = len(wanted) - len(done)
             run.outputs = ["pairs", "backgrounds"]
         else:
             run.outputs = ["backgrounds"]

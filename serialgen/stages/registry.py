@@ -1,8 +1,9 @@
-"""The DAG's stages in order, and the config sections that key each one (no Prefect here).
+"""The DAG's stages: what each depends on, which settings key it, and where its flow lives (no Prefect here).
 
-A stage is skipped when its last completed run used the same config hash and read the
-input table versions that are still current (see :func:`serialgen.storage.runs.up_to_date`);
-a rerun upstream writes new versions, so everything downstream of a change reruns.
+A stage is skipped when its last completed run used the same config hash and read the input
+table versions that are still current (see :func:`serialgen.storage.runs.up_to_date`); a rerun
+upstream writes new versions, so everything downstream of a change reruns and nothing else.
+Flows are named by module path so that deciding to skip imports neither torch, bpy nor Ray.
 """
 
 from __future__ import annotations
@@ -14,18 +15,55 @@ from serialgen.config import Settings
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                       # as recorded in the `runs` table
-    sections: tuple[str, ...]       # config sections whose values key the stage
+    name: str                         # as recorded in the `runs` table
+    sections: tuple[str, ...]         # config sections whose output-affecting values key the stage
+    depends_on: tuple[str, ...] = ()  # stages whose outputs it reads (they run first)
+    flow: str = ""                    # "module:function" of its Prefect flow under serialgen.flows
+    in_dag: bool = True               # run by `serialgen run` (else only by its own command/deployment)
+    checkpoints_of: tuple[str, ...] = ()  # training stages whose model it loads: their new runs rerun it
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("assets", ("assets",)),
-    Stage("render", ("render",)),
-    Stage("composite", ("composite",)),
-    Stage("train-standardizer", ("standardizer", "composite")),
-    Stage("evaluate", ("evaluate", "personalizer", "standardizer")),
+    Stage("assets", ("assets",), (), "assets:assets"),
+    Stage("render", ("render",), ("assets",), "render:render"),
+    Stage("composite", ("composite",), ("render",), "composite:composite"),
+    Stage("train-standardizer", ("standardizer", "composite"), ("composite",), "train_standardizer:train_standardizer"),
+    Stage("train-preprocessors", ("preprocessing",), ("composite",), "train_preprocessors:train_preprocessors"),
+    # Its offline default source is the held-out composited pairs; with ingest.images it reads outside files.
+    Stage("ingest-real", ("ingest",), ("composite",), "ingest_real:ingest_real"),
+    Stage("standardize", ("standardize", "standardizer", "preprocessing"),
+          ("ingest-real", "train-standardizer", "train-preprocessors"), "standardize:standardize",
+          checkpoints_of=("train-standardizer", "train-preprocessors")),
+    Stage("train-personalizer", ("personalizer",), ("standardize",), "train_personalizer:train_personalizer"),
+    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
+          checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors")),
+    # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
+    Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def topological(stages: tuple[Stage, ...] | None = None) -> list[Stage]:
+    """The DAG's stages (default: those with ``in_dag``) in an order where every stage follows the ones it
+    depends on (a cycle is an error)."""
+    stages = tuple(s for s in STAGES if s.in_dag) if stages is None else stages
+    order: list[Stage] = []
+    state: dict[str, str] = {}
+
+    def visit(stage: Stage) -> None:
+        if state.get(stage.name) == "done":
+            return
+        if state.get(stage.name) == "visiting":
+            raise ValueError(f"stage dependency cycle through {stage.name}")
+        state[stage.name] = "visiting"
+        for dependency in stage.depends_on:
+            visit(BY_NAME[dependency])
+        state[stage.name] = "done"
+        order.append(stage)
+
+    for stage in stages:
+        visit(stage)
+    return order
 
 
 def external_inputs(settings: Settings, stage: str) -> str | None:
@@ -33,6 +71,10 @@ def external_inputs(settings: Settings, stage: str) -> str | None:
     lake (new files appear without a version change). Rerunning it is cheap: known files are skipped by hash."""
     if stage == "assets" and (settings.assets.characters or settings.assets.motions):
         return "reads asset folders"
+    if stage == "composite" and settings.composite.background_source:
+        return "reads the background source"
+    if stage == "ingest-real" and settings.ingest.images:
+        return "reads the real-image source"
     return None
 
 

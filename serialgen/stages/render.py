@@ -15,18 +15,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
 from serialgen.config import RenderSettings, Settings
-from serialgen.stages.registry import config_hash
 from serialgen.pose_drawing import overlay_pose
 from serialgen.render.plan import ChunkResult, RenderItem, plan_by_character, standard_error_key
+from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
-from serialgen.storage.runs import StageRun
+from serialgen.storage.runs import StageRun, require_input
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -44,6 +45,7 @@ class RenderReport:
     rendered: int = 0
     failed: int = 0
     retried: int = 0                  # chunks resubmitted because their actor's process died under them
+    workers_replaced: int = 0         # dead actors replaced by fresh ones
     standards_rendered: int = 0
     standards_failed: int = 0
     standards_skipped: int = 0        # characters whose standard view is already in the lake
@@ -142,8 +144,10 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
     limit = cfg.limit if limit is None else limit
     lake = settings.open_lake()
     start = time.perf_counter()
+    require_input(lake, "characters", "render", "assets", filter="status = 'accepted'")
+    require_input(lake, "poses", "render", "assets")
     with StageRun(lake, "render", config_hash(settings, "render"), inputs=["characters", "poses"],
-                  flow_run_id=flow_run_id) as run:
+                  flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
         report = RenderReport(run.run_id)
         character_ids = sorted(lake.read("characters", columns=["character_id"], filter="status = 'accepted'")
                                .column("character_id").to_pylist())
@@ -161,8 +165,10 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
         known_errors = set(lake.read("errors", columns=["key"], filter="stage = 'render'").column("key").to_pylist())
         if first:
             init_ray(settings.ray)
+            # No restarts: a worker that dies is replaced by a fresh actor (see _dispatch), so a permanently
+            # dead one never keeps receiving chunks that fail at once.
             actor_cls = ray.remote(num_cpus=cfg.threads_per_worker, num_gpus=cfg.gpus_per_worker,
-                                   max_restarts=3)(RenderActor)
+                                   max_restarts=0)(RenderActor)
             actors = [actor_cls.remote(cfg) for _ in first]
             report.workers = len(actors)
             committed = 0
@@ -175,11 +181,12 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
 
             try:
                 _dispatch(lake, run, report, itertools.chain(first, jobs), poses, actors, cfg.chunk_size,
-                          known_errors, on_commit)
+                          known_errors, on_commit, lambda: actor_cls.remote(cfg))
             finally:
                 for actor in actors:
                     ray.kill(actor)
         report.seconds = time.perf_counter() - start
+        run.attempted = report.rendered + report.failed + report.standards_rendered + report.standards_failed
         run.outputs = ["renders", "standards"]
         run.metrics = {k: v for k, v in vars(report).items() if k not in ("run_id", "error_examples")}
         run.metrics["overhead_ratio"] = report.overhead_ratio
@@ -187,21 +194,29 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
 
 
 def _dispatch(lake: Lake, run: StageRun, report: RenderReport, jobs: Iterator[_Job], poses: dict, actors: list,
-              chunk_size: int, known_errors: set[str], on_commit: Callable[[int], None]) -> None:
-    """Give each idle actor the next character; commit chunk results as they arrive."""
+              chunk_size: int, known_errors: set[str], on_commit: Callable[[int], None],
+              new_actor: Callable[[], Any]) -> None:
+    """Give each idle actor the next character; commit chunk results as they arrive. An actor whose process
+    died is replaced by ``new_actor()`` (in ``actors``, so the caller kills the replacement too)."""
     import ray
 
-    pending: dict = {}                       # ObjectRef -> _Chunk
-    busy = [0] * len(actors)                 # chunks in flight per actor
-    # The actor's process died under the chunk (the actor restarts): nothing is wrong with the items.
+    pending: dict = {}                       # ObjectRef -> (_Chunk, the actor handle it was sent to)
+    busy = [0] * len(actors)                 # chunks in flight per actor slot
+    # The actor's process died under the chunk: nothing is wrong with the items.
     lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
             ray.exceptions.NodeDiedError)
 
     def submit(chunk: _Chunk) -> None:
         needed = {i.pose_id: poses[i.pose_id] for i in chunk.items}
-        ref = actors[chunk.actor].render_chunk.remote(chunk.character_id, chunk.glb, chunk.items, needed,
-                                                      chunk.standard)
-        pending[ref] = chunk
+        actor = actors[chunk.actor]
+        ref = actor.render_chunk.remote(chunk.character_id, chunk.glb, chunk.items, needed, chunk.standard)
+        pending[ref] = (chunk, actor)
+
+    def replace(a: int, dead: Any) -> None:
+        if actors[a] is dead:                # the slot's other lost chunks find it already replaced
+            ray.kill(dead, no_restart=True)
+            actors[a] = new_actor()
+            report.workers_replaced += 1
 
     def assign(a: int) -> None:
         job = next(jobs, None)
@@ -220,17 +235,19 @@ def _dispatch(lake: Lake, run: StageRun, report: RenderReport, jobs: Iterator[_J
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)  # then take all that are done
         results = []
         for ref in ready:
-            chunk = pending.pop(ref)
+            chunk, actor = pending.pop(ref)
             a, items, standard, character_id = chunk.actor, chunk.items, chunk.standard, chunk.character_id
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayError as exc:
+                if isinstance(exc, lost):
+                    replace(a, actor)
                 if isinstance(exc, lost) and chunk.retries < MAX_CHUNK_RETRIES:
                     chunk.retries += 1
                     report.retried += 1
-                    log.warning("render chunk of %s lost with its worker (%s); retry %d of %d", character_id,
-                                type(exc).__name__, chunk.retries, MAX_CHUNK_RETRIES)
-                    submit(chunk)            # to the same actor, which Ray restarts; it stays busy
+                    log.warning("render chunk of %s lost with its worker (%s); retry %d of %d on a new worker",
+                                character_id, type(exc).__name__, chunk.retries, MAX_CHUNK_RETRIES)
+                    submit(chunk)            # to the slot's replacement actor; the slot stays busy
                     continue
                 # bpy raised on these items (a bad input), or the worker died under them too often
                 reason = f"render worker failed: {str(exc).strip().splitlines()[0][:400]}"

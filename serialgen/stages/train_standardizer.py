@@ -12,9 +12,6 @@ writes to the lake:
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +20,16 @@ from serialgen.config import ConfigError, Settings, load_settings
 from serialgen.models.components import load_sd15_components, tiny_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import StageRun
+from serialgen.training.loop import prepare_run_folder
 from serialgen.training.standardizer import (
-    CHECKPOINT_PREFIX,
     TrainResult,
     Validation,
     make_accelerator,
     train_standardizer,
 )
 
-log = logging.getLogger(__name__)
 STAGE = "train-standardizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
 MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
@@ -54,11 +51,16 @@ class TrainStandardizerReport:
 
 
 def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile: tiny random components, or SD-1.5 from local folders."""
-    cfg = settings.standardizer
+    """A fresh model for the profile (tiny random components, or SD-1.5 from local folders) whose target is
+    the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
+    cfg, view = settings.standardizer, settings.render
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
              else tiny_components(cfg.seed))
-    return Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+    skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
+                                  view.standard_arm_angle)
+    model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
+    return model
 
 
 def training_dir(settings: Settings) -> Path:
@@ -130,30 +132,11 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
 
 
 def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
-    """Refuse to resume a folder trained with another model definition; start over when ``resume`` is
-    False or the training data changed (new input table versions: the DAG reran upstream), so that
-    resuming only ever continues an interrupted run on the same data."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    marker = output_dir / "training.json"
+    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this model definition."""
     model = {"profile": settings.profile,
              **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
     lake = settings.open_lake()
-    data = {name: lake.version(name) for name in inputs}
-    stored = json.loads(marker.read_text()) if marker.is_file() else {}
-    has_checkpoints = any(output_dir.glob(f"{CHECKPOINT_PREFIX}*"))
-    if resume and has_checkpoints:
-        changed = sorted(k for k in model if stored.get(k) != model[k])
-        if changed:
-            raise ConfigError(f"{output_dir} was trained with other {', '.join(changed)}: "
-                              "pass --no-resume to start over or set standardizer.run_name")
-        if stored.get("data", data) != data:
-            log.info("training data changed since %s was written (%s -> %s): starting over",
-                     output_dir, stored.get("data"), data)
-            resume = False
-    if not resume:
-        for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            shutil.rmtree(old)
-    marker.write_text(json.dumps({**model, "data": data}, indent=1))
+    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume)
 
 
 def main(argv: list[str] | None = None) -> None:

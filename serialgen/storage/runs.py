@@ -16,6 +16,28 @@ from typing import Any
 import pyarrow as pa
 
 from serialgen.storage.lake import Lake
+from serialgen.storage.schemas import spec
+
+
+class MissingInputError(FileNotFoundError):
+    """A stage's input table is missing or empty: the message names the stage to run first."""
+
+
+class StageFailed(RuntimeError):
+    """A stage ended Failed for a reason its message states in one line (too many failed items, a DAG
+    whose stages did not complete)."""
+
+
+class TooManyFailures(StageFailed):
+    """More than the configured share of a stage's items failed: likely a bug, not bad data."""
+
+
+def require_input(lake: Lake, table: str, stage: str, producer: str, filter: str | None = None) -> None:
+    """Fail early, naming the stage to run first, when ``table`` (rows matching ``filter``) is empty."""
+    rows = lake.read(table, columns=[spec(table).key[0]], filter=filter).num_rows if lake.exists(table) else 0
+    if rows == 0:
+        what = f"`{table}` rows" + (f" with {filter}" if filter else "")
+        raise MissingInputError(f"{stage}: no {what} in lake {lake.uri}: run `serialgen {producer}` first")
 
 
 def _now() -> dt.datetime:
@@ -32,7 +54,7 @@ class StageRun:
     """
 
     def __init__(self, lake: Lake, stage: str, config_hash: str, inputs: Iterable[str] = (),
-                 flow_run_id: str | None = None) -> None:
+                 flow_run_id: str | None = None, max_failure_share: float | None = None) -> None:
         self.lake = lake
         self.stage = stage
         self.config_hash = config_hash
@@ -44,15 +66,35 @@ class StageRun:
         self.flow_run_id = flow_run_id
         self.started_at = _now()
         self.n_errors = 0
+        self.attempted = 0              # items the stage tried this run (set by the stage)
+        self.max_failure_share = max_failure_share
+        self._first_reasons: list[str] = []
+        # Items that failed in an earlier run and fail again are known bad inputs, not a sign of a bug.
+        self._known_bad = (set(lake.read("errors", columns=["key"], filter=f"stage = '{stage}'").column("key")
+                               .to_pylist()) if max_failure_share is not None and lake.exists("errors") else set())
+        self.n_repeated = 0
 
     def __enter__(self) -> "StageRun":
         self._write("running")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        too_many = self._too_many_failures() if exc is None else None
         if exc is not None:
             self.metrics["exception"] = "".join(traceback.format_exception_only(exc_type, exc)).strip()
-        self._write("failed" if exc is not None else "completed", finished=True)
+        elif too_many is not None:
+            self.metrics["exception"] = str(too_many)
+        self._write("failed" if exc is not None or too_many is not None else "completed", finished=True)
+        if too_many is not None:
+            raise too_many
+
+    def _too_many_failures(self) -> TooManyFailures | None:
+        new, attempted = self.n_errors - self.n_repeated, self.attempted - self.n_repeated
+        share = new / attempted if attempted > 0 else 0.0
+        if self.max_failure_share is None or share <= self.max_failure_share:
+            return None
+        return TooManyFailures(f"{self.stage}: {new} of {attempted} items failed ({share:.0%} > limit "
+                               f"{self.max_failure_share:.0%}); first reasons: {'; '.join(self._first_reasons)}")
 
     def error(self, key: str, reason: str) -> None:
         """Report one item that could not be processed; the stage goes on."""
@@ -60,6 +102,9 @@ class StageRun:
 
     def errors(self, items: Iterable[tuple[str, str]]) -> None:
         rows = [{"stage": self.stage, "key": k, "reason": r} for k, r in items]
+        new = [r for r in rows if r["key"] not in self._known_bad]
+        self.n_repeated += len(rows) - len(new)
+        self._first_reasons += [r["reason"] for r in new[:3 - len(self._first_reasons)]]
         if rows:
             self.n_errors += len(rows)
             self.lake.upsert("errors", rows, self.run_id)

@@ -193,9 +193,10 @@ PERSONALIZER_PAIRS = _spec(
     F("reference_id", pa.string()),            # image_id (or generation_id) of the reference side
     F("reference_source", pa.string()),        # standardized | real_images | generations
     F("reference_image", IMAGE),
-    F("target_id", pa.string()),
+    F("target_id", pa.string()),               # image_id (real_images) or generation_id (generations)
+    F("target_source", pa.string()),           # real_images | generations
     F("target_image", IMAGE),
-    F("caption", pa.string()),
+    F("caption", pa.string()),                 # real_images.caption, else a template by domain; or the prompt
     F("standardizer_version", pa.string()),
     F("split", pa.string()),
 )

@@ -6,9 +6,13 @@ import base64
 import tempfile
 from pathlib import Path
 
-from prefect.artifacts import create_markdown_artifact
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from serialgen.config import Settings
+from serialgen.progress import ProgressReporter
 
 
 def artifact_path(settings: Settings, filename: str) -> Path:
@@ -25,3 +29,21 @@ def publish_png(key: str, description: str, png: bytes, path: Path) -> str:
     create_markdown_artifact(key=key, description=description,
                              markdown=f"![{key}](data:image/png;base64,{base64.b64encode(png).decode()})\n\n`{path}`")
     return str(path)
+
+
+@contextmanager
+def stage_progress(key: str, label: str, description: str, unit: str = "items") -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for a stage: the dashboard's progress artifact, a live bar in the
+    terminal and a progress line in the flow-run log."""
+    artifact = create_progress_artifact(0.0, key=key, description=description)
+    reporter = ProgressReporter(label, unit)
+
+    def progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+        reporter(done, total)
+
+    try:
+        yield progress
+        update_progress_artifact(artifact, 100.0)
+    finally:
+        reporter.close()

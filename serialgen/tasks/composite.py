@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -11,22 +11,17 @@ from serialgen.compositing.preview import pair_grid
 from serialgen.config import Settings
 from serialgen.stages.composite import CompositeReport, preview_pairs, run_composite
 from serialgen.storage.images import encode_png
-from serialgen.tasks.artifacts import artifact_path, publish_png
+from serialgen.tasks.artifacts import artifact_path, publish_png, stage_progress
 
 
 @task(name="composite-pairs", cache_policy=NO_CACHE)
 def composite_pairs(settings: Settings, source: str | None = None, dynamic: bool | None = None,
                     force: bool = False) -> CompositeReport:
     """Ingest backgrounds and write the missing pairs; the progress artifact follows the commits."""
-    artifact = create_progress_artifact(0.0, key="composite-progress",
-                                        description="composite: share of this run's pairs committed")
-
-    def progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
-
-    report = run_composite(settings, source=source, dynamic=dynamic, force=force, flow_run_id=flow_run.id,
-                           progress=progress)
-    update_progress_artifact(artifact, 100.0)
+    with stage_progress("composite-progress", "composite", "composite: share of this run's pairs committed",
+                        unit="pairs") as progress:
+        report = run_composite(settings, source=source, dynamic=dynamic, force=force, flow_run_id=flow_run.id,
+                               progress=progress)
     create_table_artifact(key="composite-counts", description=f"composite run {report.run_id}", table=[
         {"metric": name.replace("_", " "), "value": round(value, 2) if isinstance(value, float) else value}
         for name, value in report.as_dict().items() if name != "run_id"

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from serialgen.config import Settings
 from serialgen.stages.render import RenderReport, contact_sheet, run_render
 from serialgen.storage.images import encode_png
-from serialgen.tasks.artifacts import artifact_path, publish_png
+from serialgen.tasks.artifacts import artifact_path, publish_png, stage_progress
 
 
 @task(name="render-items", cache_policy=NO_CACHE)
 def render_items(settings: Settings, limit: int | None = None) -> RenderReport:
     """Render the missing planned items and standards; the progress artifact follows the committed chunks."""
-    artifact = create_progress_artifact(0.0, key="render-progress", description="render: share of this run's items committed")
-
-    def progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
-
-    report = run_render(settings, limit=limit, progress=progress, flow_run_id=flow_run.id)
-    update_progress_artifact(artifact, 100.0)
+    with stage_progress("render-progress", "render", "render: share of this run's items committed") as progress:
+        report = run_render(settings, limit=limit, progress=progress, flow_run_id=flow_run.id)
     ratio = report.overhead_ratio
     create_table_artifact(key="render-counts", description=f"render run {report.run_id}", table=[
         {"metric": "planned items", "value": report.planned},

@@ -13,7 +13,6 @@ checkpoint only needs the step and the data position besides the optimizer and L
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from torch.nn import functional as F
@@ -34,10 +31,13 @@ from torch.utils.data import Dataset
 from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
+from serialgen.training.loop import CHECKPOINT_PREFIX, TrainState, latest_checkpoint, make_accelerator  # noqa: F401
+from serialgen.training.loop import ema_weights as _ema_weights
+from serialgen.training.loop import save_checkpoint as _save_checkpoint
+from serialgen.training.loop import tensorboard as _tensorboard
 from serialgen.training.metrics import psnr, ssim
-
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -72,21 +72,6 @@ class TrainResult:
         return sum(self.data_times) / total if total else None
 
 
-class TrainState:
-    """Step and data position, saved with every checkpoint (an accelerate custom object)."""
-
-    def __init__(self) -> None:
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-
-
 def train_standardizer(model: Standardizer, train_data: Dataset, cfg: StandardizerSettings, output_dir: Path,
                        validation_data: Dataset | None = None, resume: bool = True, stop_at: int | None = None,
                        accelerator: Accelerator | None = None,
@@ -105,8 +90,8 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
         model.enable_gradient_checkpointing()
     model.vae.to(device)  # float32: the SD VAE overflows in float16
     model.image_encoder.to(device, weight_dtype)
-    if model.standard_pose is None and len(train_data):
-        model.standard_pose = _standard_pose(train_data[0])
+    if model.standard_keypoints is None:  # the canonical target, never one training character's skeleton
+        model.set_standard_skeleton(canonical_skeleton(cfg.width, cfg.height), cfg.width, cfg.height)
 
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -184,14 +169,6 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
     return result
 
 
-def make_accelerator(cfg: StandardizerSettings, output_dir: Path) -> Accelerator:
-    """An Accelerator for ``cfg``; in one process, a later run may use another mixed precision."""
-    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, cfg.mixed_precision):
-        AcceleratorState._reset_state()  # the process-wide state pins the first run's precision
-    return Accelerator(mixed_precision=cfg.mixed_precision,
-                       project_config=ProjectConfiguration(project_dir=str(output_dir)))
-
-
 def validate(model: Standardizer, data: Dataset | None, cfg: StandardizerSettings) -> Validation:
     """Standardize the first ``cfg.validation_pairs`` held-out pairs (DDIM, ``cfg.inference_steps``) and score them."""
     n = min(cfg.validation_pairs, len(data)) if data is not None else 0
@@ -231,16 +208,6 @@ def score_pairs(model: Standardizer, data: Dataset, n: int, cfg: StandardizerSet
         out.ssim = torch.cat([out.ssim, ssim(prediction, target)])
         out.rows.append(torch.cat([(batch["input_image"] + 1) / 2, batch["reference_pose_image"], target, prediction], -1))
     return out
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = _checkpoints(output_dir)
-    return found[-1] if found else None
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """``checkpoint-<step>`` folders, oldest first."""
-    return sorted(Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],
@@ -299,22 +266,6 @@ def _validate_and_log(model: Standardizer, ema: EMAModel | None, data: Dataset |
     return result
 
 
-class _ema_weights:
-    """Context: the EMA weights in place of the trained ones (no-op without EMA)."""
-
-    def __init__(self, ema: EMAModel | None, params: list[torch.nn.Parameter]) -> None:
-        self.ema, self.params = ema, params
-
-    def __enter__(self) -> None:
-        if self.ema is not None:
-            self.ema.store(self.params)
-            self.ema.copy_to(self.params)
-
-    def __exit__(self, *exc) -> None:
-        if self.ema is not None:
-            self.ema.restore(self.params)
-
-
 def _register_checkpoint_hooks(accelerator: Accelerator) -> None:
     """Save the model as a Standardizer folder inside each accelerate checkpoint (diffusers' pattern)."""
 
@@ -332,23 +283,3 @@ def _register_checkpoint_hooks(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load)
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    folder = output_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
-    if accelerator.is_main_process:
-        accelerator.save_state(str(folder))
-        checkpoints = _checkpoints(output_dir)
-        for old in checkpoints[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return folder
-
-
-def _standard_pose(item: dict[str, Any]) -> np.ndarray:
-    """The target pose of a training pair as uint8 HxWx3: the model's default target at inference."""
-    return (item["target_pose_image"].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _tensorboard(folder: Path):
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(str(folder))

@@ -1,0 +1,202 @@
+"""The personalizer's SDXL components: a tiny SDXL-shaped set written to disk offline, SDXL-sized
+configs (random weights, for GPU benchmarks) and the one loader both the ``tiny`` and ``sdxl``
+profiles use.
+
+The loader reads an SDXL base folder (``unet/``, ``vae/``, ``text_encoder/``, ``text_encoder_2/``,
+``tokenizer/``, ``tokenizer_2/``, ``scheduler/``) and a ``CLIPVisionModelWithProjection`` folder
+(ViT-H/14 for the paper); nothing downloads, and a missing file is a FileNotFoundError naming the
+file, the folder and what it is for. The tiny set is written in exactly that layout (tokenizers as
+``vocab.json`` + ``merges.txt``), so tests exercise the same code path real weights take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+from serialgen.models.components import _require
+
+#: SDXL base's noise schedule (its scheduler/scheduler_config.json); training uses DDPM, inference DDIM on it.
+SDXL_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading",
+}
+#: Words the tiny tokenizers hold as whole BPE tokens (captions, the template, test prompts); others split into bytes.
+TINY_WORDS = ("a", "an", "the", "of", "in", "on", "at", "with", "and", "full", "body", "character", "anime", "photo",
+              "person", "standing", "sitting", "running", "walking", "smiling", "park", "beach", "city", "street",
+              "forest", "room", "front", "back", "side", "view", "red", "blue", "green", "yellow", "girl", "boy", "man",
+              "woman", "hair", "dress", "shirt", "cooking", "meal", "reading", "book", "night", "day", "happy", "sad")
+
+
+@dataclass
+class SDXLParts:
+    """What the personalizer needs of SDXL, plus the image encoder, and where they were read from."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
+    image_encoder: CLIPVisionModelWithProjection
+    scheduler_config: dict[str, Any]
+    model_dir: Path | None           # None: built in memory (benchmarks)
+    image_encoder_dir: Path | None
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                "text_encoder_2": self.text_encoder_2, "image_encoder": self.image_encoder}
+
+
+def tiny_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIPTextConfig, CLIPVisionConfig]:
+    """SDXL-shaped tiny configs (diffusers' own SDXL pipeline tests use this shape): a text_time UNet
+    whose cross-attention width is the two text encoders' widths concatenated, a 4-block (/8) VAE, and a
+    CLIP vision encoder whose 224 px / patch 14 input yields 257 tokens like ViT-H/14."""
+    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
+                max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+                bos_token_id=0, eos_token_id=2, pad_token_id=1)  # eos 2: pool at the highest id (CLIP's legacy rule)
+    unet = dict(sample_size=12, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                transformer_layers_per_block=(1, 2), use_linear_projection=True, norm_num_groups=8,
+                cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 32)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+               block_out_channels=(8, 16, 16, 16), sample_size=96, scaling_factor=0.13025,
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=224, patch_size=14, projection_dim=32, hidden_act="gelu")
+    return unet, vae, CLIPTextConfig(**text), CLIPTextConfig(**text), vision
+
+
+def sdxl_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIPTextConfig, CLIPVisionConfig]:
+    """SDXL base and OpenCLIP ViT-H/14 shaped configs (70 cross-attention layers, 2048-d context)."""
+    unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+                transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, cross_attention_dim=2048,
+                addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
+               block_out_channels=(128, 256, 512, 512), scaling_factor=0.13025, force_upcast=True,
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                          projection_dim=768, hidden_act="quick_gelu")
+    text_2 = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                            projection_dim=1280, hidden_act="gelu")
+    vision = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
+                              image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+    return unet, vae, text, text_2, vision
+
+
+def random_sdxl_parts(vocab_dir: Path, configs=None, seed: int = 0) -> SDXLParts:
+    """Random-weight components from ``configs`` (default :func:`tiny_configs`), tokenizers from the
+    BPE vocabulary written to ``vocab_dir``; build under ``torch.device("cuda")`` to initialise on a GPU."""
+    unet_config, vae_config, text_config, text_config_2, vision_config = configs or tiny_configs()
+    torch.manual_seed(seed)
+    _write_bpe_vocabulary(Path(vocab_dir), TINY_WORDS)
+    tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, local_files_only=True, model_max_length=77)
+    return SDXLParts(
+        unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**vae_config), text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config_2), tokenizer=tokenizer, tokenizer_2=tokenizer,
+        image_encoder=CLIPVisionModelWithProjection(vision_config), scheduler_config=dict(SDXL_SCHEDULE),
+        model_dir=None, image_encoder_dir=None)
+
+
+def write_sdxl_folders(root: Path, configs=None, seed: int = 0) -> tuple[Path, Path]:
+    """:func:`random_sdxl_parts` saved as ``root/base`` (SDXL base layout, loadable by
+    ``StableDiffusionXLPipeline.from_pretrained``) and ``root/image_encoder``; returns both folders.
+    Tokenizers are written as vocab.json + merges.txt, like SDXL base ships them."""
+    root = Path(root)
+    base, encoder_dir, vocab_dir = root / "base", root / "image_encoder", root / "vocab"
+    parts = random_sdxl_parts(vocab_dir, configs, seed)
+    pipeline = StableDiffusionXLPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+        tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE))
+    pipeline.save_pretrained(base, safe_serialization=True)
+    for folder in ("tokenizer", "tokenizer_2"):
+        (base / folder / "tokenizer.json").unlink(missing_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            (base / folder / name).write_bytes((vocab_dir / name).read_bytes())
+    parts.image_encoder.save_pretrained(encoder_dir, safe_serialization=True)
+    return base, encoder_dir
+
+
+def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
+                    dtype: torch.dtype = torch.float32) -> SDXLParts:
+    """Every component from local folders only; any missing file is one clear FileNotFoundError."""
+    if model_dir is None or image_encoder_dir is None:
+        raise FileNotFoundError(
+            "the personalizer needs local weights: set personalizer.model_dir to an SDXL base folder (unet/, vae/, "
+            "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) and personalizer.image_encoder_dir "
+            "to a CLIPVisionModelWithProjection folder (ViT-H/14); nothing is downloaded")
+    model_dir, image_encoder_dir = Path(model_dir), Path(image_encoder_dir)
+    where = "(personalizer.model_dir, the SDXL base folder)"
+    _require(model_dir / "unet", f"the SDXL UNet {where}", "diffusion_pytorch_model")
+    _require(model_dir / "vae", f"the SDXL VAE {where}", "diffusion_pytorch_model")
+    _require(model_dir / "text_encoder", f"SDXL's first text encoder, CLIP ViT-L {where}", "model")
+    _require(model_dir / "text_encoder_2", f"SDXL's second text encoder, OpenCLIP bigG {where}", "model")
+    for folder in ("tokenizer", "tokenizer_2"):
+        for name in ("vocab.json", "merges.txt"):
+            _require_file(model_dir / folder / name, f"the BPE vocabulary of SDXL's {folder} {where}")
+    _require_file(model_dir / "scheduler" / "scheduler_config.json", f"SDXL's noise schedule {where}")
+    _require(image_encoder_dir, "the reference image encoder, a CLIPVisionModelWithProjection such as ViT-H/14 "
+             "(personalizer.image_encoder_dir)", "model")
+    load = dict(local_files_only=True, torch_dtype=dtype)
+    stored = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    return SDXLParts(
+        unet=UNet2DConditionModel.from_pretrained(model_dir / "unet", **load),
+        vae=AutoencoderKL.from_pretrained(model_dir / "vae", **load),
+        text_encoder=CLIPTextModel.from_pretrained(model_dir / "text_encoder", **_dtype_kw(dtype)),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2", **_dtype_kw(dtype)),
+        tokenizer=CLIPTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True),
+        tokenizer_2=CLIPTokenizer.from_pretrained(model_dir / "tokenizer_2", local_files_only=True),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(image_encoder_dir, **_dtype_kw(dtype)),
+        scheduler_config={**SDXL_SCHEDULE, **{k: stored[k] for k in SDXL_SCHEDULE if k in stored}},
+        model_dir=model_dir, image_encoder_dir=image_encoder_dir)
+
+
+def _dtype_kw(dtype: torch.dtype) -> dict[str, Any]:
+    return {"local_files_only": True, "dtype": dtype}
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path.name} in {path.parent}: expected {what} there")
+
+
+def _write_bpe_vocabulary(folder: Path, words: tuple[str, ...]) -> None:
+    """A CLIP byte-level BPE vocabulary: the 256 byte symbols (alone and word-final), merges that build
+    ``words`` letter by letter, and the start/end tokens last (end = highest id, as in CLIP)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in words:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        merged = parts[0]
+        for part in parts[1:]:
+            rule = f"{merged} {part}"
+            merged += part
+            if rule not in merges:
+                merges.append(rule)
+                if merged not in vocab:
+                    vocab.append(merged)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

@@ -1,0 +1,177 @@
+"""Stage driver: serial generation, standardize -> personalize (contract C3; no Prefect).
+
+Every input is checked before anything is computed or written (references, prompts, seeds, scale,
+the adapter, the SDXL and encoder files); all images are generated before the one upsert into
+`generations`, so a failure never leaves part of a request written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serialgen.config import ConfigError, Settings
+from serialgen.models.ip_adapter import WEIGHTS_NAME
+from serialgen.models.sdxl import load_sdxl_parts
+from serialgen.stages.registry import config_hash
+from serialgen.stages.train_personalizer import sdxl_folders, training_dir
+from serialgen.storage.images import ImageDecodeError, decode_image, encode_png
+from serialgen.storage.runs import StageRun
+from serialgen.training.personalizer_data import MODES, on_white
+
+STAGE = "generate"
+SCALE_RANGE = (0.0, 2.0)
+PROMPT_CATEGORIES = ("action", "background", "viewpoint", "expression", "other")
+
+
+class GenerateInputError(ConfigError):
+    """A generation request the user can fix: unreadable reference, no prompts, scale out of range, ..."""
+
+
+@dataclass
+class Generated:
+    """What one ``generate_images`` call produced (rows as upserted, and the images to show)."""
+
+    rows: list[dict]
+    references: list[np.ndarray]
+    standardized: list[np.ndarray] | None
+
+
+def read_reference(path: str | Path) -> np.ndarray:
+    """A reference image file -> uint8 HxWx3 (transparency onto white), or one clear error naming it."""
+    try:
+        return _rgb(decode_image(Path(path).read_bytes()))
+    except (OSError, ImageDecodeError) as exc:
+        raise GenerateInputError(f"cannot read reference image {path}: {exc}") from None
+
+
+def read_prompts(path: str | Path) -> list[tuple[str, str]]:
+    """A prompt file: one prompt per line, optionally ``category<TAB>prompt``; ``#`` lines are comments."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenerateInputError(f"cannot read prompt file {path}: {exc}") from None
+    prompts = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        category, _, text = line.rpartition("\t")
+        prompts.append((text.strip(), category.strip() or "other"))
+    if not prompts:
+        raise GenerateInputError(f"prompt file {path} holds no prompts (one per line, optionally category<TAB>prompt)")
+    return prompts
+
+
+def generate_images(settings: Settings, references: Sequence[np.ndarray], prompts: Sequence[tuple[str, str]],
+                    seeds: Sequence[int], scale: float | None = None, standardize: bool = True,
+                    adapter_dir: Path | None = None, character_id: str | None = None, method: str | None = None,
+                    flow_run_id: str | None = None) -> list[dict]:
+    """Contract C3: the `generations` rows upserted, one per (prompt, seed), all sharing one reference."""
+    return generate(settings, references, prompts, seeds, scale, standardize, adapter_dir, character_id, method,
+                    flow_run_id).rows
+
+
+def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequence[tuple[str, str]],
+             seeds: Sequence[int], scale: float | None = None, standardize: bool = True,
+             adapter_dir: Path | None = None, character_id: str | None = None, method: str | None = None,
+             flow_run_id: str | None = None) -> Generated:
+    """:func:`generate_images`, also returning the references and standardized references (for grids)."""
+    from serialgen.pipelines.personalization import SAMPLER, PersonalizationPipeline
+
+    cfg = settings.personalizer
+    method = method or cfg.mode
+    scale = cfg.scale if scale is None else float(scale)
+    references = [_rgb(np.asarray(r)) for r in references]
+    _check_request(references, prompts, seeds, scale, method)
+    adapter_dir = Path(adapter_dir) if adapter_dir is not None else training_dir(settings, method)
+    adapter_file = adapter_dir / WEIGHTS_NAME
+    if not adapter_file.is_file():
+        raise FileNotFoundError(f"missing {WEIGHTS_NAME} in {adapter_dir}: expected the trained personalizer adapter "
+                                f"({method}) there; run `serialgen train-personalizer --mode {method}`")
+    adapter_meta = _adapter_metadata(adapter_dir)
+    parts = load_sdxl_parts(*sdxl_folders(settings))
+
+    standardizer_version, shown = None, None
+    if standardize:
+        from serialgen.stages.standardize import standardize_images  # contract C2 (the standardize stage)
+
+        standardized = standardize_images(settings, references, seed=0)
+        shown = [s.image for s in standardized]
+        standardizer_version = standardized[0].model_version
+    pipeline = PersonalizationPipeline(parts, adapter_file)
+    embeds = pipeline.embed(shown if shown is not None else references)
+    reference_ids = [image_id_of(r) for r in references]
+    personalizer_version = adapter_meta.get("version") or _file_digest(adapter_file)
+    standardized_png = encode_png(_stack(shown)) if shown is not None else None
+    rows = []
+    for prompt, category in prompts:
+        for seed in seeds:
+            image = pipeline.generate(prompt, embeds, int(seed), scale, cfg.height, cfg.width, cfg.inference_steps,
+                                      cfg.guidance_scale)
+            key = json.dumps([method, reference_ids, prompt, int(seed), scale, standardizer_version,
+                              personalizer_version, cfg.inference_steps, cfg.guidance_scale, cfg.height, cfg.width])
+            rows.append({
+                "generation_id": hashlib.sha256(key.encode()).hexdigest()[:32], "method": method,
+                "character_id": character_id, "reference_ids": reference_ids,
+                "standardized_reference": standardized_png, "prompt": prompt, "prompt_category": category,
+                "seed": int(seed), "scale": scale, "sampler": SAMPLER, "steps": cfg.inference_steps,
+                "standardizer_version": standardizer_version, "personalizer_version": personalizer_version,
+                "image": encode_png(image), "width": cfg.width, "height": cfg.height})
+    lake = settings.open_lake()
+    with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=["real_images"], flow_run_id=flow_run_id) as run:
+        lake.upsert("generations", rows, run.run_id)
+        run.outputs = ["generations"]
+        run.metrics = {"images": len(rows), "method": method, "references": len(references),
+                       "personalizer_version": personalizer_version, "standardizer_version": standardizer_version}
+    return Generated(rows, references, shown)
+
+
+def image_id_of(image: np.ndarray) -> str:
+    """Content hash of decoded uint8 pixels (shape included): the id of a reference image."""
+    array = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()[:32]
+
+
+def _check_request(references: list[np.ndarray], prompts: Sequence[tuple[str, str]], seeds: Sequence[int],
+                   scale: float, method: str) -> None:
+    if not references:
+        raise GenerateInputError("no reference image: pass at least one --reference")
+    if not prompts:
+        raise GenerateInputError("no prompt: pass --prompt TEXT or --prompts FILE")
+    empty = [i for i, (text, _) in enumerate(prompts) if not text or not text.strip()]
+    if empty:
+        raise GenerateInputError(f"prompt {empty[0] + 1} is empty")
+    if not seeds:
+        raise GenerateInputError("no seed: --seeds must be at least 1")
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or not np.isfinite(scale):
+        raise GenerateInputError(f"adapter scale {scale} is out of range [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]")
+    if method not in MODES:
+        raise GenerateInputError(f"unknown personalizer mode {method!r}; choose one of: {', '.join(MODES)}")
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise GenerateInputError(f"a reference must be a uint8 HxW, HxWx3 or HxWx4 image, got {image.dtype} "
+                                 f"{image.shape}")
+    return on_white(image)
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Several images side by side (heights padded with white) as one PNG-able array."""
+    height = max(i.shape[0] for i in images)
+    padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
+    return np.concatenate(padded, axis=1)
+
+
+def _adapter_metadata(folder: Path) -> dict:
+    path = folder / "adapter.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

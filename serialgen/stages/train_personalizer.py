@@ -1,0 +1,229 @@
+"""Stage driver: build `personalizer_pairs` for one mode, train the IP-Adapter on its train split,
+score it on the test split and export it with a model card (no Prefect).
+
+The adapter lands in ``<lake>/_checkpoints/personalizer/<mode>/`` (``ip_adapter.safetensors``,
+``adapter.json``, ``README.md``: loadable by stock diffusers ``load_ip_adapter``), beside the
+resumable ``checkpoint-*`` folders and TensorBoard ``logs/``. Under ``accelerate launch`` every process
+trains; only the main one writes to the lake:
+
+    accelerate launch --multi_gpu --num_processes 8 -m serialgen.stages.train_personalizer \
+        --lake s3://bucket/lake --profile sdxl --config sdxl.yaml --mode two_stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from serialgen.config import ConfigError, Settings, load_settings
+from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
+from serialgen.models.sdxl import load_sdxl_parts, write_sdxl_folders
+from serialgen.stages.registry import config_hash
+from serialgen.storage.runs import StageRun
+from serialgen.training.loop import make_accelerator, prepare_run_folder
+from serialgen.training.personalizer import Personalizer, heldout_loss, train_personalizer
+from serialgen.training.personalizer_data import MODES, PersonalizerPairs, build_pairs
+
+STAGE = "train-personalizer"
+#: Settings that define the model: a run folder trained with others cannot be resumed.
+MODEL_FIELDS = ("width", "height", "image_tokens", "model_dir", "image_encoder_dir", "standardizer_version")
+#: The tables each mode's pairs are built from (their versions key resume and lineage).
+MODE_INPUTS = {"two_stage": ["real_images", "standardized"], "paired_one_stage": ["real_images", "generations"],
+               "unpaired": ["real_images"]}
+
+
+@dataclass
+class TrainPersonalizerReport:
+    run_id: str | None
+    mode: str
+    step: int
+    resumed_from: int
+    train_pairs: int
+    test_pairs: int
+    heldout_loss: float | None          # trained adapter, test split
+    heldout_loss_scale0: float | None   # same model, adapter off (plain SDXL), same noise and timesteps
+    adapter_dir: Path | None
+    checkpoint: Path | None
+    data_share: float | None            # loader share of step time (first batch excluded)
+    step_seconds: float | None          # mean compute time per step (first step excluded)
+    data_seconds: float | None          # mean wait for a batch (first batch excluded)
+    losses: list[float]
+
+
+def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
+    """The SDXL base and image-encoder folders: as configured, or for the tiny profile (when unset) the
+    tiny SDXL-shaped set in ``<lake>/_models/tiny-sdxl/``, written offline on first use."""
+    cfg = settings.personalizer
+    if settings.profile != "tiny" or (cfg.model_dir is not None and cfg.image_encoder_dir is not None):
+        return cfg.model_dir, cfg.image_encoder_dir
+    root = _lake_folder(settings, "personalizer.model_dir") / "_models" / "tiny-sdxl"
+    if not (root / "image_encoder" / "model.safetensors").is_file():
+        write_sdxl_folders(root, seed=cfg.seed)
+    return cfg.model_dir or root / "base", cfg.image_encoder_dir or root / "image_encoder"
+
+
+def training_dir(settings: Settings, mode: str | None = None) -> Path:
+    """``personalizer.checkpoint_dir`` (default ``<lake>/_checkpoints/personalizer``) / ``<mode>``."""
+    cfg = settings.personalizer
+    base = (Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None
+            else _lake_folder(settings, "personalizer.checkpoint_dir") / "_checkpoints" / "personalizer")
+    return base / (mode or cfg.mode)
+
+
+def with_overrides(settings: Settings, mode: str | None = None, steps: int | None = None) -> Settings:
+    update = {k: v for k, v in (("mode", mode), ("steps", steps)) if v is not None}
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"unknown personalizer mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if not update:
+        return settings
+    return settings.model_copy(update={"personalizer": settings.personalizer.model_copy(update=update)})
+
+
+def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
+                           flow_run_id: str | None = None) -> TrainPersonalizerReport:
+    """Build the mode's pairs, train (or continue) the adapter, score and export it; one `runs` row."""
+    cfg = settings.personalizer
+    lake = settings.open_lake()
+    output_dir = training_dir(settings)
+    model_dir, encoder_dir = sdxl_folders(settings)
+    parts = load_sdxl_parts(model_dir, encoder_dir)
+    accelerator = make_accelerator(cfg, output_dir)
+    inputs = MODE_INPUTS[cfg.mode]
+    run_context = (StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=inputs, flow_run_id=flow_run_id)
+                   if accelerator.is_main_process else nullcontext())
+    with run_context as run:
+        if run is not None:
+            pairs = build_pairs(lake, cfg.mode, cfg.standardizer_version)
+            lake.upsert("personalizer_pairs", pairs, run.run_id)
+            _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
+            run.outputs = ["personalizer_pairs"]
+            model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS))}
+            prepare_run_folder(output_dir, model, dict(run.inputs), resume)
+        accelerator.wait_for_everyone()
+        size = (cfg.height, cfg.width)
+        processor = reference_processor(parts.image_encoder.config)
+        tokenizers = (parts.tokenizer, parts.tokenizer_2)
+        train_data = PersonalizerPairs(lake, cfg.mode, "train", size, tokenizers, processor)
+        test_data = PersonalizerPairs(lake, cfg.mode, "test", size, tokenizers, processor, train_data.version)
+        if len(train_data) == 0:
+            raise FileNotFoundError(f"no train-split {cfg.mode} pairs in lake {settings.lake}: "
+                                    "ingest more real images (`serialgen ingest-real`)")
+        model = Personalizer(parts, cfg.image_tokens, cfg.seed)
+        result = train_personalizer(model, train_data, cfg, output_dir, resume=resume, stop_at=stop_at,
+                                    accelerator=accelerator)
+        trained = base = None
+        adapter_dir = None
+        if result.finished and accelerator.is_main_process:
+            model.eval()
+            trained = heldout_loss(model, test_data, cfg.eval_pairs, cfg.batch_size, cfg.seed)
+            base = heldout_loss(model, test_data, cfg.eval_pairs, cfg.batch_size, cfg.seed, scale=0.0)
+            metrics = {"heldout_loss": trained, "heldout_loss_scale0": base, "test_pairs": len(test_data),
+                       "train_pairs": len(train_data), "final_train_loss": result.losses[-1] if result.losses else None}
+            adapter_dir = output_dir
+            _export(model, settings, output_dir, run.run_id, result.step, dict(run.inputs), metrics,
+                    (model_dir, encoder_dir))
+        report = TrainPersonalizerReport(
+            run_id=run.run_id if run is not None else None, mode=cfg.mode, step=result.step,
+            resumed_from=result.resumed_from, train_pairs=len(train_data), test_pairs=len(test_data),
+            heldout_loss=trained, heldout_loss_scale0=base, adapter_dir=adapter_dir, checkpoint=result.checkpoint,
+            data_share=result.data_share, step_seconds=_mean(result.step_times[1:]),
+            data_seconds=_mean(result.data_times), losses=result.losses)
+        if run is not None:
+            run.metrics = {"mode": cfg.mode, "step": result.step, "resumed_from": result.resumed_from,
+                           "train_pairs": len(train_data), "test_pairs": len(test_data),
+                           "heldout_loss": trained, "heldout_loss_scale0": base, "data_share": result.data_share,
+                           "final_loss": result.losses[-1] if result.losses else None,
+                           "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                           "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout}}
+            run.checkpoint = str(adapter_dir or result.checkpoint)
+    return report
+
+
+def _export(model: Personalizer, settings: Settings, folder: Path, run_id: str, step: int,
+            inputs: dict[str, int | None], metrics: dict, sources: tuple[Path, Path]) -> None:
+    """The adapter (stock layout), its metadata and a model card."""
+    cfg = settings.personalizer
+    lake = settings.open_lake()
+    pairs = lake.read("personalizer_pairs", columns=["standardizer_version"], filter=f"mode = '{cfg.mode}'")
+    standardizer_versions = sorted({v for v in pairs.column("standardizer_version").to_pylist() if v})
+    metadata = {"version": f"{run_id}@{step}", "run_id": run_id, "mode": cfg.mode, "step": step,
+                "image_tokens": model.adapter.tokens, "layout": "full" if model.adapter.full else "plain",
+                "standardizer_versions": standardizer_versions, "inputs": inputs, "metrics": metrics,
+                "sdxl": str(sources[0]), "image_encoder": str(sources[1]),
+                "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout},
+                "resolution": [cfg.height, cfg.width], "batch_size": cfg.batch_size,
+                "learning_rate": cfg.learning_rate, "ema_decay": cfg.ema_decay}
+    save_adapter(model.adapter, folder, metadata)
+    (folder / "README.md").write_text(_model_card(metadata, folder))
+
+
+def _model_card(meta: dict, folder: Path) -> str:
+    metrics = meta["metrics"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.5f}"  # noqa: E731
+    return f"""# SerialGen personalizer: IP-Adapter ({meta['mode']})
+
+IP-Adapter ("{meta['layout']}" image projection, {meta['image_tokens']} image tokens) for SDXL, trained by the
+serialgen `train-personalizer` stage, run `{meta['run_id']}`, {meta['step']} steps.
+
+- **Mode**: `{meta['mode']}` (two_stage: standardized reference -> real target; paired_one_stage: real reference ->
+  the two-stage model's generation; unpaired: reference = target)
+- **Data**: {metrics['train_pairs']} train / {metrics['test_pairs']} test pairs from lake tables {meta['inputs']}
+- **Standardizer version(s)**: {', '.join(meta['standardizer_versions']) or 'none (not a standardized mode)'}
+- **Resolution** {meta['resolution'][0]}x{meta['resolution'][1]} (H x W), batch {meta['batch_size']},
+  learning rate {meta['learning_rate']}, EMA {meta['ema_decay']}; CFG dropout text / image / both
+  {meta['dropout']['text']} / {meta['dropout']['image']} / {meta['dropout']['both']}
+- **Held-out denoising loss** (test split, same noise and timesteps): adapter {fmt(metrics['heldout_loss'])},
+  adapter off (scale 0) {fmt(metrics['heldout_loss_scale0'])}
+
+## Use with stock diffusers
+
+```python
+pipe = StableDiffusionXLPipeline.from_pretrained(SDXL_BASE_DIR, local_files_only=True)
+pipe.load_ip_adapter("{folder}", subfolder="", weight_name="{WEIGHTS_NAME}",
+                     image_encoder_folder=IMAGE_ENCODER_DIR, local_files_only=True)
+```
+Pad the (standardized) reference to a white square before passing it.
+"""
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _drop_stale_pairs(lake, mode: str, keep: set[str]) -> None:
+    """Remove pairs of ``mode`` no longer built from the current tables (e.g. an older standardizer's)."""
+    stale = lake.keys("personalizer_pairs", filter=f"mode = '{mode}'") - {(mode, k) for k in keep}
+    if stale:
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for _, k in stale)
+        lake.delete("personalizer_pairs", f"mode = '{mode}' AND pair_id IN ({quoted})")
+
+
+def _lake_folder(settings: Settings, setting: str) -> Path:
+    lake = settings.open_lake()
+    if not lake.is_local:
+        raise ConfigError(f"lake {lake.uri} is not a local folder: set {setting}")
+    return Path(lake.uri).resolve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``accelerate launch -m serialgen.stages.train_personalizer`` (one process per GPU)."""
+    parser = argparse.ArgumentParser(description="Train the personalizer (every process; rank 0 records the run).")
+    parser.add_argument("--lake")
+    parser.add_argument("--profile")
+    parser.add_argument("--config")
+    parser.add_argument("--mode", choices=MODES)
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args(argv)
+    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.mode, args.steps)
+    report = run_train_personalizer(settings, resume=not args.no_resume)
+    if report.run_id is not None:
+        print(json.dumps({"run_id": report.run_id, "step": report.step, "heldout_loss": report.heldout_loss,
+                          "heldout_loss_scale0": report.heldout_loss_scale0, "adapter": str(report.adapter_dir)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Personalizer (IP-Adapter on SDXL) training: only the adapter learns, with the standardizer's loop
+qualities (accelerate, exact resume, optional EMA, TensorBoard; see :mod:`serialgen.training.loop`).
+
+Each step's noise, timesteps and CFG dropout come from a generator seeded by (seed, rank, step) and
+the batch order is a pure function of (seed, epoch, batch), so a checkpoint only holds the adapter,
+the optimizer, the LR scheduler, the EMA and the step/data position: resume is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset, default_collate
+
+from serialgen.config import PersonalizerSettings
+from serialgen.models.ip_adapter import IPAdapter, encode_references, install_ip_adapter
+from serialgen.models.sdxl import SDXLParts
+from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
+from serialgen.training.loop import (
+    LoopTimes,
+    TrainState,
+    latest_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    tensorboard,
+)
+
+class Personalizer(nn.Module):
+    """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
+
+    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0) -> None:
+        super().__init__()
+        self.unet, self.vae = parts.unet, parts.vae
+        self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
+        self.image_encoder = parts.image_encoder
+        self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
+        self.scheduler_config = parts.scheduler_config
+        for module in parts.frozen_modules().values():
+            module.requires_grad_(False).eval()
+        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
+        self.adapter.requires_grad_(True).train()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapter.parameters())
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor,
+                pooled: torch.Tensor, time_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        dtype = self.unet.dtype
+        return self.unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),
+                         added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype),
+                                            "image_embeds": [image_embeds.to(dtype)]}).sample
+
+    @torch.no_grad()
+    def encode_prompt(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL's text conditioning: both encoders' penultimate hidden states concatenated, and the second
+        encoder's projected pooled embedding (as ``StableDiffusionXLPipeline.encode_prompt``)."""
+        first = self.text_encoder(input_ids.to(self.text_encoder.device), output_hidden_states=True)
+        second = self.text_encoder_2(input_ids_2.to(self.text_encoder_2.device), output_hidden_states=True)
+        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1), second.text_embeds
+
+    @torch.no_grad()
+    def encode_latents(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        vae_dtype = self.vae.dtype
+        sample = self.vae.encode(pixels.to(self.vae.device, vae_dtype)).latent_dist.sample(generator)
+        return sample.float() * self.vae.config.scaling_factor
+
+    def training_scheduler(self) -> DDPMScheduler:
+        return DDPMScheduler(**{k: v for k, v in self.scheduler_config.items() if k != "timestep_spacing"})
+
+
+@dataclass
+class PersonalizerTrainResult(LoopTimes):
+    step: int = 0
+    resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)  # this invocation's per-step losses
+    checkpoint: Path | None = None                     # last resumable checkpoint folder
+    finished: bool = False                             # reached cfg.steps (EMA weights are now in the adapter)
+
+
+def train_personalizer(model: Personalizer, train_data: Dataset, cfg: PersonalizerSettings, output_dir: Path,
+                       resume: bool = True, stop_at: int | None = None,
+                       accelerator: Accelerator | None = None) -> PersonalizerTrainResult:
+    """Train the adapter on ``train_data`` (:class:`PersonalizerPairs` items) to ``cfg.steps`` (or ``stop_at``).
+
+    ``output_dir`` holds ``checkpoint-<step>/`` (the adapter in the export layout + optimizer, LR
+    scheduler, RNG, EMA, step and data position) and ``logs/`` (TensorBoard). With ``resume`` the
+    latest checkpoint is continued. When the last step is reached the adapter holds the weights to
+    export (the EMA weights if EMA is on).
+    """
+    output_dir = Path(output_dir)
+    accelerator = accelerator or make_accelerator(cfg, output_dir)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for module in (model.unet, model.text_encoder, model.text_encoder_2, model.image_encoder):
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+    model.vae.to(device)  # float32: the SDXL VAE overflows in float16
+    model.adapter.to(device, torch.float32)  # trainable weights stay float32 (autocast computes in low precision)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.steps * accelerator.num_processes)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    state = TrainState()
+    _register_checkpoint_hooks(accelerator)
+    prepared, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+
+    latest = latest_checkpoint(output_dir) if resume else None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+    result = PersonalizerTrainResult(step=state.step, resumed_from=state.step, checkpoint=latest)
+    writer = tensorboard(output_dir / "logs") if accelerator.is_main_process else None
+    noise_scheduler = model.training_scheduler()
+    last_step = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    sampler = EpochBatches(len(train_data), cfg.batch_size, cfg.seed, state.epoch, state.batch_in_epoch,
+                           accelerator.process_index, accelerator.num_processes)
+    remaining = last_step - state.step
+    batches = islice(make_loader(EpochItems(train_data), sampler, cfg.num_workers, device.type == "cuda"),
+                     remaining) if remaining > 0 else ()
+    tick = time.perf_counter()
+    for batch in batches:
+        started = time.perf_counter()
+        if state.step == result.resumed_from:
+            result.loader_start_seconds = started - tick
+        else:
+            result.data_times.append(started - tick)
+        generator = torch.Generator().manual_seed(seed_of(cfg.seed, accelerator.process_index, state.step))
+        with accelerator.accumulate(prepared):
+            loss = diffusion_loss(prepared, model, noise_scheduler, batch, generator, device, cfg)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
+        result.losses.append(accelerator.gather(loss.detach()).mean().item())  # also syncs the device
+        result.step_times.append(time.perf_counter() - started)
+        state.step += 1
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch == sampler.batches_per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if writer is not None and (state.step % cfg.log_every == 0 or state.step == last_step):
+            writer.add_scalar("train/loss", result.losses[-1], state.step)
+            writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], state.step)
+            writer.add_scalar("train/data_share", result.data_share or 0.0, state.step)
+        if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
+            result.checkpoint = save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
+        tick = time.perf_counter()
+    result.step = state.step
+    result.finished = state.step >= cfg.steps
+    if result.finished and ema is not None:
+        ema.copy_to(params)
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def dropout_masks(size: int, cfg: PersonalizerSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (keep_text, keep_image): text dropped with ``text_dropout``, the image with
+    ``image_dropout``, both with ``both_dropout`` (exclusive draws of one uniform number)."""
+    u = torch.rand(size, generator=generator)
+    text_only, image_only = cfg.text_dropout, cfg.text_dropout + cfg.image_dropout
+    both = image_only + cfg.both_dropout
+    drop_text = (u < text_only) | ((u >= image_only) & (u < both))
+    drop_image = (u >= text_only) & (u < both)
+    return ~drop_text, ~drop_image
+
+
+def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, batch: dict[str, Any],
+                   generator: torch.Generator, device: torch.device, cfg: PersonalizerSettings | None = None,
+                   scale: float | None = None) -> torch.Tensor:
+    """The epsilon/v MSE of one batch. Noise, timesteps and (with ``cfg``) CFG dropout come from
+    ``generator``; without ``cfg`` nothing is dropped (evaluation). ``scale`` overrides the adapter scale."""
+    latents = model.encode_latents(batch["pixel_values"], generator)
+    size = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator)
+    if cfg is not None and cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    keep_text, keep_image = dropout_masks(size, cfg, generator) if cfg is not None else (None, None)
+    noise, timesteps = noise.to(device), timesteps.to(device)
+    prompt_embeds, pooled = model.encode_prompt(batch["input_ids"], batch["input_ids_2"])
+    if keep_text is not None:  # SDXL's unconditional text is zeros (force_zeros_for_empty_prompt)
+        keep = keep_text.to(device)
+        prompt_embeds = prompt_embeds * keep[:, None, None]
+        pooled = pooled * keep[:, None]
+    image_embeds = encode_references(model.image_encoder, batch["reference_pixels"], model.adapter.full, keep_image)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    target = (noise_scheduler.get_velocity(latents, noise, timesteps)
+              if noise_scheduler.config.prediction_type == "v_prediction" else noise)
+    if scale is not None:
+        model.adapter.set_scale(scale)
+    try:
+        prediction = prepared(noisy, timesteps, prompt_embeds, pooled, batch["time_ids"].to(device), image_embeds)
+    finally:
+        if scale is not None:
+            model.adapter.set_scale(1.0)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+@torch.no_grad()
+def heldout_loss(model: Personalizer, data: Dataset, n: int, batch_size: int, seed: int = 0, scale: float = 1.0,
+                 shuffle_references: bool = False, repeats: int = 4) -> float | None:
+    """Mean denoising loss on the first ``n`` held-out items, each with ``repeats`` fixed (noise,
+    timestep) draws that depend only on ``seed`` and the item's position, so every model and scale
+    is scored on the same noise. ``shuffle_references`` pairs each target with another item's reference."""
+    n = min(n, len(data))
+    if n == 0:
+        return None
+    device = model.unet.device
+    scheduler = model.training_scheduler()
+    items = [data[i] for i in range(n)]
+    if shuffle_references and n > 1:
+        references = [items[(i + 1) % n]["reference_pixels"] for i in range(n)]
+        items = [{**item, "reference_pixels": ref} for item, ref in zip(items, references)]
+    losses = []
+    for repeat in range(repeats):
+        for first in range(0, n, batch_size):
+            batch = default_collate(items[first:first + batch_size])
+            generator = torch.Generator().manual_seed(seed_of(seed, repeat, first))
+            loss = diffusion_loss(model, model, scheduler, batch, generator, device, scale=scale)
+            losses.append((loss.item(), len(batch["pair_id"])))
+    return sum(l * k for l, k in losses) / sum(k for _, k in losses)
+
+
+def _register_checkpoint_hooks(accelerator: Accelerator) -> None:
+    """Checkpoints hold the adapter alone (in the export layout), never the frozen SDXL."""
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, folder):
+        for m in models:
+            save_file(accelerator.unwrap_model(m).adapter.export_state_dict(),
+                      str(Path(folder) / "adapter.safetensors"))
+        weights.clear()
+
+    def load(models, folder):
+        while models:
+            accelerator.unwrap_model(models.pop()).adapter.load_export_state_dict(
+                load_file(str(Path(folder) / "adapter.safetensors")))
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
