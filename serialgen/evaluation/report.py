@@ -272,7 +272,7 @@ def _summary_text(test_set: TestSet) -> str:
         domains[c.domain] += 1
     return (f"Test set: {len(test_set.characters)} characters ("
             + ", ".join(f"{n} {d}" for d, n in sorted(domains.items())) + f"), {len(test_set.prompts)} prompts, "
-            f"{len(test_set.seeds)} seeds; fingerprint {test_set.fingerprint}. Paper: 40 characters (20 anime, "
+            f"{len(test_set.seeds)} seed(s); fingerprint {test_set.fingerprint}. Paper: 40 characters (20 anime, "
             "20 real) x 20 prompts x 4 seeds = 3,200 images per method.")
 
 
@@ -314,7 +314,9 @@ def _tile(image: np.ndarray | None, size: int) -> np.ndarray:
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     if image is not None:
         picture = Image.fromarray(np.asarray(image)[..., :3])
-        picture.thumbnail((size - 4, size - 4))
+        scale = (size - 4) / max(picture.size)
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                                 Image.Resampling.BICUBIC)
         canvas.paste(picture, ((size - picture.width) // 2, (size - picture.height) // 2))
     return np.asarray(canvas)
 

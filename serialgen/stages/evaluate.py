@@ -82,7 +82,8 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
     lineage = {"test_set": test_set.fingerprint,
                "personalizers": {mode: _folder_version(folder) for mode, folder in personalizers.items()},
                "standardizers": {v.label: v.run_id for v in standardizers},
-               "evaluator": {"clip": _folder_version(clip_dir), "face": _folder_version(face_file)}}
+               "evaluator": {"clip": _folder_version(clip_dir), "face": _folder_version(face_file),
+                             "preprocessors": _preprocessors_version(lake)}}
     digest = config_hash(settings, STAGE)
     if not force:
         skip, why = _unchanged(lake, digest, lineage)
@@ -236,6 +237,12 @@ def _is_tiny(settings: Settings, clip_dir: Path, face_file: Path) -> bool:
 def _trained_settings(model_folder: Path) -> dict[str, Any]:
     marker = model_folder.parent / "training.json"
     return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def _preprocessors_version(lake: Lake) -> str | None:
+    """The mask/pose models (contract C1) trained into the lake: they decide backgrounds and faces."""
+    folder = Path(lake.uri) / "_checkpoints" / "preprocessors" if lake.is_local else None
+    return _folder_version(folder) if folder is not None and folder.is_dir() else None
 
 
 def _folder_version(path: Path) -> str:
