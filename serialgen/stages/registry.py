@@ -23,6 +23,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("render", ("render",)),
     Stage("composite", ("composite",)),
     Stage("train-standardizer", ("standardizer", "composite")),
+    Stage("ablate-standardizer", ("standardizer", "composite")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 

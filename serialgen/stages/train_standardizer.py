@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serialgen.config import ConfigError, Settings, load_settings
-from serialgen.models.components import load_sd15_components, tiny_components
+from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
 from serialgen.storage.runs import StageRun
@@ -35,7 +35,8 @@ from serialgen.training.standardizer import (
 log = logging.getLogger(__name__)
 STAGE = "train-standardizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
-MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
+MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir", "patch_size", "unet_channels",
+                "layers_per_block", "prediction_type")
 
 
 @dataclass
@@ -54,10 +55,11 @@ class TrainStandardizerReport:
 
 
 def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile: tiny random components, or SD-1.5 from local folders."""
+    """A fresh model for the profile: SD-1.5 from local folders, or from-scratch pixel-space components."""
     cfg = settings.standardizer
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
-             else tiny_components(cfg.seed))
+             else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
+                                     prediction_type=cfg.prediction_type))
     return Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
 
 
