@@ -1,6 +1,6 @@
 """The paper's Table 3 at small scale: four FBDM/RPIM variants vs three baselines on held-out characters.
 
-    python benchmarks/bench_table3.py --lake lake-small [--steps 1500] [--eval-pairs 120] [--variant FBDM+RPIM]
+    python benchmarks/bench_table3.py --lake lake-small [--steps 1500] [--eval-pairs 64] [--variant FBDM+RPIM]
 
 Needs a lake with `pairs` made with the `small` profile (``serialgen --profile small --lake lake-small
 assets|render|composite``). Trains each variant with the same budget (resuming per variant), scores it
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--profile", default="small")
     parser.add_argument("--config")
     parser.add_argument("--steps", type=int, help="training steps of every variant (default: the profile's)")
-    parser.add_argument("--eval-pairs", type=int, default=120)
+    parser.add_argument("--eval-pairs", type=int, default=64)
     parser.add_argument("--variant", action="append", help="only this variant (repeatable)")
     parser.add_argument("--docs", action="store_true", help="write the table and grid to docs/")
     args = parser.parse_args()

@@ -207,7 +207,7 @@ def train_standardizer_command(
 def ablate_standardizer_command(
     ctx: typer.Context,
     steps: Optional[int] = typer.Option(None, help="Training steps of every variant (overrides standardizer.steps)."),
-    eval_pairs: int = typer.Option(120, help="Held-out pairs scored (spread over the held-out characters)."),
+    eval_pairs: int = typer.Option(64, help="Held-out pairs scored (spread over the held-out characters)."),
     variant: Optional[list[str]] = typer.Option(None, help="Only this variant (repeatable): "
                                                 "'no modules', FBDM, RPIM, FBDM+RPIM."),
 ) -> None:

@@ -13,7 +13,7 @@ from serialgen.tasks.ablate_standardizer import ablate_standardizer_task
 
 @flow(name="ablate-standardizer")
 def ablate_standardizer(lake: str | None = None, profile: str | None = None, config: str | None = None,
-                        steps: int | None = None, eval_pairs: int = 120,
+                        steps: int | None = None, eval_pairs: int = 64,
                         variants: list[str] | None = None) -> dict[str, Any]:
     """Train each variant for ``steps`` (default ``standardizer.steps``) and score all on held-out pairs."""
     settings = with_overrides(load_settings(config, profile, lake=lake), steps=steps)

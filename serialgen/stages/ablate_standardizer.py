@@ -36,7 +36,7 @@ class AblationReport:
     table: Path
 
 
-def run_ablate_standardizer(settings: Settings, eval_pairs: int = 120, variants: list[str] | None = None,
+def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: list[str] | None = None,
                             flow_run_id: str | None = None, log=print) -> AblationReport:
     """Train/evaluate the variants named in ``variants`` (default all four) and record the results."""
     from serialgen.compositing.dynamic import pairs_dataset

@@ -95,7 +95,7 @@ def score(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
 def standardize_all(model: Standardizer, batch: dict[str, torch.Tensor], cfg: StandardizerSettings,
                     chunk: int = 16) -> torch.Tensor:
     """DDIM standardizations (``cfg.inference_steps``, ``cfg.guidance_scale``, ``cfg.seed``) in chunks."""
-    pipeline = StandardizationPipeline(model, "cpu")
+    pipeline = StandardizationPipeline(model, "cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for first in range(0, batch["input_image"].shape[0], chunk):
         part = {k: v[first:first + chunk] for k, v in batch.items()}
@@ -107,7 +107,7 @@ def standardize_all(model: Standardizer, batch: dict[str, torch.Tensor], cfg: St
 
 def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[dict[str, Any]],
                  test: Sequence[dict[str, Any]], cfg: StandardizerSettings, output_dir: Path,
-                 eval_pairs: int = 120, grid_pairs: int = 6,
+                 eval_pairs: int = 64, grid_pairs: int = 6,
                  variants: Sequence[tuple[str, bool, bool]] = VARIANTS,
                  log: Callable[[str], None] = print) -> Ablation:
     """Train (or resume, or reuse) each variant in ``output_dir/<name>`` and score all on the same pairs.
