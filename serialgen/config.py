@@ -174,8 +174,9 @@ class Settings(BaseSettings):
 #: Named profiles, as overrides of the defaults above.
 PROFILES: dict[str, dict[str, Any]] = {
     # Pixel-space x0-prediction models from scratch: plain MSE (Min-SNR would mute the high-noise steps
-    # that place the figure) and no noise offset (meant for SD latents).
-    "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0}},
+    # that place the figure), no noise offset (meant for SD latents), and a high learning rate so the
+    # demo's 60 steps already draw the standard figure (val PSNR 19.5 dB vs 15.8 at 1e-4; 6.8 with a random VAE).
+    "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3}},
     # From scratch on CPU: a few hundred procedural characters, a pixel-space standardizer at 64x96 that
     # learns (docs/standardizer_table3.md); the held-out 20 % of characters score it.
     "small": {
