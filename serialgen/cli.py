@@ -83,7 +83,7 @@ def run_flow(ctx: typer.Context, module: str, name: str, **params):
 def main(
     ctx: typer.Context,
     lake: Optional[str] = typer.Option(None, help="Lake URI (folder or s3://...); env SERIALGEN_LAKE."),
-    profile: Optional[str] = typer.Option(None, help="tiny | sd15 | sdxl; env SERIALGEN_PROFILE."),
+    profile: Optional[str] = typer.Option(None, help="tiny | small | sd15 | sdxl; env SERIALGEN_PROFILE."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML settings file."),
 ) -> None:
     try:
@@ -254,6 +254,20 @@ def standardize_command(
     console.print(f"model {r['model_version']}: {r['written']} standardized, {r['skipped']} already done, "
                   f"{r['errors']} errors, {r['images_per_second']} images/s; grid: {r['grid']}",
                   highlight=False, soft_wrap=True)
+@app.command("ablate-standardizer")
+@user_command
+def ablate_standardizer_command(
+    ctx: typer.Context,
+    steps: Optional[int] = typer.Option(None, help="Training steps of every variant (overrides standardizer.steps)."),
+    eval_pairs: int = typer.Option(64, help="Held-out pairs scored (spread over the held-out characters)."),
+    variant: Optional[list[str]] = typer.Option(None, help="Only this variant (repeatable): "
+                                                "'no modules', FBDM, RPIM, FBDM+RPIM."),
+) -> None:
+    """The paper's Table 3: train FBDM/RPIM variants, score them and baselines on held-out characters."""
+    r = run_flow(ctx, "ablate_standardizer", "ablate_standardizer", steps=steps, eval_pairs=eval_pairs,
+                 variants=variant or None)
+    console.print(r["table"], highlight=False, soft_wrap=True)
+    console.print(f"{r['train_pairs']} train / {r['test_pairs']} held-out pairs; grid: {r['grid']}", highlight=False)
 
 
 def _gpu_description() -> str:

@@ -1,11 +1,19 @@
 """Torch models: the standardizer (reference attention, pose guider, FBDM, RPIM) and its components."""
 
-from serialgen.models.components import Components, load_sd15_components, random_sd15_components, tiny_components
+from serialgen.models.components import (
+    Components,
+    load_sd15_components,
+    random_sd15_components,
+    scratch_components,
+    tiny_components,
+)
 from serialgen.models.fbdm import ForegroundBackgroundTokens
+from serialgen.models.pixel_space import PixelShuffleAutoencoder
 from serialgen.models.pose_guider import PoseGuider
 from serialgen.models.reference_attention import ReferenceBank
 from serialgen.models.rpim import ReferencePoseInjection
 from serialgen.models.standardizer import Standardizer
 
-__all__ = ["Components", "ForegroundBackgroundTokens", "PoseGuider", "ReferenceBank", "ReferencePoseInjection",
-           "Standardizer", "load_sd15_components", "random_sd15_components", "tiny_components"]
+__all__ = ["Components", "ForegroundBackgroundTokens", "PixelShuffleAutoencoder", "PoseGuider", "ReferenceBank",
+           "ReferencePoseInjection", "Standardizer", "load_sd15_components", "random_sd15_components",
+           "scratch_components", "tiny_components"]

@@ -1,5 +1,6 @@
-"""The standardizer's diffusers/transformers components: tiny random configs, SD-1.5-sized
-configs (random weights, for benchmarks) and loading SD-1.5 from local folders only.
+"""The standardizer's diffusers/transformers components: small from-scratch configs in pixel space
+(tiny, small), SD-1.5-sized configs (random weights, for benchmarks) and loading SD-1.5 from local
+folders only.
 
 Nothing here downloads: ``sd15`` reads an SD-1.5 image-variation folder (``unet/``,
 ``image_encoder/``, ``scheduler/``) and a VAE folder; a missing file is a FileNotFoundError that
@@ -15,6 +16,8 @@ from typing import Any
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from serialgen.models.pixel_space import PixelShuffleAutoencoder
+
 #: The noise schedule of SD-1.5 (and of every tiny model), used by training (DDPM) and inference (DDIM).
 SD15_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -28,35 +31,58 @@ class Components:
 
     reference_unet: UNet2DConditionModel
     denoising_unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | PixelShuffleAutoencoder
     image_encoder: CLIPVisionModelWithProjection
     scheduler_config: dict[str, Any]
     pose_channels: tuple[int, ...]
 
 
-def tiny_components(seed: int = 0) -> Components:
-    """Every component from small random configs (diffusers-test sized), offline, CPU-fast."""
+#: The DDPM pixel-space schedule (Ho et al. 2020): its last step leaves no signal (alpha_bar_T ~ 4e-5),
+#: unlike SD's latent schedule, so sampling from pure noise matches training.
+PIXEL_SCHEDULE: dict[str, Any] = {**SD15_SCHEDULE, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+
+
+def scratch_components(seed: int = 0, patch_size: int = 4, block_out_channels: tuple[int, ...] = (32, 64),
+                       layers_per_block: int = 1, attention_head_dim: int = 8,
+                       prediction_type: str = "sample") -> Components:
+    """Components for training from scratch: random UNets denoising pixel-unshuffled images.
+
+    The autoencoder is :class:`PixelShuffleAutoencoder` (exact; a random VAE would decode noise),
+    the pose encoders downsample by ``patch_size`` to the latent grid, and the CLIP image encoder is
+    a small random frozen one (a fixed random feature of the reference; the appearance itself
+    reaches the denoiser through reference attention).
+    """
     import torch
 
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"patch_size must be a power of two >= 2, got {patch_size}")
     torch.manual_seed(seed)
+    autoencoder = PixelShuffleAutoencoder(patch_size)
+    levels = len(block_out_channels)
+    width = block_out_channels[0]
     unet_config = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        sample_size=8, in_channels=autoencoder.latent_channels, out_channels=autoencoder.latent_channels,
+        layers_per_block=layers_per_block, block_out_channels=tuple(block_out_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=width, attention_head_dim=attention_head_dim, norm_num_groups=8,
     )
     reference = UNet2DConditionModel(**unet_config)
     denoising = UNet2DConditionModel.from_config(reference.config)
     denoising.load_state_dict(reference.state_dict())
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(8, 16, 16, 16), sample_size=64,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        hidden_size=32, projection_dim=width, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
         image_size=32, patch_size=8,
     ))
-    return Components(reference, denoising, vae, encoder, dict(SD15_SCHEDULE), pose_channels=(8, 16, 16, 32))
+    strides = patch_size.bit_length() - 1  # stride-2 convs of the pose encoders: /patch_size
+    pose_channels = tuple(16 * 2 ** i for i in range(strides + 1))
+    schedule = {**PIXEL_SCHEDULE, "prediction_type": prediction_type}
+    return Components(reference, denoising, autoencoder, encoder, schedule, pose_channels=pose_channels)
+
+
+def tiny_components(seed: int = 0) -> Components:
+    """Every component from small configs (diffusers-test sized), offline, CPU-fast, in pixel space."""
+    return scratch_components(seed)
 
 
 def sd15_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPVisionConfig]:

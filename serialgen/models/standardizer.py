@@ -26,6 +26,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from serialgen.models.components import Components
 from serialgen.models.fbdm import ForegroundBackgroundTokens
+from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
 from serialgen.models.pose_guider import PoseGuider
 from serialgen.models.reference_attention import ReferenceBank, install_reference_attention, self_attention_channels
 from serialgen.models.rpim import ReferencePoseInjection
@@ -42,7 +43,7 @@ class Standardizer(nn.Module):
     """All components plus the glue; ``forward`` is one training prediction (noise, epsilon)."""
 
     def __init__(self, reference_unet: UNet2DConditionModel, denoising_unet: UNet2DConditionModel,
-                 pose_guider: PoseGuider, vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
+                 pose_guider: PoseGuider, vae: AutoencoderKL | PixelShuffleAutoencoder, image_encoder: CLIPVisionModelWithProjection,
                  scheduler_config: dict[str, Any], fbdm: ForegroundBackgroundTokens | None = None,
                  rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None,
                  standard_keypoints: np.ndarray | None = None) -> None:
@@ -222,7 +223,7 @@ class Standardizer(nn.Module):
             UNet2DConditionModel.from_pretrained(folder / "reference_unet", **kw),
             UNet2DConditionModel.from_pretrained(folder / "denoising_unet", **kw),
             PoseGuider.from_pretrained(folder / "pose_guider", **kw),
-            AutoencoderKL.from_pretrained(folder / "vae", **kw),
+            load_autoencoder(folder / "vae", torch_dtype),
             CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **encoder_kw),
             dict(DDPMScheduler.load_config(folder / "scheduler")),
             fbdm=ForegroundBackgroundTokens.from_pretrained(folder / "fbdm", **kw) if flags["fbdm"] else None,

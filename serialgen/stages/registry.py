@@ -37,6 +37,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-personalizer", ("personalizer",), ("standardize",), "train_personalizer:train_personalizer"),
     Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
           checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors")),
+    # The paper's Table 3 at small scale (four FBDM x RPIM variants + baselines), on demand.
+    Stage("ablate-standardizer", ("standardizer", "composite"), ("composite",),
+          "ablate_standardizer:ablate_standardizer", in_dag=False),
     # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
     Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
 )

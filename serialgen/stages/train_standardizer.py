@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serialgen.config import ConfigError, Settings, load_settings
-from serialgen.models.components import load_sd15_components, tiny_components
+from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
 from serialgen.standard_skeleton import canonical_skeleton
@@ -32,7 +32,8 @@ from serialgen.training.standardizer import (
 
 STAGE = "train-standardizer"
 #: Settings that define the model: a run folder trained with others cannot be resumed.
-MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir")
+MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir", "patch_size", "unet_channels",
+                "layers_per_block", "prediction_type")
 
 
 @dataclass
@@ -51,11 +52,12 @@ class TrainStandardizerReport:
 
 
 def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile (tiny random components, or SD-1.5 from local folders) whose target is
-    the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
+    """A fresh model for the profile (SD-1.5 from local folders, or from-scratch pixel-space components) whose
+    target is the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
     cfg, view = settings.standardizer, settings.render
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
-             else tiny_components(cfg.seed))
+             else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
+                                     prediction_type=cfg.prediction_type))
     model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
     skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
                                   view.standard_arm_angle)

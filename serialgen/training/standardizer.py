@@ -228,8 +228,11 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     keep = torch.rand(size, generator=generator) >= cfg.reference_dropout
     noise, timesteps, keep = noise.to(device), timesteps.to(device), keep.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    elif prediction_type == "sample":
+        target = latents
     else:
         target = noise
     prediction = prepared(noisy, timesteps, reference_latents, embeds, batch["background_mask"].to(device),
@@ -237,8 +240,8 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     if cfg.snr_gamma:
         snr = compute_snr(noise_scheduler, timesteps)
-        weight = torch.clamp(snr, max=cfg.snr_gamma)
-        weight = weight / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else weight / snr
+        weight = torch.clamp(snr, max=cfg.snr_gamma)  # Min-SNR-gamma in x0 terms, per prediction type
+        weight = {"v_prediction": weight / (snr + 1), "sample": weight}.get(prediction_type, weight / snr)
         loss = loss * weight
     return loss.mean()
 
