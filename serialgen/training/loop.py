@@ -1,13 +1,17 @@
-"""Pieces every training loop here shares: the accelerate set-up, resumable checkpoints
-(step and data position as an accelerate custom object), EMA weight swapping, TensorBoard, the
-run folder's resume rules and the loader's share of step time."""
+"""The training loop both models share (:func:`fit`) and its pieces: the accelerate set-up, resumable
+checkpoints (step and data position as an accelerate custom object), EMA weight swapping, TensorBoard,
+progress lines and the loader's share of step time. The models differ only in their loss, their
+checkpoint hooks and what happens after a step."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +42,12 @@ class TrainState:
 
 @dataclass
 class LoopTimes:
-    """Where a training invocation's time went: waiting for batches vs computing steps."""
+    """One training invocation: its steps and losses, and where its time went (batches vs steps)."""
 
+    step: int = 0
+    resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)  # this invocation's per-step losses
+    checkpoint: Path | None = None                     # last resumable checkpoint folder
     loader_start_seconds: float = 0.0                  # waiting for the first batch (worker start-up)
     data_times: list[float] = field(default_factory=list)  # seconds waiting for each later batch
     step_times: list[float] = field(default_factory=list)  # seconds of each step's forward/backward/update
@@ -147,3 +155,90 @@ def log_step(writer, label: str, step: int, last_step: int, losses: list[float],
         writer.add_scalar("train/lr", lr, step)
         writer.add_scalar("train/data_share", data_share or 0.0, step)
         writer.add_scalar("train/samples_per_second", rate, step)
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves for the model's own finish (validation, export)."""
+
+    state: TrainState
+    ema: EMAModel | None
+    writer: Any                                        # TensorBoard writer (main process) or None
+    params: list[torch.nn.Parameter]
+
+
+def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], train_data: Any, cfg: Any, output_dir: Path,
+        accelerator: Accelerator, result: LoopTimes, label: str,
+        loss_fn: Callable[[torch.nn.Module, dict[str, Any], torch.Generator], torch.Tensor],
+        register_hooks: Callable[[Accelerator], None], resume: bool = True, stop_at: int | None = None,
+        after_step: Callable[[int, Fitted], None] | None = None) -> Fitted:
+    """AdamW + constant-with-warmup LR, optional EMA, accelerate (multi-GPU, mixed precision), exact resume
+    from the newest ``checkpoint-<step>`` (model state via ``register_hooks``, optimizer, scheduler, RNG, EMA,
+    step and data position), deterministic per-step noise, TensorBoard and progress lines, resumable
+    checkpoints every ``cfg.checkpoint_every`` steps; trains until ``cfg.steps`` (or ``stop_at``).
+
+    ``loss_fn(prepared_model, batch, generator)`` is the model's loss; ``result`` is filled in place.
+    """
+    from diffusers.optimization import get_scheduler
+
+    from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
+
+    device = accelerator.device
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.steps * accelerator.num_processes)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    state = TrainState()
+    register_hooks(accelerator)
+    prepared, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    latest = latest_checkpoint(output_dir) if resume else None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+    result.step = result.resumed_from = state.step
+    result.checkpoint = latest
+    fitted = Fitted(state, ema, tensorboard(output_dir / "logs") if accelerator.is_main_process else None, params)
+    last_step = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    sampler = EpochBatches(len(train_data), cfg.batch_size, cfg.seed, state.epoch, state.batch_in_epoch,
+                           accelerator.process_index, accelerator.num_processes)
+    remaining = last_step - state.step
+    batches = islice(make_loader(EpochItems(train_data), sampler, cfg.num_workers, device.type == "cuda"),
+                     remaining) if remaining > 0 else ()
+    tick = time.perf_counter()
+    for batch in batches:
+        started = time.perf_counter()
+        if state.step == result.resumed_from:
+            result.loader_start_seconds = started - tick
+        else:
+            result.data_times.append(started - tick)
+        generator = torch.Generator().manual_seed(seed_of(cfg.seed, accelerator.process_index, state.step))
+        with accelerator.accumulate(prepared):
+            loss = loss_fn(prepared, batch, generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
+        result.losses.append(accelerator.gather(loss.detach()).mean().item())  # also syncs the device
+        result.step_times.append(time.perf_counter() - started)
+        state.step += 1
+        state.batch_in_epoch += 1
+        if state.batch_in_epoch == sampler.batches_per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if accelerator.is_main_process and (state.step % cfg.log_every == 0 or state.step == last_step):
+            log_step(fitted.writer, label, state.step, last_step, result.losses, result.step_times, cfg.batch_size,
+                     lr_scheduler.get_last_lr()[0], result.data_share)
+        if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
+            result.checkpoint = save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
+        if after_step is not None:
+            after_step(state.step, fitted)
+        tick = time.perf_counter()
+    result.step = state.step
+    return fitted

@@ -8,17 +8,13 @@ the optimizer, the LR scheduler, the EMA and the step/data position: resume is e
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
@@ -26,16 +22,9 @@ from torch.utils.data import Dataset, default_collate
 from serialgen.config import PersonalizerSettings
 from serialgen.models.ip_adapter import IPAdapter, encode_references, install_ip_adapter
 from serialgen.models.sdxl import SDXLParts
-from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
-from serialgen.training.loop import (
-    LoopTimes,
-    TrainState,
-    latest_checkpoint,
-    log_step,
-    make_accelerator,
-    save_checkpoint,
-    tensorboard,
-)
+from serialgen.training.data import seed_of
+from serialgen.training.loop import LoopTimes, fit, make_accelerator
+
 
 class Personalizer(nn.Module):
     """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
@@ -82,10 +71,6 @@ class Personalizer(nn.Module):
 
 @dataclass
 class PersonalizerTrainResult(LoopTimes):
-    step: int = 0
-    resumed_from: int = 0
-    losses: list[float] = field(default_factory=list)  # this invocation's per-step losses
-    checkpoint: Path | None = None                     # last resumable checkpoint folder
     finished: bool = False                             # reached cfg.steps (EMA weights are now in the adapter)
 
 
@@ -109,69 +94,19 @@ def train_personalizer(model: Personalizer, train_data: Dataset, cfg: Personaliz
     model.adapter.to(device, torch.float32)  # trainable weights stay float32 (autocast computes in low precision)
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.steps * accelerator.num_processes)
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
-    state = TrainState()
-    _register_checkpoint_hooks(accelerator)
-    prepared, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    accelerator.register_for_checkpointing(state)
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-
-    latest = latest_checkpoint(output_dir) if resume else None
-    if latest is not None:
-        accelerator.load_state(str(latest))
-    result = PersonalizerTrainResult(step=state.step, resumed_from=state.step, checkpoint=latest)
-    writer = tensorboard(output_dir / "logs") if accelerator.is_main_process else None
     noise_scheduler = model.training_scheduler()
-    last_step = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    sampler = EpochBatches(len(train_data), cfg.batch_size, cfg.seed, state.epoch, state.batch_in_epoch,
-                           accelerator.process_index, accelerator.num_processes)
-    remaining = last_step - state.step
-    batches = islice(make_loader(EpochItems(train_data), sampler, cfg.num_workers, device.type == "cuda"),
-                     remaining) if remaining > 0 else ()
-    tick = time.perf_counter()
-    for batch in batches:
-        started = time.perf_counter()
-        if state.step == result.resumed_from:
-            result.loader_start_seconds = started - tick
-        else:
-            result.data_times.append(started - tick)
-        generator = torch.Generator().manual_seed(seed_of(cfg.seed, accelerator.process_index, state.step))
-        with accelerator.accumulate(prepared):
-            loss = diffusion_loss(prepared, model, noise_scheduler, batch, generator, device, cfg)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        result.losses.append(accelerator.gather(loss.detach()).mean().item())  # also syncs the device
-        result.step_times.append(time.perf_counter() - started)
-        state.step += 1
-        state.batch_in_epoch += 1
-        if state.batch_in_epoch == sampler.batches_per_epoch:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if accelerator.is_main_process and (state.step % cfg.log_every == 0 or state.step == last_step):
-            log_step(writer, "train-personalizer", state.step, last_step, result.losses, result.step_times, cfg.batch_size,
-                     lr_scheduler.get_last_lr()[0], result.data_share)
-        if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
-            result.checkpoint = save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
-        tick = time.perf_counter()
-    result.step = state.step
-    result.finished = state.step >= cfg.steps
-    if result.finished and ema is not None:
-        ema.copy_to(params)
-    if writer is not None:
-        writer.close()
+
+    def loss_fn(prepared: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        return diffusion_loss(prepared, model, noise_scheduler, batch, generator, device, cfg)
+
+    result = PersonalizerTrainResult()
+    fitted = fit(model, model.trainable_parameters(), train_data, cfg, output_dir, accelerator, result,
+                 "train-personalizer", loss_fn, _register_checkpoint_hooks, resume, stop_at)
+    result.finished = result.step >= cfg.steps
+    if result.finished and fitted.ema is not None:
+        fitted.ema.copy_to(fitted.params)
+    if fitted.writer is not None:
+        fitted.writer.close()
     accelerator.wait_for_everyone()
     return result
 

@@ -13,17 +13,14 @@ checkpoint only needs the step and the data position besides the optimizer and L
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from torch.nn import functional as F
 from torch.utils.data import Dataset
@@ -32,11 +29,8 @@ from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton
-from serialgen.training.data import EpochBatches, EpochItems, make_loader, seed_of
-from serialgen.training.loop import TrainState, latest_checkpoint, log_step, make_accelerator
+from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator
 from serialgen.training.loop import ema_weights as _ema_weights
-from serialgen.training.loop import save_checkpoint as _save_checkpoint
-from serialgen.training.loop import tensorboard as _tensorboard
 from serialgen.training.metrics import psnr, ssim
 
 
@@ -54,22 +48,9 @@ class Validation:
 
 
 @dataclass
-class TrainResult:
-    step: int
-    resumed_from: int
-    losses: list[float] = field(default_factory=list)  # this invocation's per-step losses
-    checkpoint: Path | None = None                     # last resumable checkpoint folder
+class TrainResult(LoopTimes):
     model_dir: Path | None = None                      # exported Standardizer (EMA weights if EMA)
     validation: Validation | None = None
-    loader_start_seconds: float = 0.0                  # waiting for the first batch (worker start-up)
-    data_times: list[float] = field(default_factory=list)  # seconds waiting for each later batch
-    step_times: list[float] = field(default_factory=list)  # seconds of each step's forward/backward/update
-
-    @property
-    def data_share(self) -> float | None:
-        """The loader's share of the time per step after the first batch."""
-        total = sum(self.data_times) + sum(self.step_times[1:])
-        return sum(self.data_times) / total if total else None
 
 
 def train_standardizer(model: Standardizer, train_data: Dataset, cfg: StandardizerSettings, output_dir: Path,
@@ -92,78 +73,28 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
     model.image_encoder.to(device, weight_dtype)
     if model.standard_keypoints is None:  # the canonical target, never one training character's skeleton
         model.set_standard_skeleton(canonical_skeleton(cfg.width, cfg.height), cfg.width, cfg.height)
-
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.steps * accelerator.num_processes)
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
-    state = TrainState()
-    _register_checkpoint_hooks(accelerator)
-    prepared, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    accelerator.register_for_checkpointing(state)
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-
-    latest = latest_checkpoint(output_dir) if resume else None
-    if latest is not None:
-        accelerator.load_state(str(latest))
-    result = TrainResult(step=state.step, resumed_from=state.step, checkpoint=latest)
-    writer = _tensorboard(output_dir / "logs") if accelerator.is_main_process else None
     noise_scheduler = model.training_scheduler()
-    last_step = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
 
-    sampler = EpochBatches(len(train_data), cfg.batch_size, cfg.seed, state.epoch, state.batch_in_epoch,
-                           accelerator.process_index, accelerator.num_processes)
-    remaining = last_step - state.step
-    batches = islice(make_loader(EpochItems(train_data), sampler, cfg.num_workers, device.type == "cuda"),
-                     remaining) if remaining > 0 else ()
-    tick = time.perf_counter()
-    for batch in batches:
-        started = time.perf_counter()
-        if state.step == result.resumed_from:
-            result.loader_start_seconds = started - tick
-        else:
-            result.data_times.append(started - tick)
-        generator = torch.Generator().manual_seed(seed_of(cfg.seed, accelerator.process_index, state.step))
-        with accelerator.accumulate(prepared):
-            loss = diffusion_loss(prepared, model, noise_scheduler, batch, cfg, generator, device)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        result.losses.append(accelerator.gather(loss.detach()).mean().item())  # also syncs the device
-        result.step_times.append(time.perf_counter() - started)
-        state.step += 1
-        state.batch_in_epoch += 1
-        if state.batch_in_epoch == sampler.batches_per_epoch:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if accelerator.is_main_process and (state.step % cfg.log_every == 0 or state.step == last_step):
-            log_step(writer, "train-standardizer", state.step, last_step, result.losses, result.step_times, cfg.batch_size,
-                     lr_scheduler.get_last_lr()[0], result.data_share)
-        if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or state.step == last_step):
-            result.checkpoint = _save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
-        if cfg.validate_every and state.step % cfg.validate_every == 0 and state.step < cfg.steps:
-            _validate_and_log(model, ema, validation_data, cfg, output_dir, state.step, writer, on_validation,
+    def loss_fn(prepared: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        return diffusion_loss(prepared, model, noise_scheduler, batch, cfg, generator, device)
+
+    def after_step(step: int, fitted: Fitted) -> None:
+        if cfg.validate_every and step % cfg.validate_every == 0 and step < cfg.steps:
+            _validate_and_log(model, fitted.ema, validation_data, cfg, output_dir, step, fitted.writer, on_validation,
                               accelerator)
-        tick = time.perf_counter()
-    model.clear_reference()
 
-    result.step = state.step
-    if state.step >= cfg.steps:
-        result.validation = _validate_and_log(model, ema, validation_data, cfg, output_dir, state.step, writer,
-                                              on_validation, accelerator)
+    result = TrainResult()
+    fitted = fit(model, model.trainable_parameters(), train_data, cfg, output_dir, accelerator, result,
+                 "train-standardizer", loss_fn, _register_checkpoint_hooks, resume, stop_at, after_step)
+    model.clear_reference()
+    if result.step >= cfg.steps:
+        result.validation = _validate_and_log(model, fitted.ema, validation_data, cfg, output_dir, result.step,
+                                              fitted.writer, on_validation, accelerator)
         if accelerator.is_main_process:
-            with _ema_weights(ema, params):
+            with _ema_weights(fitted.ema, fitted.params):
                 result.model_dir = model.save_pretrained(output_dir / "model")
-    if writer is not None:
-        writer.close()
+    if fitted.writer is not None:
+        fitted.writer.close()
     accelerator.wait_for_everyone()
     return result
 
