@@ -348,10 +348,15 @@ def run_command(ctx: typer.Context,
     for row in summary:
         grid.add_row(row["stage"], row["status"], row["why"], str(row["seconds"]))
     console.print(grid)
+    from serialgen.storage.runs import last_completed
+
     lake = ctx.obj.open_lake()
     console.print(f"lake: {lake.uri} (tables: {', '.join(lake.tables())}); "
                   f"artifacts: {Path(lake.uri) / '_artifacts' if lake.is_local else 'Prefect artifacts'}; "
                   "details: `serialgen info`", highlight=False)
+    evaluated = last_completed(lake, "evaluate") if lake.exists("runs") else None
+    if evaluated is not None and evaluated["metrics"].get("report"):
+        console.print(f"report: {evaluated['metrics']['report']}", highlight=False, soft_wrap=True)
 
 
 def _nothing_to_run(settings: Settings) -> list[dict] | None:

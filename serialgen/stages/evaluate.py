@@ -107,6 +107,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         run.outputs = ["generations", "evaluations"] if generations else ["evaluations"]
         run.metrics = {"lineage": lineage, "generations": len(generations), "evaluations": len(rows),
                        "report": str(files.html)}
+        run.checkpoint = str(files.html)   # the lineage's artifact of this stage (`serialgen info`)
         return EvaluateReport(run.run_id, False, "evaluated", sorted(personalizers), [v.label for v in standardizers],
                               len(generations), len(rows), tables, files)
 
