@@ -26,6 +26,17 @@ def lake(settings) -> Lake:
     return settings.open_lake()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are op-overhead bound: one intra-op thread is faster, and immune to a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API (SQLite) for every flow test of the session."""

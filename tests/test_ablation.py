@@ -14,12 +14,7 @@ from serialgen.training.ablation import baseline_predictions, evaluation_pairs, 
 from test_standardizer import H, W, make_pairs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pixel_space_is_exact_and_saves_with_the_model(tmp_path):

@@ -22,13 +22,7 @@ from serialgen.training.personalizer_data import CAPTION_TEMPLATES, Personalizer
 from tests.personalizer_data import STANDARDIZER_VERSION, make_real_and_standardized
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are op-overhead bound: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
