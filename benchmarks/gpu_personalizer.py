@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from gpu_common import add_tiny_flag, device_and_size
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -56,13 +58,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tiny", action="store_true", help="tiny random model at 64x96 (CPU smoke test)")
+    add_tiny_flag(parser)
     args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        sys.exit("no CUDA device visible: run on a GPU machine, or pass --tiny for a CPU smoke test")
-    device = torch.device("cuda" if cuda else "cpu")
-    size = (96, 64) if args.tiny else (768, 512)
+    device, size = device_and_size(args.tiny)
+    cuda = device.type == "cuda"
     root = Path(tempfile.mkdtemp(prefix="gpu-personalizer-"))
     settings = load_settings(lake=str(root / "lake"))
     base = settings.personalizer.model_copy(update={

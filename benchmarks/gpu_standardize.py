@@ -12,8 +12,9 @@ are not included (they run beside it on onnxruntime).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+
+from gpu_common import add_tiny_flag, device_and_size
 
 
 def main() -> None:
@@ -27,13 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--tiny", action="store_true", help="tiny random model at 64x96 (CPU smoke test)")
+    add_tiny_flag(parser)
     args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        sys.exit("no CUDA device visible: run on a GPU machine, or pass --tiny for a CPU smoke test")
-    device = torch.device("cuda" if cuda else "cpu")
-    height, width = (96, 64) if args.tiny else (768, 512)
+    device, (height, width) = device_and_size(args.tiny)
+    cuda = device.type == "cuda"
     with torch.device(device):
         model = Standardizer.from_components(tiny_components() if args.tiny else random_sd15_components())
     model.set_standard_skeleton(canonical_skeleton(width, height), width, height)

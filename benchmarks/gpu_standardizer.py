@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpu_common import add_tiny_flag, device_and_size
+
 
 def main() -> None:
     # Imported here: spawned loader workers re-import this module and need none of it.
@@ -40,13 +42,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=48, help="pairs written for the Lance loader run")
-    parser.add_argument("--tiny", action="store_true", help="tiny random model at 64x96 (CPU smoke test)")
+    add_tiny_flag(parser)
     args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        sys.exit("no CUDA device visible: run on a GPU machine, or pass --tiny for a CPU smoke test")
-    device = torch.device("cuda" if cuda else "cpu")
-    height, width = (96, 64) if args.tiny else (768, 512)
+    device, (height, width) = device_and_size(args.tiny)
+    cuda = device.type == "cuda"
     root = Path(tempfile.mkdtemp(prefix="gpu-standardizer-"))
     settings = load_settings(lake=str(root / "lake"))
     precision = "fp16" if cuda else "bf16"
