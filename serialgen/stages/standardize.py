@@ -122,7 +122,7 @@ class ImageStandardizer:
         share = float((foreground >= 128).mean())
         if share < cfg.standardize.min_foreground:
             return f"empty mask: foreground covers {share:.2%} of the image (< {cfg.standardize.min_foreground:.0%})"
-        rgb = np.ascontiguousarray(image[..., :3])
+        rgb = _on_white(image)
         keypoints = self.preprocessors.pose(rgb)
         if not (keypoints[:, 2] > cfg.preprocessing.keypoint_threshold).any():
             return "no person found: no keypoint above the detection threshold"
@@ -151,6 +151,14 @@ class ImageStandardizer:
             _, background, frame, box = prepared[i]
             out[i] = StandardizedImage(result, background, frame, box, self.version)
         return out
+
+
+def _on_white(image: np.ndarray) -> np.ndarray:
+    """RGB of an image; an RGBA one composited over white (what lies under transparent pixels is arbitrary)."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255
+        return (image[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    return np.ascontiguousarray(image[..., :3])
 
 
 def image_seed(seed: int, image_id: str) -> int:
