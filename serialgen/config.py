@@ -94,6 +94,12 @@ class CompositeSettings(Section):
     brightness: float = 0.1             # global +-10 % brightness / contrast jitter (camera)
     contrast: float = 0.1
     background_jitter: float = 0.3      # hue-like gain / saturation / brightness jitter of the background only
+    # Inputs as inference sees them (rembg mask, pose-estimator keypoints): share of pairs with such errors.
+    estimator_noise_probability: float = 0.5
+    mask_grow_max: float = 0.015        # mask dilation/erosion up to this share of the canvas's short side
+    mask_holes_max: int = 3             # up to this many blobs of the character called background
+    keypoint_jitter_max: float = 0.02   # keypoint jitter std up to this share of the figure's height
+    left_right_swap_probability: float = 0.5  # on back views, report left as right (estimators assume front views)
 
 
 class StandardizerSettings(Section):

@@ -71,7 +71,7 @@ def test_mask_and_keypoints_move_exactly_with_the_character(kind):
         diff = img.astype(np.float64).mean(axis=2) - img_dark.astype(np.float64).mean(axis=2)
         alpha = diff / ((178 - 76) * aug.contrast * aug.brightness)
         # The mask is exactly the transformed alpha thresholded at 0.5 (up to 8-bit rounding at 0.5).
-        assert np.all(mask[alpha > 0.52]) == False  # noqa: E712 - foreground is never called background
+        assert not np.any(mask[alpha > 0.52]), "foreground is never called background"
         assert np.all(mask[alpha < 0.48])
         expected = kp[:, :2] * aug.scale + np.asarray(aug.offset)
         for (x, y), (mx, my, vis) in zip(expected, moved):
@@ -125,10 +125,11 @@ def test_reference_pose_is_redrawn_at_the_moved_keypoints(lake):
     write_characters(lake, 2, 3, W, H)
     lake.upsert("backgrounds", [{"background_id": "bg", "source_uri": "procedural://0/0", "width": 96, "height": 144,
                                  "image": encode_png(procedural_background(0, 0, 96, 144))}], "t")
-    composer = PairComposer(lake, CompositeSettings(backgrounds_per_render=2), ["bg"])
+    composer = PairComposer(lake, CompositeSettings(backgrounds_per_render=2, estimator_noise_probability=0.0), ["bg"])
     renders = lake.read("renders", columns=RENDER_COLUMNS)
     pairs = composer.compose(renders, composer.plan(renders))
     assert len(pairs.meta) == 12 and not pairs.errors
+    assert np.array_equal(pairs.keypoints, pairs.true_keypoints)
     for pose, kp in zip(pairs.pose_images, pairs.keypoints):
         assert np.array_equal(pose, draw_pose(kp, W, H))
         for (x, y, v), colour in zip(kp[[1, 4, 7, 10, 13]], np.asarray(COLORS)[[1, 4, 7, 10, 13]]):
