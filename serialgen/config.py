@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from serialgen.render.expressions import DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES
 from serialgen.storage import Lake, LakeError
 
 
@@ -72,6 +73,15 @@ class RenderSettings(Section):
     standard_head_top: float = 0.06     # standard view: head top on this row (fraction of the height, from the top)
     standard_chin: float = 0.18         # standard view: chin on this row
     standard_arm_angle: float = 45.0    # standard A-pose: arms this many degrees below horizontal
+    # Close-ups and cut-offs (the paper standardizes head-only and upper-body references): shares of renders.
+    bust_share: float = 0.15
+    head_share: float = 0.1
+    cutoff_share: float = 0.15
+    max_cutoff: float = 0.85            # a cut-off pushes up to this share of the figure out of frame
+    # Expressions: allow-listed shape keys only (ARKit, VRM, MMD names), random partial weights.
+    expression_share: float = 0.7       # renders with an expression (the standard view never has one)
+    expression_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_KEYS))
+    expression_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_PREFIXES))
 
 
 class CompositeSettings(Section):

@@ -103,7 +103,8 @@ RENDERS = _spec(
     F("keypoints", KEYPOINTS),                 # pixels, visibility 0/1
     F("pose_image", IMAGE),                    # OpenPose-coloured skeleton, PNG
     F("camera", CAMERA),
-    F("expression", pa.string()),
+    F("expression", pa.string()),              # "neutral" or "key:weight,..." (allow-listed expression keys)
+    F("framing", pa.string()),                 # full | bust | head | cutoff-<side>-<share out of frame>
     F("width", pa.int32()),
     F("height", pa.int32()),
     F("seed", pa.int64()),
