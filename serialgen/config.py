@@ -7,6 +7,7 @@ Each stage reads its own section; a stage's config hash keys its caching and lin
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from serialgen.render.expressions import DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES
 from serialgen.storage import Lake, LakeError
+from serialgen.storage.lake import Upkeep
 
 
 class ConfigError(Exception):
@@ -27,6 +29,15 @@ class ConfigError(Exception):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class UpkeepSettings(Section):
+    """Lake upkeep (see serialgen/storage/lake.py): key indexes, compaction, old-version removal."""
+
+    compact_every: int = 100            # commits of one process to a table between compactions; 0: never
+    retain_hours: float = 24.0          # versions younger than this are kept (readers that pinned them)
+    index_keys: bool = True
+    index_min_rows: int = 10_000        # tables smaller than this are not indexed
 
 
 class RaySettings(Section):
@@ -160,6 +171,7 @@ class Settings(BaseSettings):
     lake: str = "./lake"
     storage_options: dict[str, str] = Field(default_factory=dict)
     ray: RaySettings = Field(default_factory=RaySettings)
+    upkeep: UpkeepSettings = Field(default_factory=UpkeepSettings)
     assets: AssetsSettings = Field(default_factory=AssetsSettings)
     render: RenderSettings = Field(default_factory=RenderSettings)
     composite: CompositeSettings = Field(default_factory=CompositeSettings)
@@ -173,7 +185,9 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     def open_lake(self) -> Lake:
-        return Lake(self.lake, self.storage_options)
+        u = self.upkeep
+        return Lake(self.lake, self.storage_options,
+                    Upkeep(u.compact_every, dt.timedelta(hours=u.retain_hours), u.index_keys, u.index_min_rows))
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections, the cache/lineage key of a stage's config."""
@@ -187,6 +201,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sd15": {
         "render": {"width": 512, "height": 768, "samples": 64, "denoise": True,
                    "poses_per_character": 3817, "views_per_pose": 1, "chunk_size": 64},
+        # The paper merged backgrounds during training: no 10.5 M-row pairs table.
+        "composite": {"dynamic": True},
         "standardizer": {"width": 512, "height": 768, "steps": 50_000, "batch_size": 4,
                          "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True,
                          "checkpoint_every": 2000, "validate_every": 5000, "validation_pairs": 64,

@@ -114,6 +114,8 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
             run.outputs = ["pairs", "backgrounds"]
         else:
             run.outputs = ["backgrounds"]
+        for table in run.outputs:
+            lake.maintain(table)
         seconds = time.perf_counter() - start
         run.metrics = {"pairs_written": written, "pairs_per_second": written / seconds if seconds else 0.0,
                        "dynamic": dynamic, "renders": keys.num_rows, "test_characters": n_test,

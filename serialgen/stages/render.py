@@ -179,6 +179,8 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
             finally:
                 for actor in actors:
                     ray.kill(actor)
+        for table in ("renders", "standards"):
+            lake.maintain(table)
         report.seconds = time.perf_counter() - start
         run.outputs = ["renders", "standards"]
         run.metrics = {k: v for k, v in vars(report).items() if k not in ("run_id", "error_examples")}
