@@ -137,6 +137,29 @@ def test_reference_pose_is_redrawn_at_the_moved_keypoints(lake):
                 assert tuple(pose[int(y), int(x)]) == tuple(colour)
 
 
+def test_missing_pairs_is_the_anti_join_of_planned_and_stored_ids():
+    import pyarrow as pa
+
+    from serialgen.compositing.plan import make_pair_id, missing_pairs, planned_pairs
+
+    rng = np.random.default_rng(0)
+    chars, poses = ["a", "team/b", "c-3"], [f"p{i}" for i in range(40)]
+    combos = [(c, p, v) for c in chars for p in poses for v in range(3)]
+    chosen = [combos[i] for i in rng.choice(len(combos), 200, replace=False)]
+    keys = pa.table({"character_id": [c for c, _, _ in chosen], "pose_id": [p for _, p, _ in chosen],
+                     "view_id": pa.array([v for _, _, v in chosen], pa.int32())})
+    planned = planned_pairs(keys, 2)
+    ids = [make_pair_id(*r.values(), k) for k in range(2) for r in keys.to_pylist()]
+    assert planned.column("pair_id").to_pylist() == ids
+    stored = [i for i in ids if rng.random() < 0.6] + ["zz/p1/0/0", "a/unknown-pose/0/1"]
+    batches = [pa.array(stored[:100]), pa.array(stored[100:])]
+    todo = missing_pairs(keys, 2, batches)
+    got = sorted(make_pair_id(*keys.slice(r, 1).to_pylist()[0].values(), k)
+                 for r, k in zip(todo.column("row").to_pylist(), todo.column("k").to_pylist()))
+    assert got == sorted(set(ids) - set(stored)) and 0 < len(got) < len(set(ids))
+    assert missing_pairs(keys, 1, []).num_rows == 200
+
+
 def test_split_is_by_character_stable_and_about_the_fraction():
     ids = [f"character-{i}" for i in range(4000)]
     splits = [split_of(c, 0.2) for c in ids]

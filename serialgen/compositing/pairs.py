@@ -18,6 +18,7 @@ import pyarrow as pa
 from serialgen.compositing.augment import Augmentation, alpha_bbox, pair_rng, sample_augmentation
 from serialgen.compositing.backgrounds import crop_background
 from serialgen.compositing.estimator_noise import degrade_keypoints, degrade_mask
+from serialgen.compositing.plan import make_pair_id
 from serialgen.compositing.kernel import Composited, composite
 from serialgen.compositing.split import split_of
 from serialgen.config import CompositeSettings
@@ -31,11 +32,6 @@ RENDER_COLUMNS = ["character_id", "pose_id", "view_id", "rgba", "keypoints"]
 
 #: What the composer emits: the `pairs` payload plus ``error`` (null for a good pair).
 OUTPUT_SCHEMA = PAIRS.payload_schema.append(pa.field("error", pa.string()))
-
-
-def make_pair_id(character_id: str, pose_id: str, view_id: int, k: int) -> str:
-    """Stable pair key: the render key plus the background slot ``k`` (0..backgrounds_per_render-1)."""
-    return f"{character_id}/{pose_id}/{view_id}/{k}"
 
 
 class LakeLookup:
