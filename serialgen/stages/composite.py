@@ -20,7 +20,6 @@ conflict-free commits whose size sets the resume granularity.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -271,8 +270,8 @@ def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[s
     # Blocks of BLOCK_BATCHES batches: a block is one actor call whose pairs reach the driver when it
     # ends, so small blocks spread the work over the pool and let the driver commit while the actors
     # composite. Sorted by render, so a block reads neighbouring rows.
-    todo = todo.sort_by("row")
-    planned = ray.data.from_arrow(todo).repartition(max(1, math.ceil(total / (BLOCK_BATCHES * cfg.batch_size))))
+    todo, block = todo.sort_by("row"), BLOCK_BATCHES * cfg.batch_size
+    planned = ray.data.from_arrow([todo.slice(i, block) for i in range(0, total, block)])  # blocks, no shuffle task
     pairs = planned.map_batches(
         _CompositeActor, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=cfg.workers), num_cpus=actor_cpus(cfg.workers, ray.cluster_resources()["CPU"]),
