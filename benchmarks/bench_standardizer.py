@@ -44,7 +44,8 @@ def write_pairs(lake, n: int, size: tuple[int, int] = STORED) -> None:
                      "background_id": "b", "split": "train", "input_image": encode_png(image),
                      "background_mask": encode_mask(mask), "reference_keypoints": keypoints,
                      "reference_pose_image": encode_png(pose), "target_image": encode_png(target),
-                     "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose), "augmentation": "{}"})
+                     "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose), "augmentation": "{}",
+                     "true_background_mask": encode_mask(mask), "true_reference_keypoints": keypoints})
     lake.upsert("pairs", rows, "bench")
 
 

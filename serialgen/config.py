@@ -8,6 +8,7 @@ Each stage reads its own section; a stage's config hash keys its caching and lin
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -18,7 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from serialgen.render.expressions import DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES
 from serialgen.storage import Lake, LakeError
+from serialgen.storage.lake import Upkeep
 
 
 class ConfigError(Exception):
@@ -39,6 +42,15 @@ def runtime(default: Any) -> Any:
     """A setting that changes how a stage runs (parallelism, commit size, logging), never what it writes:
     it is left out of the stage's config hash, so changing it reruns nothing."""
     return Field(default, json_schema_extra={"runtime": True})
+
+
+class UpkeepSettings(Section):
+    """Lake upkeep (see serialgen/storage/lake.py): key indexes, compaction, old-version removal."""
+
+    compact_every: int = 100            # commits of one process to a table between compactions; 0: never
+    retain_hours: float = 24.0          # versions younger than this are kept (readers that pinned them)
+    index_keys: bool = True
+    index_min_rows: int = 10_000        # tables smaller than this are not indexed
 
 
 class RaySettings(Section):
@@ -85,6 +97,15 @@ class RenderSettings(Section):
     standard_head_top: float = 0.06     # standard view: head top on this row (fraction of the height, from the top)
     standard_chin: float = 0.18         # standard view: chin on this row
     standard_arm_angle: float = 45.0    # standard A-pose: arms this many degrees below horizontal
+    # Close-ups and cut-offs (the paper standardizes head-only and upper-body references): shares of renders.
+    bust_share: float = 0.15
+    head_share: float = 0.1
+    cutoff_share: float = 0.15
+    max_cutoff: float = 0.85            # a cut-off pushes up to this share of the figure out of frame
+    # Expressions: allow-listed shape keys only (ARKit, VRM, MMD names), random partial weights.
+    expression_share: float = 0.7       # renders with an expression (the standard view never has one)
+    expression_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_KEYS))
+    expression_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_PREFIXES))
 
 
 class CompositeSettings(Section):
@@ -107,6 +128,12 @@ class CompositeSettings(Section):
     brightness: float = 0.1             # global +-10 % brightness / contrast jitter (camera)
     contrast: float = 0.1
     background_jitter: float = 0.3      # hue-like gain / saturation / brightness jitter of the background only
+    # Inputs as inference sees them (rembg mask, pose-estimator keypoints): share of pairs with such errors.
+    estimator_noise_probability: float = 0.5
+    mask_grow_max: float = 0.015        # mask dilation/erosion up to this share of the canvas's short side
+    mask_holes_max: int = 3             # up to this many blobs of the character called background
+    keypoint_jitter_max: float = 0.02   # keypoint jitter std up to this share of the figure's height
+    left_right_swap_probability: float = 0.5  # on back views, report left as right (estimators assume front views)
 
 
 class StandardizerSettings(Section):
@@ -257,6 +284,7 @@ class Settings(BaseSettings):
     lake: str = "./lake"
     storage_options: dict[str, str] = Field(default_factory=dict)
     ray: RaySettings = Field(default_factory=RaySettings)
+    upkeep: UpkeepSettings = Field(default_factory=UpkeepSettings)
     assets: AssetsSettings = Field(default_factory=AssetsSettings)
     render: RenderSettings = Field(default_factory=RenderSettings)
     composite: CompositeSettings = Field(default_factory=CompositeSettings)
@@ -275,7 +303,9 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     def open_lake(self) -> Lake:
-        return Lake(self.lake, self.storage_options)
+        u = self.upkeep
+        return Lake(self.lake, self.storage_options,
+                    Upkeep(u.compact_every, dt.timedelta(hours=u.retain_hours), u.index_keys, u.index_min_rows))
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections, the cache/lineage key of a stage's config."""
@@ -303,6 +333,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sd15": {
         "render": {"width": 512, "height": 768, "samples": 64, "denoise": True,
                    "poses_per_character": 3817, "views_per_pose": 1, "chunk_size": 64},
+        # The paper merged backgrounds during training: no 10.5 M-row pairs table.
+        "composite": {"dynamic": True},
         "standardizer": {"width": 512, "height": 768, "steps": 50_000, "batch_size": 4,
                          "learning_rate": 1e-5, "mixed_precision": "fp16", "gradient_checkpointing": True,
                          "checkpoint_every": 2000, "validate_every": 5000, "validation_pairs": 64,

@@ -33,6 +33,13 @@ UNREAL = {"Hips": "pelvis", "Spine": "spine_01", "Spine1": "spine_02", "Spine2":
           "ForeArm": "lowerarm", "Hand": "hand", "UpLeg": "thigh", "Leg": "calf", "Foot": "foot", "ToeBase": "ball"}
 #: motion file -> procedural clip (kind, seed) keyed into it
 MOTION_FILES = {"walk.bvh": ("walk", 11), "run.fbx": ("run", 12), "dance.glb": ("dance", 13)}
+#: DAZ/Poser BVH names (another mapped convention; DAZ figures have no third spine bone)
+DAZ = {"Hips": "hip", "Spine": "abdomen", "Spine1": "chest", "Neck": "neck", "Head": "head", "Shoulder": "Collar",
+       "Arm": "Shldr", "ForeArm": "ForeArm", "Hand": "Hand", "UpLeg": "Thigh", "Leg": "Shin", "Foot": "Foot"}
+#: motion files in the forms people download -> (kind, seed, form); "few_joints" must be rejected
+MOTION_FORMS = {"nodes_walk.glb": ("walk", 21, "node_hierarchy"), "skinless_run.fbx": ("run", 22, "skinless"),
+                "unreal_dance.bvh": ("dance", 23, "unreal"), "daz_walk.bvh": ("walk", 24, "daz"),
+                "few_joints.glb": ("walk", 25, "few_joints")}
 
 
 def _build(seed: int):
@@ -107,10 +114,7 @@ def build_character_files(folder: Path, blend_marker: Path) -> Path:
     procedural.export_glb(folder / "textured_without_uvs.glb")
 
     arm = _build(8)  # another rig convention, in centimetres, turned 90 degrees, off the origin
-    for bone in arm.data.bones:
-        name = bone.name.removeprefix("mixamorig:")
-        side = "_l" if name.startswith("Left") else "_r" if name.startswith("Right") else ""
-        bone.name = UNREAL[name.removeprefix("Left").removeprefix("Right")] + side
+    _rename(arm, UNREAL, "suffix")
     arm.rotation_euler, arm.scale, arm.location = (0, 0, np.pi / 2), (100, 100, 100), (3, 2, 1)
     procedural.export_glb(folder / "unreal_names_cm_turned.glb")
 
@@ -136,6 +140,67 @@ def build_motion_files(folder: Path,
         motions.export_motion(arm, folder / name)
         clips[name] = clip
     (folder / "corrupt.bvh").write_text("HIERARCHY\nROOT Hips\n{\n  OFFSET 0 0\n")
+    return clips
+
+
+def _rename(arm, names: dict[str, str], side_style: str) -> None:
+    """Rename a procedural rig's bones to another convention (unknown bones keep their names)."""
+    for bone in arm.data.bones:
+        name = bone.name.removeprefix("mixamorig:")
+        side = "Left" if name.startswith("Left") else "Right" if name.startswith("Right") else ""
+        base = names.get(name.removeprefix(side))
+        if base is not None:
+            bone.name = (base + {"Left": "_l", "Right": "_r"}.get(side, "") if side_style == "suffix"
+                         else {"Left": "l", "Right": "r"}.get(side, "") + base)
+
+
+def strip_skins(glb: Path) -> None:
+    """Drop the skins of a GLB: its joints become a plain node hierarchy (what web animation files hold)."""
+    import json
+    import struct
+
+    data = glb.read_bytes()
+    length = struct.unpack("<I", data[12:16])[0]
+    gltf, binary = json.loads(data[20:20 + length]), data[20 + length:]
+    gltf.pop("skins", None)
+    for node in gltf["nodes"]:
+        node.pop("skin", None)
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    body = struct.pack("<II", len(text), 0x4E4F534A) + text + binary
+    glb.write_bytes(struct.pack("<III", 0x46546C67, 2, 12 + len(body)) + body)
+
+
+def build_motion_forms(folder: Path) -> dict[str, procedural_motion.Clip]:
+    """:data:`MOTION_FORMS` as files (skeleton only: no mesh); returns {file name: clip}."""
+    import bpy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = {}
+    for name, (kind, seed, form) in MOTION_FORMS.items():
+        clip = procedural_motion.make_clip(kind, seed)
+        arm = _build(seed)
+        motions.keyframe_clip(arm, clip)
+        for obj in [o for o in bpy.context.scene.objects if o.type == "MESH"]:
+            bpy.data.objects.remove(obj, do_unlink=True)
+        if form == "unreal":
+            _rename(arm, UNREAL, "suffix")
+        elif form == "daz":
+            _rename(arm, DAZ, "prefix")
+        elif form == "few_joints":
+            for i, bone in enumerate(b for b in arm.data.bones if "Arm" in b.name or "Leg" in b.name):
+                bone.name = f"joint{i:02d}"
+        elif form == "skinless":
+            # FBX stores no bind pose without a skin: the rest written is the pose shown at export, so
+            # export at a frame keyed to the rest pose, as FBX tools write skinless clips.
+            for pb in arm.pose.bones:
+                pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+                pb.keyframe_insert("rotation_quaternion", frame=0)
+            bpy.context.scene.frame_set(0)
+        motions.export_motion(arm, folder / name)
+        if form in ("node_hierarchy", "few_joints"):
+            strip_skins(folder / name)
+        clips[name] = clip
     return clips
 
 

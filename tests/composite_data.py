@@ -66,7 +66,7 @@ def render_row(character_id: str, pose_id: str, view_id: int, rgba: np.ndarray, 
         "character_id": character_id, "pose_id": pose_id, "view_id": view_id,
         "rgba": encode_png(rgba), "mask": encode_mask(rgba[..., 3] >= 128), "keypoints": keypoints.tolist(),
         "pose_image": encode_png(draw_pose(keypoints, width, height)), "camera": [0.0] * 14,
-        "expression": "neutral", "width": width, "height": height, "seed": 0, "render_seconds": 0.0,
+        "expression": "neutral", "framing": "full", "width": width, "height": height, "seed": 0, "render_seconds": 0.0,
     }
 
 

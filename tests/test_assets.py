@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assets_data import EXPECTED, MOTION_FILES, build_character_files, build_motion_files, crash_on_poison
+from assets_data import (
+    EXPECTED, MOTION_FILES, MOTION_FORMS, build_character_files, build_motion_files, build_motion_forms, crash_on_poison)
 from serialgen.config import load_settings
 from serialgen.render import poses, procedural, procedural_motion, skeleton
 from serialgen.render.rotations import bone_frame
@@ -203,6 +204,41 @@ def test_motion_files_round_trip(asset_dirs, name):
     expected = clip.rotations[got.frames]
     worst = max(poses.pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in range(len(g)))
     assert np.degrees(worst) < 0.5
+
+
+@pytest.fixture(scope="module")
+def motion_forms(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("motion_forms")
+    return folder, build_motion_forms(folder)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, _, form) in MOTION_FORMS.items() if form != "few_joints"))
+def test_motion_files_in_the_forms_people_have(motion_forms, name):
+    """Node-hierarchy glTF (no skin, no mesh), skinless FBX, BVH in other naming schemes -> the keyed clip."""
+    from serialgen.render.motions import extract_clips
+
+    folder, clips = motion_forms
+    if MOTION_FORMS[name][2] == "node_hierarchy":
+        gltf = json.loads((folder / name).read_bytes()[20:20 + int.from_bytes((folder / name).read_bytes()[12:16],
+                                                                              "little")])
+        assert "skins" not in gltf and "meshes" not in gltf and gltf["nodes"][0]["name"].startswith("mixamorig:")
+    clip = clips[name]
+    [got] = extract_clips(folder / name, frame_step=3)
+    assert got.n_frames == clip.n_frames
+    expected = clip.rotations[got.frames]
+    daz = MOTION_FORMS[name][2] == "daz"   # DAZ rigs have no Spine2: its bend is read into the chest bone
+    bones = [i for i, b in enumerate(skeleton.POSED_BONES) if not (daz and b in ("Spine1", "Spine2"))]
+    worst = max(poses.pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in bones)
+    assert np.degrees(worst) < 0.5
+    assert 1 < poses.dedup(got.rotations, 0.08).sum() <= len(got.rotations), "the clip yields library poses"
+
+
+def test_motion_with_too_few_canonical_joints_is_rejected_with_the_reason(motion_forms):
+    from serialgen.render.motions import MotionLoadError, extract_clips
+
+    folder, _ = motion_forms
+    with pytest.raises(MotionLoadError, match="missing LeftArm, RightArm, LeftForeArm"):
+        extract_clips(folder / "few_joints.glb")
 
 
 # -- the stage: worker processes, lake, resumability ---------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_mask_and_keypoints_move_exactly_with_the_character(kind):
         diff = img.astype(np.float64).mean(axis=2) - img_dark.astype(np.float64).mean(axis=2)
         alpha = diff / ((178 - 76) * aug.contrast * aug.brightness)
         # The mask is exactly the transformed alpha thresholded at 0.5 (up to 8-bit rounding at 0.5).
-        assert np.all(mask[alpha > 0.52]) == False  # noqa: E712 - foreground is never called background
+        assert not np.any(mask[alpha > 0.52]), "foreground is never called background"
         assert np.all(mask[alpha < 0.48])
         expected = kp[:, :2] * aug.scale + np.asarray(aug.offset)
         for (x, y), (mx, my, vis) in zip(expected, moved):
@@ -125,15 +125,39 @@ def test_reference_pose_is_redrawn_at_the_moved_keypoints(lake):
     write_characters(lake, 2, 3, W, H)
     lake.upsert("backgrounds", [{"background_id": "bg", "source_uri": "procedural://0/0", "width": 96, "height": 144,
                                  "image": encode_png(procedural_background(0, 0, 96, 144))}], "t")
-    composer = PairComposer(lake, CompositeSettings(backgrounds_per_render=2), ["bg"])
+    composer = PairComposer(lake, CompositeSettings(backgrounds_per_render=2, estimator_noise_probability=0.0), ["bg"])
     renders = lake.read("renders", columns=RENDER_COLUMNS)
     pairs = composer.compose(renders, composer.plan(renders))
     assert len(pairs.meta) == 12 and not pairs.errors
+    assert np.array_equal(pairs.keypoints, pairs.true_keypoints)
     for pose, kp in zip(pairs.pose_images, pairs.keypoints):
         assert np.array_equal(pose, draw_pose(kp, W, H))
         for (x, y, v), colour in zip(kp[[1, 4, 7, 10, 13]], np.asarray(COLORS)[[1, 4, 7, 10, 13]]):
             if v > 0:
                 assert tuple(pose[int(y), int(x)]) == tuple(colour)
+
+
+def test_missing_pairs_is_the_anti_join_of_planned_and_stored_ids():
+    import pyarrow as pa
+
+    from serialgen.compositing.plan import make_pair_id, missing_pairs, planned_pairs
+
+    rng = np.random.default_rng(0)
+    chars, poses = ["a", "team/b", "c-3"], [f"p{i}" for i in range(40)]
+    combos = [(c, p, v) for c in chars for p in poses for v in range(3)]
+    chosen = [combos[i] for i in rng.choice(len(combos), 200, replace=False)]
+    keys = pa.table({"character_id": [c for c, _, _ in chosen], "pose_id": [p for _, p, _ in chosen],
+                     "view_id": pa.array([v for _, _, v in chosen], pa.int32())})
+    planned = planned_pairs(keys, 2)
+    ids = [make_pair_id(*r.values(), k) for k in range(2) for r in keys.to_pylist()]
+    assert planned.column("pair_id").to_pylist() == ids
+    stored = [i for i in ids if rng.random() < 0.6] + ["zz/p1/0/0", "a/unknown-pose/0/1"]
+    batches = [pa.array(stored[:100]), pa.array(stored[100:])]
+    todo = missing_pairs(keys, 2, batches)
+    got = sorted(make_pair_id(*keys.slice(r, 1).to_pylist()[0].values(), k)
+                 for r, k in zip(todo.column("row").to_pylist(), todo.column("k").to_pylist()))
+    assert got == sorted(set(ids) - set(stored)) and 0 < len(got) < len(set(ids))
+    assert missing_pairs(keys, 1, []).num_rows == 200
 
 
 def test_split_is_by_character_stable_and_about_the_fraction():

@@ -10,7 +10,7 @@ from serialgen.pose_drawing import draw_pose
 from serialgen.render.plan import plan_character, plan_items, stable_seed
 from serialgen.render.skeleton import COLORS
 from serialgen.storage.images import decode_image, decode_mask
-from render_data import character_glbs, pose_rows
+from render_data import character_glbs, pose_rows, random_pose
 
 SETTINGS = RenderSettings()  # tiny profile: 128 x 192, Cycles CPU, 8 samples
 
@@ -97,7 +97,7 @@ def test_keypoints_behind_the_head_and_out_of_frame_are_invisible(worker, glbs, 
     worker.load(cid, glbs[cid])
     posing.rest(worker.character)
     bpy.context.view_layer.update()
-    points = worker._posed_points()
+    points = worker._posed_points(camera.Framing("full"))
     centre = Vector(((points.min(0) + points.max(0)) / 2).tolist())
     camera.place_viewpoint(worker.camera, camera.Viewpoint(180.0, 0.0, 1.2, 50.0), centre, points)  # from behind
     back = keypoints.project(worker.character, worker.parts, worker.camera, worker.height)
@@ -139,7 +139,7 @@ def test_same_key_renders_identical_bytes_whatever_came_before(worker, glbs, pos
     items = _items(cid, poses, n_views=1)
     first = worker.render_chunk(cid, glbs[cid], items[:2], poses, standard=False).renders
     again = worker.render_chunk(cid, glbs[cid], [items[2], items[0]], poses, standard=False).renders
-    for column in ("rgba", "mask", "pose_image", "keypoints", "camera", "expression"):
+    for column in ("rgba", "mask", "pose_image", "keypoints", "camera", "expression", "framing"):
         assert first[0][column] == again[1][column], column
     assert first[0]["rgba"] != first[1]["rgba"]
     after_items = worker.render_standard()        # the standard view ignores the pose left by the items
@@ -156,3 +156,79 @@ def test_a_bad_character_fails_its_items_not_the_worker(worker, glbs, poses):
     assert all("character load failed" in reason for _, reason in result.errors)
     cid = sorted(glbs)[0]
     assert worker.render_chunk(cid, glbs[cid], items[:0], poses, standard=True).standard is not None
+
+
+#: Knees and ankles: never in a head or bust close-up.
+LOWER_BODY = [9, 10, 12, 13]
+CUT_EDGE = {"bottom": (slice(-1, None), slice(None)), "top": (slice(0, 1), slice(None)),
+            "left": (slice(None), slice(0, 1)), "right": (slice(None), slice(-1, None))}
+
+
+@pytest.mark.parametrize("mode", ["head", "bust", "cutoff"])
+def test_close_ups_and_cut_offs_keep_keypoint_visibility_exact(worker, glbs, mode):
+    rng = np.random.default_rng(1)   # near-standing poses: a bust of a figure bent double may show its knees
+    poses = {f"pose-{i}": (pose_rows(1)[0]["bones"], random_pose(rng, 12.0)) for i in range(3)}
+    cid = sorted(glbs)[0]
+    shares = {f"{m}_share": float(m == mode) for m in ("head", "bust", "cutoff")}
+    worker.settings = SETTINGS.model_copy(update=shares)
+    try:
+        rows = worker.render_chunk(cid, glbs[cid], _items(cid, poses), poses, standard=False).renders
+    finally:
+        worker.settings = SETTINGS
+    assert len(rows) == 6
+    cuts = []
+    for row in rows:
+        mask = decode_mask(row["mask"]) > 0
+        kps = np.asarray(row["keypoints"])
+        ys, xs = np.nonzero(mask)
+        for x, y, v in kps:
+            inside = 0 <= x < 128 and 0 <= y < 192
+            assert v == 0 or (inside and np.min(np.hypot(xs + 0.5 - x, ys + 0.5 - y)) <= 3.0), (row["framing"], x, y)
+        if mode == "cutoff":
+            side, cut = row["framing"].split("-")[1], float(row["framing"].split("-")[2])
+            cuts.append(cut)
+            assert row["framing"].startswith("cutoff-") and cut < 0.98
+            if cut > 0.05:
+                assert mask[CUT_EDGE[side]].any(), f"{row['framing']}: the frame cuts the figure on that side"
+        else:
+            assert row["framing"] == mode
+            assert not kps[LOWER_BODY, 2].any(), "knees and ankles are out of a close-up"
+            assert mask.mean() > 0.12, "the close-up fills the frame"
+            if mode == "head":
+                assert kps[[1, 2, 3, 5, 6], 2].sum() <= 3, "a head shot shows little below the neck"
+    if mode == "cutoff":
+        assert max(cuts) > 0.5 and sum(c > 0.1 for c in cuts) >= 4, cuts
+
+
+def test_expressions_drive_allow_listed_keys_only_and_the_standard_is_neutral(worker, glbs, poses):
+    cid = sorted(glbs)[1]
+    worker.load(cid, glbs[cid])
+    assert worker.expressions == ["angry", "smile", "surprised"]
+    worker.settings = SETTINGS.model_copy(update={"expression_share": 1.0})
+    try:
+        rows = worker.render_chunk(cid, glbs[cid], _items(cid, poses), poses, standard=False).renders
+    finally:
+        worker.settings = SETTINGS
+    weights = [dict((k, float(w)) for k, w in (kv.split(":") for kv in r["expression"].split(","))) for r in rows]
+    assert all(set(w) <= {"angry", "smile", "surprised"} and all(0.2 <= v <= 1.0 for v in w.values()) for w in weights)
+    assert any(0.2 <= v < 0.95 for w in weights for v in w.values()), "weights are partial"
+    worker.render_standard()
+    values = {k.name: k.value for m in worker.character.meshes if m.data.shape_keys
+              for k in m.data.shape_keys.key_blocks[1:]}
+    assert values and all(values[k] == 0.0 for k in worker.expressions)
+
+
+def test_expression_allow_list_skips_body_and_clothing_morphs():
+    from serialgen.render.expressions import (
+        DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES, expression_keys, sample_expression)
+
+    names = ["jawOpen", "blendShape1.eyeBlinkLeft", "Fcl_MTH_A", "まばたき", "Joy", "aa", "vrc.v_oh", "smile",
+             "BreastSize", "Muscular", "SkirtFit", "Belly", "blendShape1.Fat", "Key 1"]
+    found = expression_keys(names, SETTINGS.expression_keys, SETTINGS.expression_prefixes)
+    assert found == sorted(names[:8])
+    assert expression_keys(names, ["SkirtFit"], []) == ["SkirtFit"], "the allow-list is configurable"
+    assert len(DEFAULT_EXPRESSION_KEYS) > 100 and DEFAULT_EXPRESSION_PREFIXES
+    rng = np.random.default_rng(0)
+    draws = [sample_expression(rng, found, 0.7) for _ in range(400)]
+    assert 0.62 < np.mean([bool(d) for d in draws]) < 0.78
+    assert max(len(d) for d in draws) == 3 and all(0.2 <= v <= 1 for d in draws for v in d.values())

@@ -54,7 +54,7 @@ def make_pairs(lake, n: int, test: int = 0, seed: int = 0) -> None:
             "background_mask": encode_mask(mask), "reference_keypoints": keypoints,
             "reference_pose_image": encode_png(pose), "target_image": encode_png(target),
             "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose),
-            "augmentation": "{}",
+            "true_background_mask": encode_mask(mask), "true_reference_keypoints": keypoints, "augmentation": "{}",
         })
     lake.upsert("pairs", rows, "test")
 

@@ -39,7 +39,7 @@ def test_duplicate_keys_within_one_batch_keep_the_last(lake):
 def test_composite_key(lake):
     row = {"character_id": "c", "pose_id": "p", "view_id": 0, "rgba": b"x", "mask": b"m",
            "keypoints": [[0.0, 0.0, 0.0]] * 18, "pose_image": b"p", "camera": [0.0] * 14,
-           "expression": "neutral", "width": 1, "height": 1, "seed": 1, "render_seconds": 0.1}
+           "expression": "neutral", "framing": "full", "width": 1, "height": 1, "seed": 1, "render_seconds": 0.1}
     lake.upsert("renders", [row, {**row, "view_id": 1}], "r1")
     lake.upsert("renders", [{**row, "expression": "smile"}], "r2")
     assert lake.count("renders") == 2

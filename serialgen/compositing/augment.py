@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from serialgen.compositing.estimator_noise import EstimatorNoise, sample_estimator_noise
 from serialgen.config import CompositeSettings
 
 
@@ -32,6 +33,7 @@ class Augmentation:
     shadow_opacity: float                   # 0 = no shadow
     brightness: float                       # global, after compositing
     contrast: float
+    estimator: EstimatorNoise | None = None  # segmenter/pose-estimator errors on the input side; None: exact
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -72,7 +74,7 @@ def sample_augmentation(rng: np.random.Generator, bbox: tuple[int, int, int, int
 
     j = cfg.background_jitter
     shadow = rng.random() < cfg.shadow_probability
-    return Augmentation(
+    aug = Augmentation(
         scale=scale,
         offset=(float(offset[0]), float(offset[1])),
         cut_side=cut_side,
@@ -86,6 +88,10 @@ def sample_augmentation(rng: np.random.Generator, bbox: tuple[int, int, int, int
         brightness=float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)),
         contrast=float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)),
     )
+    # Drawn last, so pairs made before estimator noise existed keep their other parameters.
+    if rng.random() < cfg.estimator_noise_probability:
+        aug = replace(aug, estimator=sample_estimator_noise(rng, canvas, cfg))
+    return aug
 
 
 def _place(rng: np.random.Generator, extent: float, size: float, cut_side: str | None,

@@ -71,6 +71,7 @@ class DynamicPairs(Dataset):
         return {**{key: meta[key] for key in ("pair_id", "character_id", "split", "target_keypoints")},
                 "input_image": pairs.images[0], "background_mask": pairs.background_masks[0],
                 "reference_keypoints": pairs.keypoints[0], "reference_pose_image": pairs.pose_images[0],
+                "true_background_mask": pairs.true_background_masks[0], "true_reference_keypoints": pairs.true_keypoints[0],
                 "target_image": decode_image(meta["target_image"], "RGB"),
                 "target_pose_image": decode_image(meta["target_pose_image"], "RGB")}
 

@@ -25,6 +25,7 @@ class Composited:
     image: np.ndarray            # (B, H, W, 3) uint8
     background_mask: np.ndarray  # (B, H, W) bool, True where the pixel is background (alpha < 0.5)
     keypoints: np.ndarray        # (B, 18, 3) float32, moved with the character; visibility 0 outside
+    shadow: np.ndarray           # (B, H, W) float32, how much the cast shadow darkens each pixel (0..1)
 
 
 def composite(rgba: np.ndarray, keypoints: np.ndarray, backgrounds: np.ndarray,
@@ -50,7 +51,8 @@ def composite(rgba: np.ndarray, keypoints: np.ndarray, backgrounds: np.ndarray,
 
         bg = torch.from_numpy(np.ascontiguousarray(backgrounds)).permute(0, 3, 1, 2).float() / 255
         bg = _jitter_background(bg, augs)
-        bg = bg * (1 - _shadow(alpha, scale, offset, (src_w, src_h), (width, height), augs))
+        shadow = _shadow(alpha, scale, offset, (src_w, src_h), (width, height), augs)
+        bg = bg * (1 - shadow)
 
         out = warped[:, :3] + (1 - a) * bg
         brightness = torch.tensor([x.brightness for x in augs]).view(-1, 1, 1, 1)
@@ -60,7 +62,7 @@ def composite(rgba: np.ndarray, keypoints: np.ndarray, backgrounds: np.ndarray,
         mask = (a[:, 0] < 0.5).numpy()
 
     kp = transform_keypoints(keypoints, scale.numpy(), offset.numpy(), (width, height))
-    return Composited(image=image, background_mask=mask, keypoints=kp)
+    return Composited(image=image, background_mask=mask, keypoints=kp, shadow=shadow[:, 0].numpy())
 
 
 def _warp(src: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, src_size: tuple[int, int],

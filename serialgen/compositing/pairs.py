@@ -17,6 +17,8 @@ import pyarrow as pa
 
 from serialgen.compositing.augment import Augmentation, alpha_bbox, pair_rng, sample_augmentation
 from serialgen.compositing.backgrounds import crop_background
+from serialgen.compositing.estimator_noise import degrade_keypoints, degrade_mask
+from serialgen.compositing.plan import make_pair_id
 from serialgen.compositing.kernel import Composited, composite
 from serialgen.compositing.split import split_of
 from serialgen.config import CompositeSettings
@@ -30,11 +32,6 @@ RENDER_COLUMNS = ["character_id", "pose_id", "view_id", "rgba", "keypoints"]
 
 #: What the composer emits: the `pairs` payload plus ``error`` (null for a good pair).
 OUTPUT_SCHEMA = PAIRS.payload_schema.append(pa.field("error", pa.string()))
-
-
-def make_pair_id(character_id: str, pose_id: str, view_id: int, k: int) -> str:
-    """Stable pair key: the render key plus the background slot ``k`` (0..backgrounds_per_render-1)."""
-    return f"{character_id}/{pose_id}/{view_id}/{k}"
 
 
 class LakeLookup:
@@ -86,9 +83,11 @@ class ComposedPairs:
 
     meta: list[dict[str, Any]]      # per good pair: ids, split, augmentation, target bytes and keypoints
     images: list[np.ndarray]        # (H, W, 3) uint8 composited inputs
-    background_masks: list[np.ndarray]  # (H, W) bool, True = background
-    keypoints: np.ndarray           # (B, 18, 3) float32 reference keypoints, moved with the character
-    pose_images: list[np.ndarray]   # (H, W, 3) uint8, redrawn from the moved keypoints
+    background_masks: list[np.ndarray]  # (H, W) bool, True = background, as a segmenter would give it
+    keypoints: np.ndarray           # (B, 18, 3) float32 reference keypoints as a pose estimator would give them
+    pose_images: list[np.ndarray]   # (H, W, 3) uint8, drawn from ``keypoints``
+    true_background_masks: list[np.ndarray]  # the exact masks (labels for a segmenter)
+    true_keypoints: np.ndarray      # the exact keypoints, moved with the character (labels for a pose estimator)
     errors: list[tuple[dict[str, Any], str]]  # (ids of the failed pair, reason)
 
 
@@ -147,9 +146,16 @@ class PairComposer:
             kp = np.asarray(keypoints[p.row].as_py() or np.zeros((18, 3)), np.float32)
             items.append((image, kp, bg, aug))
 
-        images, masks, moved = _composite_by_size(items)
-        poses = [draw_pose(kp, img.shape[1], img.shape[0]) for kp, img in zip(moved, images)]
-        return ComposedPairs(meta, images, masks, moved, poses, errors)
+        images, true_masks, true_keypoints, shadows = _composite_by_size(items)
+        masks, keypoints = list(true_masks), true_keypoints.copy()
+        for i, ((image, kp, _bg, aug), shadow) in enumerate(zip(items, shadows)):
+            if aug.estimator is not None:  # the input side as a segmenter and a pose estimator see it
+                canvas = (image.shape[1], image.shape[0])
+                masks[i] = degrade_mask(true_masks[i], shadow, aug.estimator)
+                keypoints[i] = degrade_keypoints(true_keypoints[i], np.any(kp[:, :2] != 0, axis=1), canvas,
+                                                 aug.estimator)
+        poses = [draw_pose(kp, img.shape[1], img.shape[0]) for kp, img in zip(keypoints, images)]
+        return ComposedPairs(meta, images, masks, keypoints, poses, true_masks, true_keypoints, errors)
 
     def __call__(self, renders: pa.Table, planned: Sequence[Planned], epoch: int = 0) -> pa.Table:
         """Pairs for ``planned`` as rows of :data:`OUTPUT_SCHEMA` (images PNG-encoded)."""
@@ -163,7 +169,9 @@ def encode_pairs(pairs: ComposedPairs) -> pa.Table:
         rows.append({**m, "input_image": encode_png(pairs.images[i]),
                      "background_mask": encode_mask(pairs.background_masks[i]),
                      "reference_keypoints": pairs.keypoints[i].tolist(),
-                     "reference_pose_image": encode_png(pairs.pose_images[i]), "error": None})
+                     "reference_pose_image": encode_png(pairs.pose_images[i]),
+                     "true_background_mask": encode_mask(pairs.true_background_masks[i]),
+                     "true_reference_keypoints": pairs.true_keypoints[i].tolist(), "error": None})
     empty = {f.name: None for f in OUTPUT_SCHEMA}
     rows += [{**empty, **info, "error": reason} for info, reason in pairs.errors]
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
@@ -196,16 +204,17 @@ def _decode_renders(renders: pa.Table, rows: set[int]) -> dict[int, np.ndarray |
 
 
 def _composite_by_size(items: list[tuple[np.ndarray, np.ndarray, np.ndarray, Augmentation]]
-                       ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Run the kernel once per render size present (usually one); (images, masks, keypoints) in item order."""
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Run the kernel once per render size present (usually one); (images, masks, keypoints, shadows) in item order."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (image, *_rest) in enumerate(items):
         groups.setdefault(image.shape, []).append(i)
-    images, masks = [None] * len(items), [None] * len(items)
+    images, masks, shadows = [None] * len(items), [None] * len(items), [None] * len(items)
     keypoints = np.zeros((len(items), 18, 3), np.float32)
     for idx in groups.values():
         out: Composited = composite(np.stack([items[i][0] for i in idx]), np.stack([items[i][1] for i in idx]),
                                     np.stack([items[i][2] for i in idx]), [items[i][3] for i in idx])
         for j, i in enumerate(idx):
-            images[i], masks[i], keypoints[i] = out.image[j], out.background_mask[j], out.keypoints[j]
-    return images, masks, keypoints
+            images[i], masks[i], keypoints[i], shadows[i] = \
+                out.image[j], out.background_mask[j], out.keypoints[j], out.shadow[j]
+    return images, masks, keypoints, shadows

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
 from serialgen.render.characters import Character
+from serialgen.render.expressions import expression_keys
 from serialgen.render.retarget import Rig
-
-NEUTRAL = "neutral"
 
 
 def pose_bone(character: Character, name: str) -> bpy.types.PoseBone | None:
@@ -64,18 +63,20 @@ def apply_a_pose(character: Character, arm_angle_deg: float = 45.0) -> None:
                 _aim(character, pb, direction)
 
 
-def expressions(character: Character) -> list[str]:
-    """The expression shape keys the character offers (besides neutral), sorted."""
+def expressions(character: Character, allowed: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+    """The character's expression shape keys (allow-listed names only; body and clothing morphs are not), sorted."""
     names = set()
     for mesh in character.meshes:
         if mesh.data.shape_keys is not None:
             names.update(k.name for k in mesh.data.shape_keys.key_blocks[1:])
-    return sorted(names - {NEUTRAL})
+    return expression_keys(names, allowed, prefixes)
 
 
-def set_expression(character: Character, name: str) -> None:
-    """Shape key ``name`` fully on and every other one off (all off for :data:`NEUTRAL`)."""
+def set_expression(character: Character, weights: Mapping[str, float], keys: Sequence[str]) -> None:
+    """Expression ``keys`` at ``weights`` (0 where not given, so ``{}`` is neutral); other shape keys untouched."""
+    managed = set(keys)
     for mesh in character.meshes:
         if mesh.data.shape_keys is not None:
             for key in mesh.data.shape_keys.key_blocks[1:]:
-                key.value = 1.0 if key.name == name else 0.0
+                if key.name in managed:
+                    key.value = weights.get(key.name, 0.0)

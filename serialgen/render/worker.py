@@ -19,6 +19,7 @@ from mathutils import Vector
 from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
 from serialgen.render import camera, keypoints, posing, scene
+from serialgen.render.expressions import describe, sample_expression
 from serialgen.render.characters import Character
 from serialgen.render.plan import ChunkResult, RenderItem, standard_error_key
 from serialgen.render.renderer import Renderer, configure
@@ -53,7 +54,8 @@ class RenderWorker:
         self.character_id = character_id
         configure(self.settings, self.settings.width, self.settings.height)
         self.camera = camera.ensure_camera()
-        self.expressions = posing.expressions(self.character)
+        self.expressions = posing.expressions(self.character, self.settings.expression_keys,
+                                              self.settings.expression_prefixes)
         self.parts = keypoints.BodyParts(self.character)
         posing.rest(self.character)
         bpy.context.view_layer.update()
@@ -73,25 +75,42 @@ class RenderWorker:
             top = max(top, float(z.max()))
         return top
 
-    def _posed_points(self) -> np.ndarray:
-        """Bone heads and tails of the current pose (world), padded out by the flesh around them."""
+    def _joints(self) -> np.ndarray:
+        """Every bone head and tail of the current pose (world)."""
         world = self.character.armature.matrix_world
-        joints = np.array([world @ p for pb in self.character.armature.pose.bones for p in (pb.head, pb.tail)])
-        pad = 0.06 * self.height * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+        return np.array([world @ p for pb in self.character.armature.pose.bones for p in (pb.head, pb.tail)])
+
+    def _posed_points(self, framing: camera.Framing) -> np.ndarray:
+        """The joints ``framing`` shows in the current pose (world), padded out by the flesh around them."""
+        world = self.character.armature.matrix_world
+        if framing.mode in camera.CLOSE_UPS:
+            whole, heads = camera.CLOSE_UPS[framing.mode]
+            bones = [(posing.pose_bone(self.character, b), ends) for names, ends in ((whole, 2), (heads, 1))
+                     for b in names]
+            joints = np.array([world @ p for pb, ends in bones if pb is not None for p in (pb.head, pb.tail)[:ends]])
+        else:
+            joints = self._joints()
+        flesh = 0.04 if framing.mode == "head" else 0.06
+        pad = flesh * self.height * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
         return (joints[:, None, :] + pad[None]).reshape(-1, 3)
 
     # -- items --------------------------------------------------------------------------
     def render_item(self, item: RenderItem, bones: Sequence[str], rotations: Sequence[Sequence[float]]) -> dict[str, Any]:
         """One non-standard render -> its ``renders`` row (``render_seconds``: time inside the render call)."""
         rng = np.random.default_rng(item.seed)
-        expression = str(rng.choice([posing.NEUTRAL, *self.expressions]))
-        posing.set_expression(self.character, expression)   # first: the pose's update deforms the meshes once
+        cfg = self.settings
+        expression = sample_expression(rng, self.expressions, cfg.expression_share)
+        # First: the pose's update deforms the meshes once.
+        posing.set_expression(self.character, expression, self.expressions)
         posing.apply_pose(self.character, self.rig, bones, rotations)
         view = camera.sample_viewpoint(rng)
-        points = self._posed_points()
+        framing = camera.sample_framing(rng, cfg.bust_share, cfg.head_share, cfg.cutoff_share, cfg.max_cutoff)
+        view = camera.frame_view(view, framing)
+        points = camera.kept_points(self._posed_points(framing), framing, view)
         centre = Vector(((points.min(axis=0) + points.max(axis=0)) / 2).tolist())
-        target = centre + Vector(rng.normal(0.0, 0.03 * self.height, 3).tolist())
-        camera.place_viewpoint(self.camera, view, target, points)
+        target = centre + Vector(rng.normal(0.0, 0.03 * float(np.ptp(points[:, 2])), 3).tolist())
+        camera.place_viewpoint(self.camera, view, target, points, framing.fit)
+        framing = camera.measured_cut(self.camera, framing, self._joints())
         scene.random_lighting(rng, centre, self.height, view.azimuth_deg)
         bpy.context.view_layer.update()
         kps = keypoints.project(self.character, self.parts, self.camera, self.height)
@@ -101,7 +120,7 @@ class RenderWorker:
             "character_id": item.character_id, "pose_id": item.pose_id, "view_id": item.view_id,
             "rgba": encode_png(rgba), "mask": encode_mask(rgba[..., 3] > MASK_THRESHOLD),
             "keypoints": kps.tolist(), "pose_image": encode_png(draw_pose(kps, width, height)),
-            "camera": camera.camera_vector(self.camera), "expression": expression,
+            "camera": camera.camera_vector(self.camera), "expression": describe(expression), "framing": str(framing),
             "width": width, "height": height, "seed": item.seed, "render_seconds": seconds,
         }
 
@@ -120,7 +139,7 @@ class RenderWorker:
         pose image is the whole skeleton the standardizer is asked to produce.
         """
         posing.apply_a_pose(self.character, self.settings.standard_arm_angle)
-        posing.set_expression(self.character, posing.NEUTRAL)
+        posing.set_expression(self.character, {}, self.expressions)
         top, chin = self.face_rows()
         camera.place_standard(self.camera, top, chin, self.settings.standard_head_top, self.settings.standard_chin)
         scene.standard_lighting(Vector((chin.x, chin.y, self.height / 2)), self.height)

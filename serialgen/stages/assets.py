@@ -291,6 +291,8 @@ def run_assets(settings: Settings, characters: str | None = None, motions: str |
         if motions or procedural_motions:
             _write_poses(settings, lake, run, clips, report)
             run.outputs += ["motions", "poses"]
+        for table in run.outputs:
+            lake.maintain(table)
         report.seconds = round(time.perf_counter() - started, 2)
         run.metrics = asdict(report)
     return report

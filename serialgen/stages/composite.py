@@ -1,10 +1,13 @@
 """The composite stage: backgrounds in, then renders x backgrounds -> `pairs`, as a Ray Data pipeline.
 
-Pipeline: ``lance_ray.read_lance(renders)`` (read tasks of 0.5 CPU, blocks of a few batches) ->
+Planning: the (render, background slot) pairs not yet in `pairs` are an Arrow hash anti-join on
+integer codes of the render keys against the `pairs` key column read in batches
+(:func:`serialgen.compositing.plan.missing_pairs`), kept as (render position, slot) rows. Pipeline: those rows (``ray.data.from_arrow``, blocks of a few batches) ->
 ``map_batches`` on an explicit ``ActorPoolStrategy`` of ``composite.workers`` actors (sized by
-:func:`actor_cpus` so a read task always fits beside them; each actor looks up standards and
-backgrounds in Lance by key, with a cache) -> the driver streams the output blocks and commits
-them with :meth:`Lake.upsert` on ``pair_id`` every ``composite.write_rows`` pairs.
+:func:`actor_cpus` so a scheduling task always fits beside them; each actor takes its renders from
+Lance at the pinned version and looks up standards and backgrounds by key, with a cache) -> the
+driver streams the output blocks and commits them with :meth:`Lake.upsert` on ``pair_id`` every
+``composite.write_rows`` pairs.
 
 Why the driver writes: ``pairs`` must be upserted (reruns never duplicate), and neither Ray's
 ``write_lance`` (broken with pylance 14) nor ``lance_ray.write_lance`` (create/append/overwrite
@@ -17,7 +20,6 @@ conflict-free commits whose size sets the resume granularity.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,7 +36,8 @@ from serialgen.compositing.backgrounds import (
     ingest_image,
     procedural_background_png,
 )
-from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, make_pair_id
+from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, Planned
+from serialgen.compositing.plan import missing_pairs
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings, ConfigError, Settings
 from serialgen.stages.registry import config_hash
@@ -46,7 +49,7 @@ from serialgen.storage.schemas import BACKGROUNDS
 
 log = logging.getLogger(__name__)
 
-#: CPUs a Lance read task asks for: reading encoded bytes is light, and it must fit beside the pool.
+#: CPUs left beside the actor pool for Ray Data's own (light) tasks.
 READ_CPUS = 0.5
 #: Batches per Ray Data block (streaming granularity of the pipeline).
 BLOCK_BATCHES = 4
@@ -98,24 +101,27 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
             raise ConfigError("no backgrounds: set composite.backgrounds_procedural > 0 or give a background source")
         run.inputs["backgrounds"] = lake.version("backgrounds")
 
-        keys = lake.read("renders", columns=["character_id", "pose_id", "view_id"])
+        renders_version = lake.version("renders")
+        keys = lake.read("renders", columns=["character_id", "pose_id", "view_id"], version=renders_version)
         if cfg.limit is not None:
             keys = keys.slice(0, cfg.limit)
-        characters = set(keys.column("character_id").to_pylist())
+        characters = set(pc.unique(keys.column("character_id")).to_pylist())
         n_test = sum(split_of(c, cfg.test_fraction) == TEST for c in characters)
         if characters and n_test == 0:
             log.warning("composite: no character falls in the test split (%d characters)", len(characters))
-        wanted = {make_pair_id(*ids, k) for ids in zip(*(keys.column(c).to_pylist() for c in keys.column_names))
-                  for k in range(cfg.backgrounds_per_render)}
-        done = set() if force else wanted & {k for (k,) in lake.keys("pairs")}
+        pairs = None if force else lake.dataset("pairs")
+        stored = () if pairs is None else (b.column(0) for b in pairs.to_batches(columns=["pair_id"]))
+        todo = missing_pairs(keys, cfg.backgrounds_per_render, stored)
+        skipped = keys.num_rows * cfg.backgrounds_per_render - todo.num_rows
         written = 0
-        if not dynamic and len(done) < len(wanted):
-            written = _composite_pairs(sink, cfg, background_ids, done, keys.num_rows, progress,
-                                       len(wanted) - len(done))
-            run.attempted = len(wanted) - len(done)
+        if not dynamic and todo.num_rows:
+            written = _composite_pairs(sink, cfg, background_ids, todo, renders_version, progress)
+            run.attempted = todo.num_rows
             run.outputs = ["pairs", "backgrounds"]
         else:
             run.outputs = ["backgrounds"]
+        for table in run.outputs:
+            lake.maintain(table)
         seconds = time.perf_counter() - start
         run.metrics = {"pairs_written": written, "pairs_per_second": written / seconds if seconds else 0.0,
                        "dynamic": dynamic, "renders": keys.num_rows, "test_characters": n_test,
@@ -123,7 +129,7 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     return CompositeReport(
         run_id=run.run_id, backgrounds_ingested=ingested, backgrounds_generated=generated,
         backgrounds=len(background_ids), renders=keys.num_rows, pairs_written=written,
-        pairs_skipped=len(done), errors=run.n_errors, train_characters=len(characters) - n_test,
+        pairs_skipped=skipped, errors=run.n_errors, train_characters=len(characters) - n_test,
         test_characters=n_test, dynamic=dynamic, seconds=seconds,
     )
 
@@ -224,48 +230,54 @@ def _read_bytes(uri: str) -> bytes:
 # -- pairs ----------------------------------------------------------------------------------
 
 def actor_cpus(workers: int, cpus: float) -> float:
-    """CPUs per compositing actor: 1, unless the pool would leave no room for a read task."""
+    """CPUs per compositing actor: 1, unless the pool would leave no room for a Ray Data task beside it."""
     return min(1.0, (cpus - READ_CPUS) / workers)
 
 
 class _CompositeActor:
-    """One compositing worker: a :class:`PairComposer` (with its caches) per actor, one torch thread."""
+    """One compositing worker: a :class:`PairComposer` (with its caches) per actor, one torch thread.
+
+    Takes planned (render position, slot) batches and reads those renders itself (Lance ``take`` at
+    the pinned version), so no table of keys is shipped to it.
+    """
 
     def __init__(self, lake: Lake, cfg: CompositeSettings, background_ids: list[str],
-                 versions: dict[str, int | None], done: set[str]) -> None:
+                 versions: dict[str, int | None]) -> None:
         import torch
 
         torch.set_num_threads(1)
+        self.lake, self.version = lake, versions["renders"]
         self.composer = PairComposer(lake, cfg, background_ids, versions)
-        self.done = done
+        self._renders = None
 
-    def __call__(self, renders: pa.Table) -> pa.Table:
-        return self.composer(renders, self.composer.plan(renders, skip=self.done.__contains__))
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._renders is None:
+            self._renders = self.lake.dataset("renders", self.version)
+        rows, slot = np.unique(batch.column("row").to_numpy(), return_inverse=True)
+        renders = self._renders.take(rows, columns=RENDER_COLUMNS)
+        planned = [Planned(int(i), int(k)) for i, k in zip(slot, batch.column("k").to_pylist())]
+        return self.composer(renders, planned)
 
 
-def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[str], done: set[str],
-                     n_renders: int, progress: Callable[[int, int], None] | None, total: int) -> int:
-    """Run the Ray Data pipeline and commit its pairs; returns the number written."""
-    import lance_ray
+def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[str], todo: pa.Table,
+                     renders_version: int, progress: Callable[[int, int], None] | None) -> int:
+    """Composite the planned (``row``, ``k``) pairs with a Ray Data actor pool and commit them; returns
+    the number written."""
     import ray
     from ray.data import ActorPoolStrategy
 
     lake = sink.lake
-    versions = {t: lake.version(t) for t in ("renders", "standards", "backgrounds")}
+    versions = {"renders": renders_version, **{t: lake.version(t) for t in ("standards", "backgrounds")}}
+    total = todo.num_rows
     # Blocks of BLOCK_BATCHES batches: a block is one actor call whose pairs reach the driver when it
     # ends, so small blocks spread the work over the pool and let the driver commit while the actors
-    # composite (by default a fragment would be split into only a few large blocks).
-    renders = lance_ray.read_lance(
-        lake.table_uri("renders"), columns=RENDER_COLUMNS, storage_options=dict(lake.storage_options) or None,
-        dataset_options={"version": versions["renders"]}, ray_remote_args={"num_cpus": READ_CPUS},
-        override_num_blocks=max(1, math.ceil(n_renders / (BLOCK_BATCHES * cfg.batch_size))))
-    if cfg.limit is not None:
-        renders = renders.limit(cfg.limit)
-    pairs = renders.map_batches(
+    # composite. Sorted by render, so a block reads neighbouring rows.
+    todo, block = todo.sort_by("row"), BLOCK_BATCHES * cfg.batch_size
+    planned = ray.data.from_arrow([todo.slice(i, block) for i in range(0, total, block)])  # blocks, no shuffle task
+    pairs = planned.map_batches(
         _CompositeActor, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=cfg.workers), num_cpus=actor_cpus(cfg.workers, ray.cluster_resources()["CPU"]),
-        fn_constructor_kwargs={"lake": lake, "cfg": cfg, "background_ids": background_ids,
-                               "versions": versions, "done": done})
+        fn_constructor_kwargs={"lake": lake, "cfg": cfg, "background_ids": background_ids, "versions": versions})
     written, seen, pending = 0, 0, []
     for block in pairs.iter_batches(batch_size=None, batch_format="pyarrow"):
         pending.append(block)

@@ -185,6 +185,8 @@ def run_render(settings: Settings, limit: int | None = None, progress: Progress 
             finally:
                 for actor in actors:
                     ray.kill(actor)
+        for table in ("renders", "standards"):
+            lake.maintain(table)
         report.seconds = time.perf_counter() - start
         run.attempted = report.rendered + report.failed + report.standards_rendered + report.standards_failed
         run.outputs = ["renders", "standards"]

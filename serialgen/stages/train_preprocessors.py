@@ -37,13 +37,15 @@ class TrainPreprocessorsReport:
 
 
 def labelled_pairs(settings: Settings, split: str) -> LabelledImages:
-    """The composited inputs of ``split`` with their foreground masks and reference keypoints."""
-    table = settings.open_lake().read("pairs", columns=["input_image", "background_mask", "reference_keypoints"],
-                                      filter=f"split = '{split}'")
+    """The composited inputs of ``split`` with their exact foreground masks and reference keypoints (the
+    ``true_*`` labels: the standardizer's columns carry estimator-like errors on purpose)."""
+    table = settings.open_lake().read(
+        "pairs", columns=["input_image", "true_background_mask", "true_reference_keypoints"],
+        filter=f"split = '{split}'")
     rows = table.to_pylist()
     return LabelledImages([decode_image(r["input_image"], "RGB") for r in rows],
-                          [decode_mask(r["background_mask"]) < 128 for r in rows],
-                          [np.asarray(r["reference_keypoints"], np.float32) for r in rows])
+                          [decode_mask(r["true_background_mask"]) < 128 for r in rows],
+                          [np.asarray(r["true_reference_keypoints"], np.float32) for r in rows])
 
 
 def run_train_preprocessors(settings: Settings, flow_run_id: str | None = None) -> TrainPreprocessorsReport:

@@ -2,11 +2,18 @@
 
 All writes go through :meth:`Lake.upsert`, a Lance ``merge_insert`` on the table's key,
 so a stage that is killed and rerun finishes the missing rows and never duplicates one.
+
+Upkeep keeps commits cheap as tables grow (every commit adds a fragment and a version, and an
+upsert's key join scans every fragment): a BTREE index on each key column, compaction every
+``compact_every`` commits of a process and at the end of a stage (:meth:`Lake.maintain`), and
+removal of versions older than ``retain`` except those a ``runs`` row names (tagged first).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +24,8 @@ import lance
 import pyarrow as pa
 
 from serialgen.storage.schemas import PROVENANCE, TABLES, TableSpec, spec
+
+log = logging.getLogger(__name__)
 
 #: URI schemes Lance's object store understands.
 SUPPORTED_SCHEMES = {"", "file", "s3", "s3+ddb", "gs", "az", "abfss", "memory"}
@@ -31,11 +40,26 @@ class SchemaMismatchError(LakeError):
 
 
 @dataclass(frozen=True)
+class Upkeep:
+    """How the lake keeps its tables fast (see the module docstring)."""
+
+    compact_every: int = 100             # commits of one process to a table between compactions; 0: never
+    retain: dt.timedelta = dt.timedelta(hours=24)  # keep every version younger than this (running readers)
+    index_keys: bool = True
+    index_min_rows: int = 10_000         # below this a scan is as fast as an index: small tables stay plain
+
+
+#: Commits per (table URI) in this process since its last compaction.
+_commits: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
 class Lake:
     """A lake URI plus the object-store options needed to reach it."""
 
     uri: str
     storage_options: Mapping[str, str] = field(default_factory=dict)
+    upkeep: Upkeep = field(default_factory=Upkeep)
 
     def __post_init__(self) -> None:
         scheme = urlparse(self.uri).scheme
@@ -142,6 +166,7 @@ class Lake:
                         .conflict_retries(20)
                         .execute(table)
                     )
+                self._after_commit(name)
                 return table.num_rows
             except (OSError, ValueError, RuntimeError) as exc:
                 # Another writer created the table or committed first: try again.
@@ -150,6 +175,68 @@ class Lake:
                     continue
                 raise
         raise LakeError(f"upsert into {name!r} did not commit after 20 attempts")  # pragma: no cover
+
+    # -- upkeep --------------------------------------------------------------------------
+    def _after_commit(self, name: str) -> None:
+        uri = self.table_uri(name)
+        _commits[uri] = _commits.get(uri, 0) + 1
+        if self.upkeep.compact_every and _commits[uri] >= self.upkeep.compact_every:
+            self.maintain(name, cleanup=False)
+
+    def index_keys(self, name: str) -> None:
+        """A BTREE scalar index on each key column (what ``merge_insert`` joins on), once the table is
+        large enough to need one."""
+        ds = self.dataset(name)
+        if ds is None or ds.count_rows() < max(1, self.upkeep.index_min_rows):
+            return
+        indexed = {field for index in ds.describe_indices() for field in index.field_names}
+        for column in spec(name).key:
+            if column not in indexed:
+                ds.create_scalar_index(column, "BTREE", name=f"{column}_btree")
+
+    def maintain(self, name: str, cleanup: bool = True) -> dict[str, Any]:
+        """Compact the table's fragments, bring its key indexes up to date and (``cleanup``) remove old
+        versions no ``runs`` row names. Safe beside concurrent writers: a conflicting step is skipped."""
+        ds = self.dataset(name)
+        if ds is None:
+            return {}
+        _commits[self.table_uri(name)] = 0
+        stats: dict[str, Any] = {"fragments_before": len(ds.get_fragments())}
+        try:
+            ds.optimize.compact_files()
+            if self.upkeep.index_keys:
+                self.index_keys(name)
+                ds = self.dataset(name)
+                if ds.describe_indices():
+                    ds.optimize.optimize_indices()
+            if cleanup:
+                stats["versions_removed"] = self.cleanup(name)
+        except (OSError, ValueError, RuntimeError) as exc:   # another writer committed first: next time
+            if not _is_write_conflict(exc):
+                raise
+            log.info("upkeep of %s skipped: %s", name, exc)
+        stats["fragments_after"] = len(self.dataset(name).get_fragments())
+        return stats
+
+    def cleanup(self, name: str) -> int:
+        """Remove versions older than ``upkeep.retain``, keeping every version a ``runs`` row names
+        (tagged ``lineage-<version>`` first, and Lance never removes a tagged version)."""
+        ds = self.dataset(name)
+        existing = {v["version"] for v in ds.versions()}
+        tagged = {t["version"] for t in ds.tags.list().values()}
+        for version in sorted(self.lineage_versions(name) & existing - tagged):
+            ds.tags.create(f"lineage-{version}", version)
+        stats = self.dataset(name).cleanup_old_versions(older_than=self.upkeep.retain,
+                                                        error_if_tagged_old_versions=False)
+        return int(stats.old_versions)
+
+    def lineage_versions(self, name: str) -> set[int]:
+        """Versions of table ``name`` that any ``runs`` row read or wrote."""
+        if name == "runs" or not self.exists("runs"):
+            return set()
+        runs = self.read("runs", columns=["inputs", "outputs"]).to_pylist()
+        return {int(v) for run in runs for side in ("inputs", "outputs")
+                for table, v in json.loads(run[side] or "{}").items() if table == name and v is not None}
 
     def delete(self, name: str, predicate: str) -> None:
         ds = self.dataset(name)

@@ -103,7 +103,8 @@ RENDERS = _spec(
     F("keypoints", KEYPOINTS),                 # pixels, visibility 0/1
     F("pose_image", IMAGE),                    # OpenPose-coloured skeleton, PNG
     F("camera", CAMERA),
-    F("expression", pa.string()),
+    F("expression", pa.string()),              # "neutral" or "key:weight,..." (allow-listed expression keys)
+    F("framing", pa.string()),                 # full | bust | head | cutoff-<side>-<share out of frame>
     F("width", pa.int32()),
     F("height", pa.int32()),
     F("seed", pa.int64()),
@@ -139,9 +140,11 @@ PAIRS = _spec(
     F("background_id", pa.string()),
     F("split", pa.string()),                   # train | test, by character
     F("input_image", IMAGE),                   # composited RGB
-    F("background_mask", IMAGE),               # m_b at input resolution, 255 = background
-    F("reference_keypoints", KEYPOINTS),
-    F("reference_pose_image", IMAGE),
+    F("background_mask", IMAGE),               # m_b at input resolution, 255 = background; as a segmenter gives it
+    F("reference_keypoints", KEYPOINTS),       # as a pose estimator gives them (augmentation.estimator)
+    F("reference_pose_image", IMAGE),          # drawn from reference_keypoints
+    F("true_background_mask", IMAGE),          # exact mask (label for segmenter training)
+    F("true_reference_keypoints", KEYPOINTS),  # exact keypoints (label for pose-estimator training)
     F("target_image", IMAGE),                  # standard image
     F("target_keypoints", KEYPOINTS),
     F("target_pose_image", IMAGE),

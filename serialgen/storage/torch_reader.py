@@ -19,7 +19,8 @@ from serialgen.storage.lake import Lake
 
 #: The columns a training item is built from.
 PAIR_COLUMNS = ["pair_id", "character_id", "split", "input_image", "background_mask", "reference_keypoints",
-                "reference_pose_image", "target_image", "target_keypoints", "target_pose_image"]
+                "reference_pose_image", "target_image", "target_keypoints", "target_pose_image",
+                "true_background_mask", "true_reference_keypoints"]
 
 
 def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -37,11 +38,13 @@ def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) ->
                       ("reference_pose_image", 0.0), ("target_pose_image", 0.0)):
         image = torch.tensor(np.asarray(arrays[name])).permute(2, 0, 1).float() / 255
         item[name] = _resize(image, out_hw) * (1 - low) + low
-    mask = torch.tensor(np.asarray(arrays["background_mask"])).float()[None]
-    if tuple(mask.shape[1:]) != tuple(out_hw):
-        mask = F.interpolate(mask[None], size=out_hw, mode="nearest")[0]
-    item["background_mask"] = mask
-    for name, image_name in (("reference_keypoints", "input_image"), ("target_keypoints", "target_image")):
+    for name in ("background_mask", "true_background_mask"):
+        mask = torch.tensor(np.asarray(arrays[name])).float()[None]
+        if tuple(mask.shape[1:]) != tuple(out_hw):
+            mask = F.interpolate(mask[None], size=out_hw, mode="nearest")[0]
+        item[name] = mask
+    for name, image_name in (("reference_keypoints", "input_image"), ("true_reference_keypoints", "input_image"),
+                             ("target_keypoints", "target_image")):
         h, w = arrays[image_name].shape[:2]
         kp = torch.tensor(np.asarray(arrays[name], np.float32).reshape(18, 3))
         kp[:, 0] *= out_hw[1] / w
@@ -58,10 +61,12 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def decode_pair(row: dict[str, Any]) -> dict[str, Any]:
     """A stored `pairs` row (PNG bytes) -> the arrays :func:`pair_tensors` takes."""
-    arrays = {k: row[k] for k in ("pair_id", "character_id", "split", "reference_keypoints", "target_keypoints")}
+    arrays = {k: row[k] for k in ("pair_id", "character_id", "split", "reference_keypoints", "target_keypoints",
+                                  "true_reference_keypoints")}
     for name in ("input_image", "reference_pose_image", "target_image", "target_pose_image"):
         arrays[name] = decode_image(row[name], "RGB")
-    arrays["background_mask"] = decode_mask(row["background_mask"]) >= 128
+    for name in ("background_mask", "true_background_mask"):
+        arrays[name] = decode_mask(row[name]) >= 128
     return arrays
 
 
