@@ -24,9 +24,17 @@ PREFECT_DEFAULTS = {
 }
 
 
+#: Library settings every run gets: the Hugging Face libraries never reach for the hub (everything is local)
+#: and draw no per-file progress bars into worker logs.
+LIBRARY_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def configure_prefect(settings: Settings) -> None:
-    """Set Prefect's environment defaults; call before importing prefect's flows."""
-    for key, value in PREFECT_DEFAULTS.items():
+    """Set Prefect's (and the model libraries') environment defaults; call before importing prefect's flows."""
+    for key, value in {**PREFECT_DEFAULTS, **LIBRARY_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     lake = settings.open_lake()
     if lake.is_local:

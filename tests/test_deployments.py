@@ -38,11 +38,12 @@ def test_every_deployment_entrypoint_and_parameters_match_its_flow():
 
 
 def test_deployment_runs_get_the_prefect_settings_of_cli_runs():
-    from serialgen.runtime import PREFECT_DEFAULTS
+    from serialgen.runtime import LIBRARY_DEFAULTS, PREFECT_DEFAULTS
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     for deployment in config["deployments"]:
-        assert deployment["work_pool"]["job_variables"]["env"] == PREFECT_DEFAULTS, deployment["name"]
+        assert deployment["work_pool"]["job_variables"]["env"] == {**PREFECT_DEFAULTS, **LIBRARY_DEFAULTS}, \
+            deployment["name"]
 
 
 @pytest.mark.slow

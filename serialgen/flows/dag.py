@@ -28,8 +28,9 @@ from serialgen.storage.runs import StageFailed
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a stage (its writes are idempotent upserts) unless it failed for a reason a rerun cannot fix."""
     from serialgen.config import ConfigError
+    from serialgen.storage import LakeError
 
-    return not isinstance(state.data, (FileNotFoundError, ConfigError, StageFailed))
+    return not isinstance(state.data, (FileNotFoundError, ConfigError, LakeError, StageFailed))
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
