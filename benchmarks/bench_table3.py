@@ -42,7 +42,7 @@ def main() -> None:
              f"scored); {cfg.height}x{cfg.width}, {cfg.steps} steps x batch {cfg.batch_size} per variant, DDIM "
              f"{cfg.inference_steps} steps, guidance {cfg.guidance_scale}; run {report.run_id}",
              f"machine: {machine()}; wall {wall:.0f} s (evaluation {report.ablation.eval_seconds:.0f} s); "
-             "training wall per variant: " + ", ".join(
+             "training wall in this invocation (0 when resumed from a finished run): " + ", ".join(
                  f"{r.method} {r.train_seconds:.0f} s" for r in report.ablation.rows if r.train_seconds is not None)]
     print("\n".join(lines))
     if args.docs:

@@ -319,8 +319,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # that place the figure), no noise offset (meant for SD latents), and a high learning rate so the
     # demo's 60 steps already draw the standard figure (val PSNR 19.5 dB vs 15.8 at 1e-4; 6.8 with a random VAE).
     "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3}},
-    # From scratch on CPU: a few hundred procedural characters, a pixel-space standardizer at 64x96 that
-    # learns (docs/standardizer_table3.md); the held-out 20 % of characters score it.
+    # From scratch on CPU: a few hundred procedural characters, a pixel-space standardizer at 64x96, scored
+    # on the held-out 20 % of characters (docs/standardizer_table3.md: 400 steps learn the standard layout,
+    # not yet the appearance).
     "small": {
         "assets": {"procedural_characters": 300},
         "render": {"poses_per_character": 6, "views_per_pose": 1, "chunk_size": 32},
