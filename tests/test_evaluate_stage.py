@@ -237,3 +237,18 @@ def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, eval
     assert published["table-2"].type == "table" and "AP-CLIP-I" in str(published["table-2"].data)
     assert "data:image/png;base64," in published["evaluation-grid-unpaired"].data
     assert report.files.html.name in published["evaluation-report"].data
+
+
+def test_table4_has_a_row_per_standardizer_version_labelled_by_its_variant():
+    from serialgen.evaluation.report import build_tables
+    from serialgen.evaluation.scoring import Group, evaluation_row
+    from serialgen.stages.evaluate import StandardizerVariant
+
+    details = {"clip": "c", "face": "f"}
+    rows = [evaluation_row("ts", Group("two_stage", "p1", version), "personalized", "clip_i", value, 8, details)
+            for version, value in (("standardizer/model@aaa", 90.0), ("ablation/model@bbb", 80.0))]
+    variants = [StandardizerVariant("fbdm+rpim", "run-1", Path("/lake/_checkpoints/standardizer/model"), True, True),
+                StandardizerVariant("base", "run-2", Path("/lake/_checkpoints/ablation/model"), False, False)]
+    table4 = build_tables(rows, rows, details, False, variants)["table4"]
+    assert table4.rows == [["ablation/model@bbb", "base", None, 80.0, None],
+                           ["standardizer/model@aaa", "fbdm+rpim", None, 90.0, None]]
