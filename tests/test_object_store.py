@@ -61,3 +61,50 @@ def test_assets_render_composite_on_s3(s3_server, ray_local):
     assert len(pairs) == len(set(pairs)) == 4 and composite.pairs_written == 4
     assert lake.count("backgrounds") == 2 and lake.count("errors") == 0
     assert (render.rendered, render.failed, composite.errors) == (4, 0, 0)
+
+
+@pytest.mark.slow
+def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path):
+    """Real images read from the object store, `real_images` and `standardized` on it; models from local
+    files (an object-store lake keeps its model folders where the config names them)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE
+    from serialgen.stages.ingest_real import run_ingest_real
+    from serialgen.stages.standardize import run_standardize
+    from standardize_data import figure_scene, save_tiny_standardizer, train_tiny_preprocessors
+
+    endpoint, options = s3_server
+    models = tmp_path / "preprocessors"
+    train_tiny_preprocessors(models)
+    standardizer = save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        buffer = io.BytesIO()
+        Image.fromarray(figure_scene(rng, 96, 144)[0]).save(buffer, format="PNG")
+        client.put_object(Bucket="lake", Key=f"incoming/figure{i}.png", Body=buffer.getvalue())
+    client.put_object(Bucket="lake", Key="incoming/broken.png", Body=b"\x89PNG not really")
+    settings = load_settings(
+        lake="s3://lake/model-half", storage_options=options, ray={"num_cpus": 2},
+        standardizer={"inference_steps": 2},
+        preprocessing={"mask_model": str(models / MASK_FILE), "pose_detector": str(models / DETECTOR_FILE),
+                       "pose_model": str(models / POSE_FILE)},
+        standardize={"model_dir": str(standardizer), "batch_size": 2, "write_rows": 2})
+    lake = settings.open_lake()
+    ingested = run_ingest_real(settings, images="s3://lake/incoming")
+    first = run_standardize(settings)
+    again_ingest, again = run_ingest_real(settings, images="s3://lake/incoming"), run_standardize(settings)
+    images = lake.read("real_images", columns=["image_id"]).column("image_id").to_pylist()
+    rows = lake.read("standardized", columns=["image_id", "model_version"]).to_pylist()
+    show("S3 lake s3://lake/model-half: ingest-real -> standardize, then a rerun", {
+        "real_images": (4, len(images)), "ingest errors": (1, ingested.errors),
+        "standardized + errors": (4, first.written + first.errors), "rerun ingested": (0, again_ingest.ingested),
+        "rerun standardized": (0, again.written)})
+    assert len(images) == len(set(images)) == 4 and ingested.errors == 1
+    assert first.written + first.errors == 4 and first.written == len(rows) == len({tuple(r.values()) for r in rows})
+    assert again_ingest.ingested == 0 and again.written == 0
