@@ -20,7 +20,7 @@ SMALL = {
     "assets": {"procedural_characters": 10, "motion_variants": 1},
     "render": {"poses_per_character": 1, "views_per_pose": 1, "samples": 2},
     "composite": {"backgrounds_procedural": 2},
-    "standardizer": {"steps": 4, "validation_pairs": 1, "checkpoint_every": 0, "num_workers": 0},
+    "standardizer": {"steps": 4, "validation_pairs": 1, "checkpoint_every": 2, "num_workers": 0},
     "preprocessing": {"mask_steps": 4, "pose_steps": 4, "detector_steps": 4},
     "ingest": {"procedural_images": 8},
     "personalizer": {"steps": 2},

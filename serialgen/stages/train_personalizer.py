@@ -112,7 +112,8 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
             _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
             run.outputs = ["personalizer_pairs"]
             model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS))}
-            prepare_run_folder(output_dir, model, dict(run.inputs), resume)
+            recipe = {k: v for k, v in cfg.output_settings().items() if k != "steps"}
+            prepare_run_folder(output_dir, model, dict(run.inputs), resume, recipe)
         accelerator.wait_for_everyone()
         size = (cfg.height, cfg.width)
         processor = reference_processor(parts.image_encoder.config)

@@ -138,7 +138,8 @@ def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool, inpu
     model = {"profile": settings.profile,
              **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
     lake = settings.open_lake()
-    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume)
+    recipe = {k: v for k, v in settings.standardizer.output_settings().items() if k != "steps"}
+    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume, recipe)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,10 +118,13 @@ def tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def prepare_run_folder(output_dir: Path, model: dict[str, Any], data: dict[str, Any], resume: bool) -> None:
+def prepare_run_folder(output_dir: Path, model: dict[str, Any], data: dict[str, Any], resume: bool,
+                       recipe: dict[str, Any] | None = None) -> None:
     """Refuse to resume a folder trained with another model definition (``model``: the settings that
-    define it); start over when ``resume`` is False or the training data changed (``data``: input
-    table versions), so that resuming only ever continues an interrupted run on the same data."""
+    define it); start over when ``resume`` is False, the training data changed (``data``: input table
+    versions) or the training recipe changed (``recipe``: the output-affecting training settings except the
+    step count, so training longer continues), so that resuming only ever continues an interrupted or
+    shorter run of the same training."""
     from serialgen.config import ConfigError
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -136,10 +139,15 @@ def prepare_run_folder(output_dir: Path, model: dict[str, Any], data: dict[str, 
             log.info("training data changed since %s was written (%s -> %s): starting over",
                      output_dir, stored.get("data"), data)
             resume = False
+        elif recipe is not None and stored.get("recipe", recipe) != recipe:
+            changed = sorted(k for k in recipe if stored["recipe"].get(k) != recipe[k])
+            log.info("training settings changed since %s was written (%s): starting over",
+                     output_dir, ", ".join(changed))
+            resume = False
     if not resume:
         for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
             shutil.rmtree(old)
-    marker.write_text(json.dumps({**model, "data": data}, indent=1))
+    marker.write_text(json.dumps({**model, "data": data, "recipe": recipe}, indent=1))
 
 
 def log_step(writer, label: str, step: int, last_step: int, losses: list[float], step_times: list[float],
