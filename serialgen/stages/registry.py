@@ -21,13 +21,16 @@ class Stage:
     flow: str = ""                    # "module:function" of its Prefect flow under serialgen.flows
     in_dag: bool = True               # run by `serialgen run` (else only by its own command/deployment)
     checkpoints_of: tuple[str, ...] = ()  # training stages whose model it loads: their new runs rerun it
+    dynamic_sections: tuple[str, ...] = ()  # sections that key it only with on-the-fly compositing
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("assets", ("assets",), (), "assets:assets"),
     Stage("render", ("render",), ("assets",), "render:render"),
     Stage("composite", ("composite",), ("render",), "composite:composite"),
-    Stage("train-standardizer", ("standardizer", "composite"), ("composite",), "train_standardizer:train_standardizer"),
+    # Static pairs are an input table; with composite.dynamic the composite settings shape its data instead.
+    Stage("train-standardizer", ("standardizer",), ("composite",), "train_standardizer:train_standardizer",
+          dynamic_sections=("composite",)),
     Stage("train-preprocessors", ("preprocessing",), ("composite",), "train_preprocessors:train_preprocessors"),
     # Its offline default source is the held-out composited pairs; with ingest.images it reads outside files.
     Stage("ingest-real", ("ingest",), ("composite",), "ingest_real:ingest_real"),
@@ -38,8 +41,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
           checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors")),
     # The paper's Table 3 at small scale (four FBDM x RPIM variants + baselines), on demand.
-    Stage("ablate-standardizer", ("standardizer", "composite"), ("composite",),
-          "ablate_standardizer:ablate_standardizer", in_dag=False),
+    Stage("ablate-standardizer", ("standardizer",), ("composite",), "ablate_standardizer:ablate_standardizer",
+          in_dag=False, dynamic_sections=("composite",)),
     # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
     Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
 )
@@ -83,4 +86,6 @@ def external_inputs(settings: Settings, stage: str) -> str | None:
 
 def config_hash(settings: Settings, stage: str) -> str:
     """The hash a stage records in `runs`; stage drivers and the DAG use this one function."""
-    return settings.section_hash(*BY_NAME[stage].sections)
+    spec = BY_NAME[stage]
+    dynamic = spec.dynamic_sections if settings.composite.dynamic else ()
+    return settings.section_hash(*spec.sections, *dynamic)
