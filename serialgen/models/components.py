@@ -109,15 +109,8 @@ def random_sd15_components() -> Components:
 
 def load_sd15_components(model_dir: Path | None, vae_dir: Path | None) -> Components:
     """Both UNets and the image encoder from a local SD-1.5 image-variation folder, the VAE from ``vae_dir``."""
-    if model_dir is None or vae_dir is None:
-        raise FileNotFoundError(
-            "the sd15 standardizer needs local weights: set standardizer.model_dir to an SD-1.5 image-variation "
-            "folder (unet/, image_encoder/, scheduler/) and standardizer.vae_dir to a VAE folder "
-            "(config.json + diffusion_pytorch_model.safetensors); nothing is downloaded")
+    require_sd15_files(model_dir, vae_dir)
     model_dir, vae_dir = Path(model_dir), Path(vae_dir)
-    _require(model_dir / "unet", "the SD-1.5 image-variation UNet", "diffusion_pytorch_model")
-    _require(model_dir / "image_encoder", "the CLIP vision encoder with projection", "model")
-    _require(vae_dir, "the SD VAE (e.g. sd-vae-ft-mse)", "diffusion_pytorch_model")
     reference = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
     denoising = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
@@ -130,6 +123,20 @@ def load_sd15_components(model_dir: Path | None, vae_dir: Path | None) -> Compon
         stored = json.loads(scheduler_file.read_text())
         schedule.update({k: stored[k] for k in SD15_SCHEDULE if k in stored})
     return Components(reference, denoising, vae, encoder, schedule, pose_channels=(16, 32, 96, 256))
+
+
+def require_sd15_files(model_dir: Path | None, vae_dir: Path | None) -> None:
+    """Check (without loading) that the SD-1.5 folders hold what the standardizer needs; one clear
+    FileNotFoundError naming the missing file, its folder and what belongs there."""
+    if model_dir is None or vae_dir is None:
+        raise FileNotFoundError(
+            "the sd15 standardizer needs local weights: set standardizer.model_dir to an SD-1.5 image-variation "
+            "folder (unet/, image_encoder/, scheduler/) and standardizer.vae_dir to a VAE folder "
+            "(config.json + diffusion_pytorch_model.safetensors); nothing is downloaded")
+    model_dir, vae_dir = Path(model_dir), Path(vae_dir)
+    _require(model_dir / "unet", "the SD-1.5 image-variation UNet", "diffusion_pytorch_model")
+    _require(model_dir / "image_encoder", "the CLIP vision encoder with projection", "model")
+    _require(vae_dir, "the SD VAE (e.g. sd-vae-ft-mse)", "diffusion_pytorch_model")
 
 
 def _require(folder: Path, what: str, weights_stem: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serialgen.config import ConfigError, Settings, load_settings
-from serialgen.models.components import load_sd15_components, scratch_components
+from serialgen.models.components import load_sd15_components, require_sd15_files, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
 from serialgen.standard_skeleton import canonical_skeleton
@@ -94,6 +94,8 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     from serialgen.compositing.dynamic import pairs_dataset
 
     cfg = settings.standardizer
+    if settings.profile == "sd15":   # a configuration error is reported before any data is read
+        require_sd15_files(cfg.model_dir, cfg.vae_dir)
     output_dir = training_dir(settings)
     size = (cfg.height, cfg.width)
     train_data = pairs_dataset(settings, "train", size)

@@ -156,16 +156,18 @@ class Lake:
             ds = self.dataset(name)
             try:
                 if ds is None:
-                    lance.write_dataset(table, uri, schema=table_spec.schema, mode="create",
-                                        storage_options=self._options())
-                else:
-                    (
-                        ds.merge_insert(list(table_spec.key))
-                        .when_matched_update_all()
-                        .when_not_matched_insert_all()
-                        .conflict_retries(20)
-                        .execute(table)
-                    )
+                    # Created empty, rows always merged: two writers racing to create the table both end up
+                    # merging into the one that won, and no batch rides on a create that may lose the race.
+                    lance.write_dataset(table_spec.schema.empty_table(), uri, schema=table_spec.schema,
+                                        mode="create", storage_options=self._options())
+                    continue
+                (
+                    ds.merge_insert(list(table_spec.key))
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .conflict_retries(20)
+                    .execute(table)
+                )
                 self._after_commit(name)
                 return table.num_rows
             except (OSError, ValueError, RuntimeError) as exc:
