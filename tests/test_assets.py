@@ -349,7 +349,8 @@ def test_sources_from_an_object_store(s3_server, asset_dirs, tmp_path):
     """Character folders on S3 (the lake's storage options) are listed and fetched with their sidecar files."""
     import boto3
 
-    from serialgen.stages.assets import CHARACTER_SUFFIXES, list_sources
+    from serialgen.sources import list_sources
+    from serialgen.stages.assets import CHARACTER_SUFFIXES
 
     endpoint, options = s3_server
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",

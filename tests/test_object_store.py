@@ -108,3 +108,27 @@ def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path):
     assert len(images) == len(set(images)) == 4 and ingested.errors == 1
     assert first.written + first.errors == 4 and first.written == len(rows) == len({tuple(r.values()) for r in rows})
     assert again_ingest.ingested == 0 and again.written == 0
+
+
+def test_one_source_reader_lists_and_reads_object_store_and_local_files(s3_server, tmp_path):
+    """Background sources on an object store use the lake's storage_options (they were ignored before)."""
+    from serialgen.compositing.backgrounds import IMAGE_SUFFIXES
+    from serialgen.sources import list_files, read_bytes
+
+    endpoint, options = s3_server
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+    for key, body in (("bgs/a.png", b"png-a"), ("bgs/sub/b.JPG", b"jpg-b"), ("bgs/notes.txt", b"x")):
+        client.put_object(Bucket="lake", Key=key, Body=body)
+    found = list_files("s3://lake/bgs", IMAGE_SUFFIXES, options)
+    assert found == ["s3://lake/bgs/a.png", "s3://lake/bgs/sub/b.JPG"]
+    assert [read_bytes(uri, options) for uri in found] == [b"png-a", b"jpg-b"]
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.webp").write_bytes(b"webp-c")
+    (tmp_path / "d.txt").write_bytes(b"d")
+    local = list_files(str(tmp_path), IMAGE_SUFFIXES)
+    assert local == [str((tmp_path / "sub" / "c.webp").resolve())]
+    assert read_bytes(f"file://{local[0]}") == b"webp-c"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_files(str(tmp_path / "missing"), IMAGE_SUFFIXES)

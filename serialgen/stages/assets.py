@@ -14,7 +14,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from serialgen.render.audit import UNREADABLE, Facts, decide
 from serialgen.render.poses import dedup, pose_id
 from serialgen.render.procedural_motion import procedural_clips
 from serialgen.render.thumbnails import contact_sheet
+from serialgen.sources import list_sources
 from serialgen.storage import Lake
 from serialgen.storage.runs import StageRun
 
@@ -72,47 +72,6 @@ def content_id(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:24]
-
-
-def _object_store(uri: str, options: dict[str, str]):
-    """(pyarrow filesystem, path) for ``uri``; S3 takes the lake's ``storage_options`` (endpoint, keys, region)."""
-    from pyarrow import fs
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3" and options:
-        endpoint = urlparse(options.get("aws_endpoint", ""))
-        filesystem = fs.S3FileSystem(
-            access_key=options.get("aws_access_key_id"), secret_key=options.get("aws_secret_access_key"),
-            region=options.get("aws_region", "us-east-1"), endpoint_override=endpoint.netloc or None,
-            scheme=endpoint.scheme or "https")
-        return filesystem, f"{parsed.netloc}{parsed.path}".rstrip("/")
-    return fs.FileSystem.from_uri(uri)
-
-
-def list_sources(uri: str, suffixes: tuple[str, ...], scratch: Path,
-                 storage_options: dict[str, str] | None = None) -> list[tuple[str, Path]]:
-    """(source URI, local path) of every file under ``uri`` (a folder, a file, ``file://`` or an object store)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:
-        root = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"asset source {uri!r} does not exist")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        return [(str(p.resolve()), p) for p in files if p.suffix.lower() in suffixes]
-    from pyarrow import fs
-
-    filesystem, prefix = _object_store(uri, dict(storage_options or {}))
-    out = []
-    for info in filesystem.get_file_info(fs.FileSelector(prefix, recursive=True)):
-        if info.type != fs.FileType.File:
-            continue
-        local = scratch / "remote" / info.path  # sidecars (.bin, textures) come too
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with filesystem.open_input_stream(info.path) as src:
-            local.write_bytes(src.read())
-        if local.suffix.lower() in suffixes:
-            out.append((f"{parsed.scheme}://{info.path}", local))
-    return sorted(out)
 
 
 def _character_row(cid: str, uri: str, facts: Facts, status: str, reason: str | None, attributes: dict) -> dict:

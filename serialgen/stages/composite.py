@@ -23,12 +23,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from serialgen.compositing.backgrounds import (
     IMAGE_SUFFIXES,
@@ -40,8 +38,9 @@ from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, Planned
 from serialgen.compositing.plan import missing_pairs
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings, ConfigError, Settings
-from serialgen.stages.registry import config_hash
 from serialgen.runtime import init_ray
+from serialgen.sources import list_files, read_bytes
+from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
 from serialgen.storage.runs import StageRun, errors_of, require_input
@@ -167,14 +166,14 @@ def _ingest_backgrounds(sink: _Sink, settings: Settings, source: str | None) -> 
     cfg = settings.composite
     present = set(sink.lake.read("backgrounds", columns=["source_uri"]).column("source_uri").to_pylist())
     uris = [f"{PROCEDURAL}{cfg.seed}/{i}" for i in range(cfg.backgrounds_procedural)]
-    uris += list_images(source) if source else []
+    uris += list_files(source, IMAGE_SUFFIXES, settings.storage_options) if source else []
     todo = [u for u in uris if u not in present]
     if not todo:
         return 0, 0
     size = (round(settings.render.width * 1.5), round(settings.render.height * 1.5))
     out = ray.data.from_items([{"source_uri": u} for u in todo]).map_batches(
         _background_batch, batch_size=8, batch_format="pyarrow", num_cpus=1,
-        fn_kwargs={"cfg": cfg, "procedural_size": size})
+        fn_kwargs={"cfg": cfg, "procedural_size": size, "storage_options": dict(settings.storage_options)})
     ingested = generated = 0
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
         good = sink.commit("backgrounds", "source_uri", batch)
@@ -185,19 +184,8 @@ def _ingest_backgrounds(sink: _Sink, settings: Settings, source: str | None) -> 
     return ingested, generated
 
 
-def list_images(source: str) -> list[str]:
-    """Image files under a folder or URI (``s3://bucket/prefix``, ``file://``, a path), sorted."""
-    try:
-        fs, root = pafs.FileSystem.from_uri(source)
-    except (pa.ArrowInvalid, ValueError):  # a relative path
-        fs, root = pafs.LocalFileSystem(), str(Path(source).resolve())
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=False))
-    scheme = "" if isinstance(fs, pafs.LocalFileSystem) else source.split("://", 1)[0] + "://"
-    return sorted(scheme + i.path for i in infos
-                  if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_SUFFIXES))
-
-
-def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: tuple[int, int]) -> pa.Table:
+def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: tuple[int, int],
+                      storage_options: dict[str, str]) -> pa.Table:
     """Source URIs -> `backgrounds` rows (+ ``error``): generate procedural ones, decode files safely."""
     rows = []
     for uri in batch.column("source_uri").to_pylist():
@@ -209,22 +197,13 @@ def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: 
                 data = procedural_background_png(seed, index, width, height)
                 row.update(background_id=f"procedural-{seed}-{index}", image=data, width=width, height=height)
             else:
-                raw = _read_bytes(uri)
+                raw = read_bytes(uri, storage_options)
                 data, width, height = ingest_image(raw, cfg.max_background_pixels, cfg.background_max_side)
                 row.update(background_id=background_id(raw), image=data, width=width, height=height)
         except (ImageDecodeError, OSError) as exc:
             row["error"] = str(exc)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=BACKGROUND_BATCH_SCHEMA)
-
-
-def _read_bytes(uri: str) -> bytes:
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, ValueError):
-        fs, path = pafs.LocalFileSystem(), str(Path(uri).resolve())
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 # -- pairs ----------------------------------------------------------------------------------

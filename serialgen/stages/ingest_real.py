@@ -28,7 +28,7 @@ from serialgen.compositing.backgrounds import IMAGE_SUFFIXES
 from serialgen.compositing.split import split_of
 from serialgen.config import ConfigError, Settings
 from serialgen.real_images import UnusableImage, pixel_id, read_real_image
-from serialgen.stages.assets import list_sources
+from serialgen.sources import list_sources
 from serialgen.stages.registry import config_hash
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
