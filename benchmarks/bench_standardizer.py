@@ -32,20 +32,25 @@ STORED = (192, 128)  # (H, W) of the tiny profile's renders and pairs
 def write_pairs(lake, n: int, size: tuple[int, int] = STORED) -> None:
     """``n`` train pairs of a drawn figure on procedural backgrounds, stored at ``size`` (H, W)."""
     height, width = size
-    rows, white = [], np.full((height, width, 3), 255, np.uint8)
+    rows, standards, white = [], {}, np.full((height, width, 3), 255, np.uint8)
     keypoints = np.zeros((18, 3), np.float32).tolist()
     rng = np.random.default_rng(0)
+    colours = [tuple(int(c) for c in rng.integers(0, 255, 3)) for _ in range(8)]
     for i in range(n):
-        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        character, colour = f"c{i % 8}", colours[i % 8]
         dx, dy = (int(v) for v in rng.integers(-20, 20, 2))
         image, mask, pose = _figure(procedural_background(0, i, width, height), colour, dx, dy)
-        target, _, target_pose = _figure(white, colour, 0, 0)
-        rows.append({"pair_id": f"p{i:05d}", "character_id": f"c{i % 8}", "pose_id": "p", "view_id": 0,
+        if character not in standards:
+            target, target_mask, target_pose = _figure(white, colour, 0, 0)
+            standards[character] = {"character_id": character, "image": encode_png(target),
+                                    "mask": encode_mask(target_mask), "keypoints": keypoints,
+                                    "pose_image": encode_png(target_pose), "width": width, "height": height}
+        rows.append({"pair_id": f"p{i:05d}", "character_id": character, "pose_id": "p", "view_id": 0,
                      "background_id": "b", "split": "train", "input_image": encode_png(image),
                      "background_mask": encode_mask(mask), "reference_keypoints": keypoints,
-                     "reference_pose_image": encode_png(pose), "target_image": encode_png(target),
-                     "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose), "augmentation": "{}",
+                     "reference_pose_image": encode_png(pose), "augmentation": "{}",
                      "true_background_mask": encode_mask(mask), "true_reference_keypoints": keypoints})
+    lake.upsert("standards", list(standards.values()), "bench")
     lake.upsert("pairs", rows, "bench")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from PIL import Image
 from composite_data import write_characters
 from serialgen.compositing.split import split_of
 from serialgen.stages.composite import run_composite
+from serialgen.storage.images import decode_image, encode_png
 from serialgen.storage.runs import errors_of, last_completed
+from serialgen.storage.torch_reader import PairsDataset
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -86,6 +89,36 @@ def test_stage_writes_pairs_once_and_bad_inputs_go_to_errors(settings, lake, bac
     assert not [k for k in errors_of(lake, "composite").column("key").to_pylist() if k.startswith("char")]
     done = last_completed(lake, "composite")
     assert done["metrics"]["pairs_written"] == 2 and done["inputs"]["renders"] == lake.version("renders")
+
+
+def test_pairs_name_their_standard_and_readers_join_it(settings, lake):
+    """A pair stores only its input side; its target is the character's `standards` row, read at the pinned version."""
+    settings.composite.backgrounds_procedural = 2
+    settings.composite.workers = 1
+    write_characters(lake, n_characters=3, poses=2, seed=5)
+    run_composite(settings)
+    stored = set(lake.dataset("pairs").schema.names)
+    assert not stored & {"target_image", "target_pose_image", "target_keypoints"}
+    standards = {r["character_id"]: r for r in lake.read("standards").to_pylist()}
+    data = PairsDataset(lake, "all")
+    assert len(data) == lake.count("pairs") == 6
+    for i in range(len(data)):
+        item = data.arrays(i)
+        standard = standards[item["character_id"]]
+        assert np.array_equal(item["target_image"], decode_image(standard["image"], "RGB"))
+        assert np.array_equal(item["target_pose_image"], decode_image(standard["pose_image"], "RGB"))
+        assert np.allclose(item["target_keypoints"], standard["keypoints"])
+
+    character = data.arrays(0)["character_id"]
+    changed = dict(standards[character], image=encode_png(np.zeros((8, 4, 3), np.uint8)))
+    lake.upsert("standards", [changed], "test")              # a new standards version
+    worker_copy = pickle.loads(pickle.dumps(data))           # as a spawned loader worker gets it: no cache
+    assert worker_copy.arrays(0)["target_image"].shape != (8, 4, 3)  # still pinned to the version it opened
+    assert PairsDataset(lake, "all").arrays(0)["target_image"].shape == (8, 4, 3)
+
+    lake.delete("standards", f"character_id = '{character}'")
+    with pytest.raises(KeyError, match=f"no `standards` row for character '{character}'"):
+        PairsDataset(lake, "all").arrays(0)
 
 
 def test_dynamic_mode_writes_no_pairs(settings, lake):

@@ -40,22 +40,24 @@ def _figure(colour, box, background) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def make_pairs(lake, n: int, test: int = 0, seed: int = 0) -> None:
     """``n`` train + ``test`` test pairs of drawn figures: shifted on a noisy background -> centred on white."""
     rng = np.random.default_rng(seed)
-    rows, white = [], np.full((H, W, 3), 255, np.uint8)
+    rows, standards, white = [], [], np.full((H, W, 3), 255, np.uint8)
     keypoints = np.zeros((18, 3), np.float32).tolist()
     for i in range(n + test):
         colour = COLOURS[i % len(COLOURS)]
         background = (rng.uniform(0, 255, (1, 1, 3)) + rng.normal(0, 20, (H, W, 3))).clip(0, 255).astype(np.uint8)
         dx, dy = rng.integers(-6, 6), rng.integers(-5, 5)
         image, mask, pose = _figure(colour, (8 + dx, 10 + dy, 20 + dx, 38 + dy), background)
-        target, _, target_pose = _figure(colour, (10, 6, 22, 42), white)
+        target, target_mask, target_pose = _figure(colour, (10, 6, 22, 42), white)
         rows.append({
             "pair_id": f"p{i}", "character_id": f"c{i}", "pose_id": "pose", "view_id": 0, "background_id": "bg",
             "split": "train" if i < n else "test", "input_image": encode_png(image),
             "background_mask": encode_mask(mask), "reference_keypoints": keypoints,
-            "reference_pose_image": encode_png(pose), "target_image": encode_png(target),
-            "target_keypoints": keypoints, "target_pose_image": encode_png(target_pose),
+            "reference_pose_image": encode_png(pose),
             "true_background_mask": encode_mask(mask), "true_reference_keypoints": keypoints, "augmentation": "{}",
         })
+        standards.append({"character_id": f"c{i}", "image": encode_png(target), "mask": encode_mask(target_mask),
+                          "keypoints": keypoints, "pose_image": encode_png(target_pose), "width": W, "height": H})
+    lake.upsert("standards", standards, "test")
     lake.upsert("pairs", rows, "test")
 
 

@@ -15,9 +15,8 @@ from torch.utils.data import Dataset
 from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, Planned
 from serialgen.compositing.split import split_of
 from serialgen.config import Settings
-from serialgen.storage.images import decode_image
 from serialgen.storage.lake import Lake
-from serialgen.storage.torch_reader import PairsDataset, pair_tensors
+from serialgen.storage.torch_reader import PairsDataset, pair_tensors, standard_targets, with_target
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,7 @@ class DynamicPairs(Dataset):
         keep = [i for i, c in enumerate(characters) if split == "all" or split_of(c, cfg.test_fraction) == split]
         self.items = [(i, k) for i in keep for k in range(cfg.backgrounds_per_render)]
         self.composer = PairComposer(lake, cfg, sorted(k for (k,) in lake.keys("backgrounds")), self.versions)
+        self.targets = standard_targets(lake, self.versions["standards"])
         self._renders = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,12 +68,11 @@ class DynamicPairs(Dataset):
             log.warning("dynamic pairs: skipping %s: %s", pairs.errors[0][0]["pair_id"], pairs.errors[0][1])
             return None
         meta = pairs.meta[0]
-        return {**{key: meta[key] for key in ("pair_id", "character_id", "split", "target_keypoints")},
-                "input_image": pairs.images[0], "background_mask": pairs.background_masks[0],
-                "reference_keypoints": pairs.keypoints[0], "reference_pose_image": pairs.pose_images[0],
-                "true_background_mask": pairs.true_background_masks[0], "true_reference_keypoints": pairs.true_keypoints[0],
-                "target_image": decode_image(meta["target_image"], "RGB"),
-                "target_pose_image": decode_image(meta["target_pose_image"], "RGB")}
+        return with_target({**{key: meta[key] for key in ("pair_id", "character_id", "split")},
+                            "input_image": pairs.images[0], "background_mask": pairs.background_masks[0],
+                            "reference_keypoints": pairs.keypoints[0], "reference_pose_image": pairs.pose_images[0],
+                            "true_background_mask": pairs.true_background_masks[0],
+                            "true_reference_keypoints": pairs.true_keypoints[0]}, self.targets)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_renders": None}

@@ -1,14 +1,13 @@
 """Render rows -> training pairs: the one implementation behind the Ray stage and the dynamic loader.
 
-:class:`PairComposer` looks up each render's standard and a seeded background (Lance point reads,
-cached), draws the augmentation from the pair's own seed, runs the batched kernel and redraws the
+:class:`PairComposer` checks that each render's character has a standard (a pair names it by
+``character_id``; readers join it), looks up a seeded background (Lance point reads, cached), draws the augmentation from the pair's own seed, runs the batched kernel and redraws the
 reference pose from the moved keypoints. Bad items become error entries, never exceptions.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from serialgen.compositing.split import split_of
 from serialgen.config import CompositeSettings
 from serialgen.pose_drawing import draw_pose
 from serialgen.storage import Lake
+from serialgen.storage.lookup import LakeLookup
 from serialgen.storage.images import ImageDecodeError, decode_image, encode_mask, encode_png
 from serialgen.storage.schemas import PAIRS
 
@@ -32,38 +32,6 @@ RENDER_COLUMNS = ["character_id", "pose_id", "view_id", "rgba", "keypoints"]
 
 #: What the composer emits: the `pairs` payload plus ``error`` (null for a good pair).
 OUTPUT_SCHEMA = PAIRS.payload_schema.append(pa.field("error", pa.string()))
-
-
-class LakeLookup:
-    """Rows of a keyed table fetched by key on demand (a lookup join), transformed once, LRU-cached.
-
-    Opens its Lance dataset lazily, so it can be pickled into Ray actors and spawn workers.
-    """
-
-    def __init__(self, lake: Lake, table: str, key: str, columns: list[str],
-                 transform: Callable[[dict[str, Any]], Any], capacity: int, version: int | None = None) -> None:
-        self.lake, self.table, self.key, self.columns = lake, table, key, columns
-        self.transform, self.capacity, self.version = transform, capacity, version
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-
-    def get(self, keys: Iterable[str]) -> dict[str, Any]:
-        """{key: transformed row} for the keys present in the table; absent keys are left out."""
-        keys = list(dict.fromkeys(keys))
-        missing = [k for k in keys if k not in self._cache]
-        if missing:
-            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in missing)
-            rows = self.lake.read(self.table, columns=self.columns, filter=f"{self.key} IN ({quoted})",
-                                  version=self.version).to_pylist()
-            for row in rows:
-                self._cache[row[self.key]] = self.transform(row)
-        found = {}
-        for k in keys:
-            if k in self._cache:
-                self._cache.move_to_end(k)
-                found[k] = self._cache[k]
-        while len(self._cache) > max(self.capacity, len(keys)):
-            self._cache.popitem(last=False)
-        return found
 
 
 @dataclass(frozen=True)
@@ -81,7 +49,7 @@ class ComposedPairs:
     Per-item lists, not stacked arrays: renders of different sizes may share a batch.
     """
 
-    meta: list[dict[str, Any]]      # per good pair: ids, split, augmentation, target bytes and keypoints
+    meta: list[dict[str, Any]]      # per good pair: ids, split, background, augmentation
     images: list[np.ndarray]        # (H, W, 3) uint8 composited inputs
     background_masks: list[np.ndarray]  # (H, W) bool, True = background, as a segmenter would give it
     keypoints: np.ndarray           # (B, 18, 3) float32 reference keypoints as a pose estimator would give them
@@ -102,9 +70,9 @@ class PairComposer:
         self.backgrounds = LakeLookup(lake, "backgrounds", "background_id", ["background_id", "image"],
                                       lambda r: decode_image(r["image"], "RGB"), capacity=32,
                                       version=versions.get("backgrounds"))
-        self.standards = LakeLookup(lake, "standards", "character_id",
-                                    ["character_id", "image", "keypoints", "pose_image"],
-                                    lambda r: r, capacity=256, version=versions.get("standards"))
+        # Only whether a standard exists: pairs name it by character_id, readers join it.
+        self.standards = LakeLookup(lake, "standards", "character_id", ["character_id"], lambda r: True,
+                                    capacity=0, version=versions.get("standards"))
 
     def plan(self, renders: pa.Table, skip: Callable[[str], bool] = lambda pair_id: False) -> list[Planned]:
         """Every (render, slot) of ``renders`` whose pair id ``skip`` does not reject."""
@@ -115,7 +83,6 @@ class PairComposer:
     def compose(self, renders: pa.Table, planned: Sequence[Planned], epoch: int = 0) -> ComposedPairs:
         """Pairs for ``planned`` items of ``renders`` (columns :data:`RENDER_COLUMNS`)."""
         ids = renders.select(["character_id", "pose_id", "view_id"]).to_pylist()
-        standards = self.standards.get(ids[p.row]["character_id"] for p in planned)
         rgba = _decode_renders(renders, {p.row for p in planned})
         keypoints = renders.column("keypoints")
 
@@ -133,16 +100,14 @@ class PairComposer:
 
         for p, info, rng in choices:
             image = rgba[p.row]
-            reason = _unusable(image, info, standards, backgrounds)
+            reason = _unusable(image, info, self.standards, backgrounds)
             if reason:
                 errors.append((info, reason))
                 continue
             canvas = (image.shape[1], image.shape[0])
             aug = sample_augmentation(rng, alpha_bbox(image[..., 3]), canvas, self.cfg)
             bg = crop_background(backgrounds[info["background_id"]], aug.background_crop, aug.background_flip, canvas)
-            standard = standards[info["character_id"]]
-            meta.append({**info, "augmentation": aug.to_json(), "target_image": standard["image"],
-                         "target_keypoints": standard["keypoints"], "target_pose_image": standard["pose_image"]})
+            meta.append({**info, "augmentation": aug.to_json()})
             kp = np.asarray(keypoints[p.row].as_py() or np.zeros((18, 3)), np.float32)
             items.append((image, kp, bg, aug))
 
@@ -177,7 +142,7 @@ def encode_pairs(pairs: ComposedPairs) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
-def _unusable(image: np.ndarray | str, info: dict[str, Any], standards: dict, backgrounds: dict) -> str | None:
+def _unusable(image: np.ndarray | str, info: dict[str, Any], standards: LakeLookup, backgrounds: dict) -> str | None:
     """Why a planned pair cannot be made, or None."""
     if isinstance(image, str):
         return image

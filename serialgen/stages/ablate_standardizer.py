@@ -49,7 +49,7 @@ def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: 
     if variants is not None and len(chosen) != len(variants):
         raise ValueError(f"unknown variant in {variants}; choose from {[v[0] for v in VARIANTS]}")
     lake = settings.open_lake()
-    inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs"]
+    inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs", "standards"]
     with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=inputs, flow_run_id=flow_run_id) as run:
         # Decoded once, in memory: at this size a few hundred MB, and no loader workers competing for cores.
         train = _in_memory(pairs_dataset(settings, "train", size))

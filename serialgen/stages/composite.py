@@ -276,17 +276,16 @@ def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[s
 def preview_pairs(settings: Settings, n: int, dynamic: bool = False) -> list[dict]:
     """Up to ``n`` decoded pairs spread over the table (or composited on the fly), for artifacts."""
     from serialgen.compositing.dynamic import DynamicPairs
-    from serialgen.storage.torch_reader import PAIR_COLUMNS, decode_pair
+    from serialgen.storage.torch_reader import PairsDataset
 
     lake = settings.open_lake()
     if dynamic:
         data = DynamicPairs(lake, settings, "all")
-        return [data.arrays(int(i)) for i in _spread(len(data), n)]
-    ds = lake.dataset("pairs")
-    if ds is None:
+    elif lake.exists("pairs"):
+        data = PairsDataset(lake, "all")
+    else:
         return []
-    rows = ds.take(_spread(ds.count_rows(), n), columns=PAIR_COLUMNS).to_pylist() if ds.count_rows() else []
-    return [decode_pair(r) for r in rows]
+    return [data.arrays(int(i)) for i in _spread(len(data), n)]
 
 
 def _spread(total: int, n: int) -> list[int]:

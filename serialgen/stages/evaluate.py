@@ -89,7 +89,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         skip, why = _unchanged(lake, digest, lineage)
         if skip:
             return EvaluateReport(None, True, why)
-    with StageRun(lake, STAGE, digest, inputs=["pairs"], flow_run_id=flow_run_id) as run:
+    with StageRun(lake, STAGE, digest, inputs=["pairs", "standards"], flow_run_id=flow_run_id) as run:
         run.errors(test_set_errors)
         run.clear_errors(f"test-set/{c.character_id}" for c in test_set.characters)
         if evaluator is None:

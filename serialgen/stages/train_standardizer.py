@@ -104,7 +104,7 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     test_data = pairs_dataset(settings, "test", size)
     model = build_standardizer(settings)
     accelerator = make_accelerator(cfg, output_dir)
-    inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs"]
+    inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs", "standards"]
     if accelerator.is_main_process:
         _prepare_run_folder(settings, output_dir, resume, inputs)
     accelerator.wait_for_everyone()

@@ -145,10 +145,9 @@ PAIRS = _spec(
     F("reference_pose_image", IMAGE),          # drawn from reference_keypoints
     F("true_background_mask", IMAGE),          # exact mask (label for segmenter training)
     F("true_reference_keypoints", KEYPOINTS),  # exact keypoints (label for pose-estimator training)
-    F("target_image", IMAGE),                  # standard image
-    F("target_keypoints", KEYPOINTS),
-    F("target_pose_image", IMAGE),
     F("augmentation", JSON),
+    # The target is the character's `standards` row (image, keypoints, pose image), joined by character_id
+    # when read (storage.torch_reader): stored once per character, not once per pair.
 )
 
 #: Bounding box (left, top, right, bottom) in pixels, e.g. where the original image sits in a padded frame.

@@ -1,6 +1,9 @@
 """PyTorch reading of training pairs: the materialised `pairs` table, and the tensor layout both
 it and the on-the-fly :class:`serialgen.compositing.dynamic.DynamicPairs` return.
 
+A pair's target is its character's `standards` row, joined here by ``character_id`` (the lake
+stores each standard once, not in every pair of the character).
+
 Lance datasets are not fork-safe: a dataset opens its Lance table lazily, inside the process that
 reads, and never pickles an open handle; :func:`pairs_loader` uses spawn workers (or none).
 """
@@ -16,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from serialgen.storage.images import decode_image, decode_mask
 from serialgen.storage.lake import Lake
+from serialgen.storage.lookup import LakeLookup
 
-#: The columns a training item is built from.
+#: The `pairs` columns a training item is built from (the target comes from `standards`).
 PAIR_COLUMNS = ["pair_id", "character_id", "split", "input_image", "background_mask", "reference_keypoints",
-                "reference_pose_image", "target_image", "target_keypoints", "target_pose_image",
-                "true_background_mask", "true_reference_keypoints"]
+                "reference_pose_image", "true_background_mask", "true_reference_keypoints"]
 
 
 def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -60,18 +63,39 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def decode_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored `pairs` row (PNG bytes) -> the arrays :func:`pair_tensors` takes."""
-    arrays = {k: row[k] for k in ("pair_id", "character_id", "split", "reference_keypoints", "target_keypoints",
+    """A stored `pairs` row (PNG bytes) -> the input side of the arrays :func:`pair_tensors` takes."""
+    arrays = {k: row[k] for k in ("pair_id", "character_id", "split", "reference_keypoints",
                                   "true_reference_keypoints")}
-    for name in ("input_image", "reference_pose_image", "target_image", "target_pose_image"):
+    for name in ("input_image", "reference_pose_image"):
         arrays[name] = decode_image(row[name], "RGB")
     for name in ("background_mask", "true_background_mask"):
         arrays[name] = decode_mask(row[name]) >= 128
     return arrays
 
 
+def standard_targets(lake: Lake, version: int | None = None, capacity: int = 64) -> LakeLookup:
+    """``character_id`` -> the target side of its pairs (``target_image``, ``target_pose_image``, ``target_keypoints``)."""
+    return LakeLookup(lake, "standards", "character_id", ["character_id", "image", "keypoints", "pose_image"],
+                      _decode_standard, capacity, version)
+
+
+def _decode_standard(row: dict[str, Any]) -> dict[str, Any]:
+    return {"target_image": decode_image(row["image"], "RGB"), "target_pose_image": decode_image(row["pose_image"], "RGB"),
+            "target_keypoints": row["keypoints"]}
+
+
+def with_target(arrays: dict[str, Any], targets: LakeLookup) -> dict[str, Any]:
+    """``arrays`` joined with its character's standard; a character without one is an error naming it."""
+    found = targets.get([arrays["character_id"]])
+    if not found:
+        raise KeyError(f"pair {arrays['pair_id']}: no `standards` row for character {arrays['character_id']!r} "
+                       f"(table version {targets.version}); rerun `serialgen render`")
+    return {**arrays, **found[arrays["character_id"]]}
+
+
 class PairsDataset(Dataset):
-    """The materialised `pairs` table of one split ("train", "test" or "all"), pinned to one version."""
+    """The materialised `pairs` table of one split ("train", "test" or "all") with its targets from
+    `standards`, both pinned to one version."""
 
     def __init__(self, lake: Lake, split: str = "train", size: tuple[int, int] | None = None,
                  version: int | None = None) -> None:
@@ -81,16 +105,21 @@ class PairsDataset(Dataset):
         self.lake, self.size, self.version = lake, size, ds.version
         splits = np.asarray(ds.to_table(columns=["split"]).column("split").to_pylist(), dtype=object)
         self.rows = np.arange(len(splits)) if split == "all" else np.flatnonzero(splits == split)
+        self.targets = standard_targets(lake, lake.version("standards"))
         self._ds = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return pair_tensors(self.arrays(index), self.size)
+
+    def arrays(self, index: int) -> dict[str, Any]:
+        """The pair at ``index`` as arrays (the input of :func:`pair_tensors`)."""
         if self._ds is None:  # opened here, in the reading process
             self._ds = self.lake.dataset("pairs", self.version)
         row = self._ds.take([int(self.rows[index])], columns=PAIR_COLUMNS).to_pylist()[0]
-        return pair_tensors(decode_pair(row), self.size)
+        return with_target(decode_pair(row), self.targets)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ds": None}
