@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from serialgen.config import load_settings  # noqa: E402
-from serialgen.render import asset_worker  # noqa: E402
+from serialgen.assets import worker as asset_worker  # noqa: E402
 
 
 def build_files(folder: Path, n_characters: int, n_motions: int) -> tuple[list[str], list[str]]:
@@ -39,11 +39,14 @@ import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
 from pathlib import Path
 import bpy
 from assets_data import build_motion_files
-from serialgen.render import procedural, procedural_motion
+from serialgen.assets import procedural
+from serialgen.blender_io import reset_scene
+from serialgen.synthetic import procedural_motion
+from serialgen.synthetic.character_spec import sample_spec
 folder = Path({str(folder)!r})
 for seed in range({n_characters}):
     if seed % 2:
-        procedural.reset_scene(); procedural.build_character(procedural.sample_spec(seed))
+        reset_scene(); procedural.build_character(sample_spec(seed))
         bpy.ops.export_scene.fbx(filepath=str(folder / f"c{{seed:03d}}.fbx"), path_mode="COPY", embed_textures=True,
                                  add_leaf_bones=False, bake_anim=False)
     else:
@@ -79,7 +82,7 @@ def pooled(workers: int, chars: list[str], motions: list[str], settings) -> dict
 
 def process_per_file(chars: list[str]) -> float:
     """Characters per second when each file gets a fresh Python + bpy (same audit code)."""
-    code = ("import sys; sys.path.insert(0, {root!r}); from serialgen.render.audit import collect_facts; "
+    code = ("import sys; sys.path.insert(0, {root!r}); from serialgen.assets.audit import collect_facts; "
             "f = collect_facts(sys.argv[1]); assert f.error is None")
     start = time.perf_counter()
     for path in chars:

@@ -36,7 +36,7 @@ from serialgen.config import RaySettings, load_settings  # noqa: E402
 def one_image(lake: str, character_id: str, pose_id: str, view_id: int, out: str) -> None:
     """The script approach's child: import bpy, load one character, render one image, write a PNG."""
     from serialgen.render.actor import blender_sized_for
-    from serialgen.render.plan import RenderItem, stable_seed
+    from serialgen.synthetic.render_plan import RenderItem, stable_seed
 
     settings = load_settings(lake=lake)
     with blender_sized_for(settings.render.threads_per_worker):   # as in the stage's actors
@@ -80,7 +80,7 @@ def script_approach(lake: str, keys: list[tuple[str, str, int]], parallel: int, 
 
 
 def paper_ratio(n: int = 2) -> dict:
-    from serialgen.render.plan import plan_character
+    from serialgen.synthetic.render_plan import plan_character
     from serialgen.render.worker import RenderWorker
 
     settings = load_settings(profile="sd15").render

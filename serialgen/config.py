@@ -19,9 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from serialgen.render.expressions import DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES
 from serialgen.storage import Lake, LakeError
 from serialgen.storage.lake import Upkeep
+from serialgen.synthetic.expressions import DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES
 
 
 class ConfigError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from serialgen.render.skeleton import COLORS, LIMBS
+from serialgen.synthetic.skeleton import COLORS, LIMBS
 
 #: Stick half-width and joint radius in pixels at a 512-pixel short side (controlnet_aux's constants).
 STICK_WIDTH_AT_512 = 4.0

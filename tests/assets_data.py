@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serialgen.render import motions, procedural, procedural_motion
+from serialgen.assets import motions, procedural
+from serialgen.blender_io import export_animation, export_glb, reset_scene
+from serialgen.synthetic import procedural_motion
+from serialgen.synthetic.character_spec import sample_spec
 
 #: file name -> expected status or rejection reason code
 EXPECTED = {
@@ -43,8 +46,8 @@ MOTION_FORMS = {"nodes_walk.glb": ("walk", 21, "node_hierarchy"), "skinless_run.
 
 
 def _build(seed: int):
-    procedural.reset_scene()
-    return procedural.build_character(procedural.sample_spec(seed))
+    reset_scene()
+    return procedural.build_character(sample_spec(seed))
 
 
 def _meshes():
@@ -78,18 +81,18 @@ def build_character_files(folder: Path, blend_marker: Path) -> Path:
     text.use_module = True  # "Register": runs on load when auto-execution is allowed
     bpy.ops.wm.save_as_mainfile(filepath=str(folder / "char_blend.blend"))
 
-    procedural.reset_scene()  # a re-exported copy of char_glb.glb with sub-millimetre noise
+    reset_scene()  # a re-exported copy of char_glb.glb with sub-millimetre noise
     bpy.ops.import_scene.gltf(filepath=str(folder / "char_glb.glb"), disable_bone_shape=True)
     rng = np.random.default_rng(0)
     for mesh in _meshes():
         co = np.empty(len(mesh.data.vertices) * 3)
         mesh.data.vertices.foreach_get("co", co)
         mesh.data.vertices.foreach_set("co", co + rng.normal(0, 2e-4, co.shape))
-    procedural.export_glb(folder / "copy_of_glb.glb")
+    export_glb(folder / "copy_of_glb.glb")
 
     arm = _build(4)
     bpy.data.objects.remove(arm)
-    procedural.export_glb(folder / "no_armature.glb")
+    export_glb(folder / "no_armature.glb")
 
     _build(5)
     for mesh in _meshes():
@@ -111,17 +114,17 @@ def build_character_files(folder: Path, blend_marker: Path) -> Path:
     for mesh in _meshes():
         while mesh.data.uv_layers:
             mesh.data.uv_layers.remove(mesh.data.uv_layers[0])
-    procedural.export_glb(folder / "textured_without_uvs.glb")
+    export_glb(folder / "textured_without_uvs.glb")
 
     arm = _build(8)  # another rig convention, in centimetres, turned 90 degrees, off the origin
     _rename(arm, UNREAL, "suffix")
     arm.rotation_euler, arm.scale, arm.location = (0, 0, np.pi / 2), (100, 100, 100), (3, 2, 1)
-    procedural.export_glb(folder / "unreal_names_cm_turned.glb")
+    export_glb(folder / "unreal_names_cm_turned.glb")
 
     arm = _build(7)
     for i, bone in enumerate(arm.data.bones):
         bone.name = f"bone{i:03d}"
-    procedural.export_glb(folder / "unmapped_bones.glb")
+    export_glb(folder / "unmapped_bones.glb")
 
     (folder / "corrupt.glb").write_bytes(np.random.default_rng(1).bytes(4000))
     (folder / "truncated.fbx").write_bytes((folder / "char_fbx.fbx").read_bytes()[:3000])
@@ -137,7 +140,7 @@ def build_motion_files(folder: Path,
         clip = procedural_motion.make_clip(kind, seed)
         arm = _build(seed)
         motions.keyframe_clip(arm, clip)
-        motions.export_motion(arm, folder / name)
+        export_animation(arm, folder / name)
         clips[name] = clip
     (folder / "corrupt.bvh").write_text("HIERARCHY\nROOT Hips\n{\n  OFFSET 0 0\n")
     return clips
@@ -197,7 +200,7 @@ def build_motion_forms(folder: Path) -> dict[str, procedural_motion.Clip]:
                 pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
                 pb.keyframe_insert("rotation_quaternion", frame=0)
             bpy.context.scene.frame_set(0)
-        motions.export_motion(arm, folder / name)
+        export_animation(arm, folder / name)
         if form in ("node_hierarchy", "few_joints"):
             strip_skins(folder / name)
         clips[name] = clip

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from serialgen.pose_drawing import draw_pose
-from serialgen.render.skeleton import LIMBS
 from serialgen.storage import Lake
 from serialgen.storage.images import encode_mask, encode_png
+from serialgen.synthetic.skeleton import LIMBS
 
 #: A standing figure on a unit canvas (x, y), COCO-18 order.
 STANDING = np.array([

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from serialgen.render.skeleton import POSED_BONES, PREFIX
 from serialgen.storage import Lake
+from serialgen.synthetic.skeleton import POSED_BONES, PREFIX
 
 
 def character_glbs(seeds: list[int]) -> dict[str, bytes]:
     """{character_id: GLB bytes} of procedural characters (resets this process's bpy scene)."""
-    from serialgen.render.procedural import generate_glb
+    from serialgen.assets.procedural import generate_glb
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

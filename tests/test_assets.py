@@ -11,9 +11,13 @@ import pytest
 
 from assets_data import (
     EXPECTED, MOTION_FILES, MOTION_FORMS, build_character_files, build_motion_files, build_motion_forms, crash_on_poison)
+from serialgen.assets import procedural
+from serialgen.blender_io import reset_scene
 from serialgen.config import load_settings
-from serialgen.render import poses, procedural, procedural_motion, skeleton
-from serialgen.render.rotations import bone_frame
+from serialgen.synthetic import poses, procedural_motion, skeleton
+from serialgen.synthetic.body_mesh import EXPRESSIONS
+from serialgen.synthetic.character_spec import CharacterSpec, sample_spec
+from serialgen.synthetic.rotations import bone_frame
 
 POSE_BONES = [skeleton.PREFIX + b for b in skeleton.POSED_BONES]
 
@@ -110,15 +114,15 @@ def test_procedural_character_is_rigged_clothed_and_cheap(tmp_path):
     start = time.perf_counter()
     spec = procedural.generate_glb(42, tmp_path / "c.glb")
     assert time.perf_counter() - start < 3.0
-    assert spec == procedural.sample_spec(42) and spec != procedural.sample_spec(43)
-    procedural.reset_scene()
+    assert spec == sample_spec(42) and spec != sample_spec(43)
+    reset_scene()
     bpy.ops.import_scene.gltf(filepath=str(tmp_path / "c.glb"), disable_bone_shape=True)
-    arm = bpy.data.objects[procedural.ARMATURE_NAME]
+    arm = bpy.data.objects[skeleton.ARMATURE_NAME]
     assert sorted(b.name for b in arm.data.bones) == sorted(b.full_name for b in skeleton.BONES)
     body, face = bpy.data.objects["Body"], bpy.data.objects["Face"]
     assert len(body.data.vertices) < 5000
     assert {g.name for g in body.vertex_groups} <= {b.full_name for b in skeleton.BONES}
-    assert set(procedural.EXPRESSIONS) <= {k.name for k in face.data.shape_keys.key_blocks}
+    assert set(EXPRESSIONS) <= {k.name for k in face.data.shape_keys.key_blocks}
     assert {"skin", "hair", "top", "shoes"} <= {m.name for m in body.data.materials}
     points = np.array([body.matrix_world @ v.co for v in body.data.vertices])
     assert points[:, 2].min() == pytest.approx(0.0, abs=0.01)           # feet on the ground
@@ -134,15 +138,15 @@ def test_retargeted_pose_same_on_two_proportions():
     import bpy
     from mathutils import Vector
 
-    from serialgen.render.retarget import apply_pose, canonical_rotations
+    from serialgen.assets.retarget import apply_pose, canonical_rotations
 
     pose = procedural_motion.make_clip("dance", 5).rotations[7]
-    a, b = procedural.sample_spec(1), procedural.sample_spec(2)
-    a = procedural.CharacterSpec(**{**a.__dict__, "height": 1.5, "factors": {**a.factors, "legs": 0.9, "arms": 1.08}})
-    b = procedural.CharacterSpec(**{**b.__dict__, "height": 1.9, "factors": {**b.factors, "legs": 1.1, "arms": 0.92}})
+    a, b = sample_spec(1), sample_spec(2)
+    a = CharacterSpec(**{**a.__dict__, "height": 1.5, "factors": {**a.factors, "legs": 0.9, "arms": 1.08}})
+    b = CharacterSpec(**{**b.__dict__, "height": 1.9, "factors": {**b.factors, "legs": 1.1, "arms": 0.92}})
 
     def posed(spec, t_pose=False):
-        procedural.reset_scene()
+        reset_scene()
         arm = procedural.build_character(spec)
         if t_pose:  # raise the arm chains to horizontal in the rest pose, other rolls
             bpy.context.view_layer.objects.active = arm
@@ -179,7 +183,7 @@ def test_blend_embedded_script_never_runs(asset_dirs):
     """The test .blend really carries an auto-run script (control), and our loader does not run it."""
     import bpy
 
-    from serialgen.render.characters import find_character, load_file
+    from serialgen.assets.characters import find_character, load_file
 
     marker = asset_dirs["marker"]
     blend = asset_dirs["characters"] / "char_blend.blend"
@@ -196,7 +200,7 @@ def test_blend_embedded_script_never_runs(asset_dirs):
 
 @pytest.mark.parametrize("name", sorted(MOTION_FILES))
 def test_motion_files_round_trip(asset_dirs, name):
-    from serialgen.render.motions import extract_clips
+    from serialgen.assets.motions import extract_clips
 
     clip = asset_dirs["clips"][name]
     [got] = extract_clips(asset_dirs["motions"] / name, frame_step=3)
@@ -215,7 +219,7 @@ def motion_forms(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(n for n, (_, _, form) in MOTION_FORMS.items() if form != "few_joints"))
 def test_motion_files_in_the_forms_people_have(motion_forms, name):
     """Node-hierarchy glTF (no skin, no mesh), skinless FBX, BVH in other naming schemes -> the keyed clip."""
-    from serialgen.render.motions import extract_clips
+    from serialgen.assets.motions import extract_clips
 
     folder, clips = motion_forms
     if MOTION_FORMS[name][2] == "node_hierarchy":
@@ -234,7 +238,7 @@ def test_motion_files_in_the_forms_people_have(motion_forms, name):
 
 
 def test_motion_with_too_few_canonical_joints_is_rejected_with_the_reason(motion_forms):
-    from serialgen.render.motions import MotionLoadError, extract_clips
+    from serialgen.assets.motions import MotionLoadError, extract_clips
 
     folder, _ = motion_forms
     with pytest.raises(MotionLoadError, match="missing LeftArm, RightArm, LeftForeArm"):
@@ -268,17 +272,17 @@ def test_stage_rows_are_usable(stage, tmp_path):
     turned = [r for r in table if r["source_uri"].endswith("unreal_names_cm_turned.glb")][0]
     notes = json.loads(turned["attributes"])["normalisation"]
     assert notes["unit_scale"] == 0.01 and notes["upright_rotation_degrees"] == pytest.approx(90, abs=0.1)
-    assert turned["height_m"] == pytest.approx(procedural.sample_spec(8).height, rel=0.05)
+    assert turned["height_m"] == pytest.approx(sample_spec(8).height, rel=0.05)
     dup = stage["lake"].read("characters", filter="reason LIKE 'duplicate%'").to_pylist()[0]
     original = [r for r in table if r["source_uri"].endswith("char_glb.glb")][0]
     assert json.loads(dup["attributes"])["duplicate_of"] == original["character_id"]
     # the normalised GLB re-imports with the documented conventions
     glb = tmp_path / "normalised.glb"
     glb.write_bytes(original["normalized_glb"])
-    from serialgen.render.characters import import_character
+    from serialgen.assets.characters import import_character
 
     char = import_character(glb)
-    assert char.armature.name == procedural.ARMATURE_NAME and len(char.mapping) == 25
+    assert char.armature.name == skeleton.ARMATURE_NAME and len(char.mapping) == 25
     glb.write_bytes(turned["normalized_glb"])  # renamed bones, vertex groups follow; metres, facing -Y
     char = import_character(glb)
     assert {g.name for g in char.meshes[0].vertex_groups} <= {b.full_name for b in skeleton.BONES}
@@ -316,7 +320,7 @@ def test_stage_rerun_skips_done_files_and_duplicates_nothing(stage):
 
 
 def test_worker_pool_blames_only_the_crashing_item():
-    from serialgen.render.asset_worker import WorkerCrash, WorkerPool
+    from serialgen.assets.worker import WorkerCrash, WorkerPool
 
     items = ["a", "b", "poison", "c", "d", "e"]
     with WorkerPool(2, initializer=None) as pool:  # the pool logic only: no bpy needed

@@ -19,9 +19,9 @@ from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings
 from serialgen.pose_drawing import draw_pose
-from serialgen.render.skeleton import COLORS
 from serialgen.storage.images import ImageDecodeError, decode_image, encode_png
 from serialgen.storage.torch_reader import PairsDataset, pairs_loader
+from serialgen.synthetic.skeleton import COLORS
 
 W, H, RADIUS = 64, 96, 3.0
 

@@ -10,8 +10,8 @@ import boto3
 import pytest
 
 from serialgen.config import load_settings
-from serialgen.render.plan import plan_items
 from serialgen.storage import Lake
+from serialgen.synthetic.render_plan import plan_items
 from resilience_data import TINY, show, table_keys
 
 

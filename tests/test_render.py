@@ -7,9 +7,9 @@ import pytest
 
 from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
-from serialgen.render.plan import plan_character, plan_items, stable_seed
-from serialgen.render.skeleton import COLORS
 from serialgen.storage.images import decode_image, decode_mask
+from serialgen.synthetic.render_plan import plan_character, plan_items, stable_seed
+from serialgen.synthetic.skeleton import COLORS
 from render_data import character_glbs, pose_rows, random_pose
 
 SETTINGS = RenderSettings()  # tiny profile: 128 x 192, Cycles CPU, 8 samples
@@ -219,7 +219,7 @@ def test_expressions_drive_allow_listed_keys_only_and_the_standard_is_neutral(wo
 
 
 def test_expression_allow_list_skips_body_and_clothing_morphs():
-    from serialgen.render.expressions import (
+    from serialgen.synthetic.expressions import (
         DEFAULT_EXPRESSION_KEYS, DEFAULT_EXPRESSION_PREFIXES, expression_keys, sample_expression)
 
     names = ["jawOpen", "blendShape1.eyeBlinkLeft", "Fcl_MTH_A", "まばたき", "Joy", "aa", "vrc.v_oh", "smile",

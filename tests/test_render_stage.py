@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from serialgen.config import load_settings
-from serialgen.render.plan import plan_items
 from serialgen.storage.images import decode_image, decode_mask
+from serialgen.synthetic.render_plan import plan_items
 from render_data import character_glbs, character_rows, fill_lake
 
 N_POSES = 3

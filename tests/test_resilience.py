@@ -28,11 +28,11 @@ from render_data import character_glbs, fill_lake
 from resilience_data import TINY, kill, ray_worker_pids, show, table_keys, wait_for
 from serialgen.compositing.pairs import make_pair_id
 from serialgen.config import load_settings
-from serialgen.render.plan import plan_items
 from serialgen.stages.registry import topological
 from serialgen.storage import Lake, SchemaMismatchError
 from serialgen.storage.lake import conform
 from serialgen.storage.schemas import spec
+from serialgen.synthetic.render_plan import plan_items
 
 
 @pytest.fixture(scope="module")

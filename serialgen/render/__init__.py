@@ -1,1 +1,1 @@
-"""bpy code: characters, motions, scene, camera, keypoints and the render worker. Only this package imports bpy."""
+"""The render side of Blender work (bpy): scene, camera, posing, keypoints, renderer and the render worker."""

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 
 from serialgen.config import RenderSettings
-from serialgen.render.plan import ChunkResult, RenderItem
+from serialgen.synthetic.render_plan import ChunkResult, RenderItem
 
 
 @contextlib.contextmanager

@@ -16,9 +16,9 @@ from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 from mathutils.bvhtree import BVHTree
 
-from serialgen.render.characters import Character
+from serialgen.assets.characters import Character
 from serialgen.render.posing import pose_bone
-from serialgen.render.skeleton import BONES, BY_NAME, KEYPOINT_SOURCES
+from serialgen.synthetic.skeleton import BONES, BY_NAME, KEYPOINT_SOURCES
 
 #: Extra depth allowed on top of twice the nearest-surface distance, as a fraction of the figure height.
 MARGIN = 0.01

@@ -9,9 +9,9 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
-from serialgen.render.characters import Character
-from serialgen.render.expressions import expression_keys
-from serialgen.render.retarget import Rig
+from serialgen.assets.characters import Character
+from serialgen.assets.retarget import Rig
+from serialgen.synthetic.expressions import expression_keys
 
 
 def pose_bone(character: Character, name: str) -> bpy.types.PoseBone | None:

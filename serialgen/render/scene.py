@@ -1,7 +1,7 @@
 """The Blender scene of one character: GLB import, lights and world colour.
 
-One scene per process: importing the next character resets the scene first
-(``read_factory_settings(use_empty=True)``, in :func:`serialgen.render.characters.import_character`).
+One scene per process: importing the next character (:func:`serialgen.assets.characters.import_character`)
+resets the scene first (:func:`serialgen.blender_io.reset_scene`).
 The three lights are created once per character and every property is set again for each item.
 """
 
@@ -14,7 +14,7 @@ import bpy
 import numpy as np
 from mathutils import Vector
 
-from serialgen.render.characters import Character, CharacterLoadError, import_character
+from serialgen.assets.characters import Character, CharacterLoadError, import_character
 
 LIGHT_NAMES = ("serialgen_key", "serialgen_fill", "serialgen_rim")
 

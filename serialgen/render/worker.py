@@ -16,15 +16,15 @@ import bpy
 import numpy as np
 from mathutils import Vector
 
+from serialgen.assets.characters import Character
+from serialgen.assets.retarget import Rig
 from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
 from serialgen.render import camera, keypoints, posing, scene
-from serialgen.render.expressions import describe, sample_expression
-from serialgen.render.characters import Character
-from serialgen.render.plan import ChunkResult, RenderItem, standard_error_key
 from serialgen.render.renderer import Renderer, configure
-from serialgen.render.retarget import Rig
 from serialgen.storage.images import encode_mask, encode_png
+from serialgen.synthetic.expressions import describe, sample_expression
+from serialgen.synthetic.render_plan import ChunkResult, RenderItem, standard_error_key
 
 #: Alpha above which a pixel belongs to the foreground mask.
 MASK_THRESHOLD = 127

@@ -1,7 +1,7 @@
 """The assets stage: audited characters, motion clips and the deduplicated pose library.
 
 Per-file bpy work (generate, import + normalise + audit, motion import + retarget) runs in
-spawned worker processes (:mod:`serialgen.render.asset_worker`); this driver lists and hashes
+spawned worker processes (:mod:`serialgen.assets.worker`); this driver lists and hashes
 the files, skips those already in the lake (by content hash), decides duplicates in a fixed
 order and writes ``characters``, ``motions`` and ``poses`` with keyed upserts.
 """
@@ -9,24 +9,27 @@ order and writes ``characters``, ``motions`` and ``poses`` with keyed upserts.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from serialgen.assets import worker as asset_worker
 from serialgen.config import Settings
-from serialgen.stages.registry import config_hash
-from serialgen.render import asset_worker, skeleton
-from serialgen.render.audit import UNREADABLE, Facts, decide
-from serialgen.render.poses import dedup, pose_id
-from serialgen.render.procedural_motion import procedural_clips
-from serialgen.render.thumbnails import contact_sheet
 from serialgen.sources import list_sources
+from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.runs import StageRun
+from serialgen.synthetic import skeleton
+from serialgen.synthetic.character_filter import UNREADABLE, Facts, decide
+from serialgen.synthetic.poses import dedup, pose_id
+from serialgen.synthetic.procedural_motion import procedural_clips
 
 CHARACTER_SUFFIXES = (".glb", ".gltf", ".fbx", ".blend")
 MOTION_SUFFIXES = (".bvh", ".fbx", ".glb", ".gltf")
@@ -255,6 +258,17 @@ def run_assets(settings: Settings, characters: str | None = None, motions: str |
         report.seconds = round(time.perf_counter() - started, 2)
         run.metrics = asdict(report)
     return report
+
+
+def contact_sheet(thumbnails: list[bytes], columns: int = 4, background=(255, 255, 255)) -> Image.Image:
+    """Tile RGBA thumbnails (same size) onto one RGB sheet."""
+    images = [Image.open(io.BytesIO(t)).convert("RGBA") for t in thumbnails]
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (w * columns, h * rows), background)
+    for i, img in enumerate(images):
+        sheet.paste(img, ((i % columns) * w, (i // columns) * h), img)
+    return sheet
 
 
 def write_contact_sheet(lake: Lake, path: str | Path, limit: int = 8, columns: int = 4) -> int:

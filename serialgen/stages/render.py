@@ -1,6 +1,6 @@
 """Render stage driver: accepted characters x sampled poses -> ``renders`` and ``standards`` (no Prefect).
 
-The plan (see :mod:`serialgen.render.plan`) minus the keys already in the lake is split into chunks
+The plan (see :mod:`serialgen.synthetic.render_plan`) minus the keys already in the lake is split into chunks
 of one character's items. Each long-lived Ray actor takes one character at a time and renders all
 of its chunks in order (it imports the GLB once); every finished chunk is upserted at once, so a
 killed run loses at most the chunks in flight and a rerun renders exactly the missing keys.
@@ -23,11 +23,11 @@ from PIL import Image
 
 from serialgen.config import RenderSettings, Settings
 from serialgen.pose_drawing import overlay_pose
-from serialgen.render.plan import ChunkResult, RenderItem, plan_by_character, standard_error_key
 from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun, require_input
+from serialgen.synthetic.render_plan import ChunkResult, RenderItem, plan_by_character, standard_error_key
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]

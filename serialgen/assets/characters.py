@@ -2,8 +2,8 @@
 
 After :func:`normalize`: metres, Z up, facing -Y, feet on z = 0, centred on the hips, rest pose,
 one armature object ``Armature`` whose mapped bones carry canonical Mixamo names, and the meshes it
-deforms parented to it; everything else is deleted. ``.blend`` files are appended through
-``bpy.data.libraries.load`` with script auto-execution off, so no embedded script ever runs.
+deforms parented to it; everything else is deleted. Files are read by :func:`serialgen.blender_io.import_file`
+(script auto-execution off: no embedded script ever runs).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from serialgen.render import skeleton
-from serialgen.render.procedural import ARMATURE_NAME, reset_scene
-from serialgen.render.retarget import hierarchy, upright_correction
+from serialgen.assets.retarget import hierarchy, upright_correction
+from serialgen.blender_io import import_file
+from serialgen.synthetic import skeleton
 
-FORMATS = {".glb": "glb", ".gltf": "gltf", ".fbx": "fbx", ".blend": "blend"}
+#: Formats a character file may have.
+FORMATS = ("glb", "gltf", "fbx", "blend")
 
 
 class CharacterLoadError(Exception):
@@ -34,57 +35,9 @@ class Character:
     mapping: dict[str, str] = field(default_factory=dict)  # canonical name -> rig bone name
 
 
-def file_format(path: str | Path) -> str | None:
-    return FORMATS.get(Path(path).suffix.lower())
-
-
-def disable_auto_exec() -> None:
-    """Never run Python embedded in a loaded file."""
-    import bpy
-
-    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
-
-
-def importer_message(exc: Exception) -> str:
-    """One line from an importer's exception (bpy wraps Python errors in a traceback and a 'Location:' line)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Location:")]
-    return f"{type(exc).__name__}: {lines[-1] if lines else 'the importer failed'}"
-
-
 def load_file(path: str | Path) -> None:
     """Import ``path`` into a fresh scene; :class:`CharacterLoadError` if the importer fails."""
-    import bpy
-
-    reset_scene()
-    disable_auto_exec()
-    fmt = file_format(path)
-    try:
-        if fmt in ("glb", "gltf"):
-            result = bpy.ops.import_scene.gltf(filepath=str(path), disable_bone_shape=True)
-        elif fmt == "fbx":
-            result = bpy.ops.import_scene.fbx(filepath=str(path), use_anim=False, ignore_leaf_bones=False)
-        elif fmt == "blend":
-            result = _append_blend(path)
-        else:
-            raise CharacterLoadError(f"unsupported format {Path(path).suffix!r}")
-    except CharacterLoadError:
-        raise
-    except Exception as exc:  # importers raise RuntimeError/ValueError/struct errors on bad files
-        raise CharacterLoadError(importer_message(exc)) from None
-    if "FINISHED" not in result:
-        raise CharacterLoadError(f"importer returned {sorted(result)}")
-
-
-def _append_blend(path: str | Path) -> set[str]:
-    """Append the objects of a .blend (data only: no UI, no scripts are run)."""
-    import bpy
-
-    with bpy.data.libraries.load(str(path), link=False) as (src, dst):
-        dst.objects = list(src.objects)
-    for obj in dst.objects:
-        if obj is not None:
-            bpy.context.scene.collection.objects.link(obj)
-    return {"FINISHED"}
+    import_file(path, FORMATS, CharacterLoadError)
 
 
 def _deforming_armature(obj):
@@ -161,7 +114,7 @@ def normalize(char: Character) -> dict:
     for canon, name in char.mapping.items():
         arm.data.bones[name].name = skeleton.PREFIX + canon  # renames the vertex groups too
     char.mapping = {canon: skeleton.PREFIX + canon for canon in char.mapping}
-    arm.name = arm.data.name = ARMATURE_NAME
+    arm.name = arm.data.name = skeleton.ARMATURE_NAME
     bpy.context.view_layer.update()
     angle = np.degrees(upright.to_quaternion().angle)
     return {"unit_scale": scale, "upright_rotation_degrees": round(float(angle), 2),

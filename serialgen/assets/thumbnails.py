@@ -1,14 +1,12 @@
-"""Character thumbnails (Cycles on CPU, a few samples) and contact sheets of them."""
+"""Character thumbnails: Cycles on CPU, a few samples (the assets stage tiles them into a contact sheet)."""
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 
 def _look_at(obj, target) -> None:
@@ -63,14 +61,3 @@ def render_thumbnail(meshes, width: int = 96, height: int = 144, samples: int = 
     for obj in added:
         bpy.data.objects.remove(obj)
     return data
-
-
-def contact_sheet(thumbnails: list[bytes], columns: int = 4, background=(255, 255, 255)) -> Image.Image:
-    """Tile RGBA thumbnails (same size) onto one RGB sheet."""
-    images = [Image.open(io.BytesIO(t)).convert("RGBA") for t in thumbnails]
-    w, h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    sheet = Image.new("RGB", (w * columns, h * rows), background)
-    for i, img in enumerate(images):
-        sheet.paste(img, ((i % columns) * w, (i // columns) * h), img)
-    return sheet

@@ -1,8 +1,8 @@
 """Low-poly mesh building blocks with hand-assigned skin weights (lofts, ellipsoids, caps).
 
 Automatic weights fail on overlapping primitives, so every part carries its own bone weights;
-parts are accumulated in a :class:`MeshBuilder` and become one bpy mesh with UVs, materials
-and vertex groups.
+parts are accumulated in a :class:`MeshBuilder` (plain numpy), which :func:`serialgen.assets.procedural.mesh_object`
+makes one bpy mesh with UVs, materials and vertex groups.
 """
 
 from __future__ import annotations
@@ -129,36 +129,3 @@ class MeshBuilder:
 
     def add_shape_offset(self, key: str, vertex: int, offset: Vec) -> None:
         self.shape_offsets.setdefault(key, {})[vertex] = np.asarray(offset, dtype=float)
-
-    def to_object(self, name: str, materials: list, armature):
-        """Create the bpy mesh object, skinned to ``armature`` by the accumulated weights."""
-        import bpy
-
-        mesh = bpy.data.meshes.new(name)
-        mesh.from_pydata([tuple(v) for v in self.verts], [], self.faces)
-        uv_layer = mesh.uv_layers.new(name="UVMap")
-        uv_layer.data.foreach_set("uv", np.asarray(self.uvs, dtype=np.float32).ravel())
-        mesh.polygons.foreach_set("material_index", np.asarray(self.materials, dtype=np.int32))
-        mesh.polygons.foreach_set("use_smooth", np.ones(len(self.faces), dtype=bool))
-        for mat in materials:
-            mesh.materials.append(mat)
-        mesh.update()
-        obj = bpy.data.objects.new(name, mesh)
-        bpy.context.scene.collection.objects.link(obj)
-        groups: dict[tuple[str, float], list[int]] = {}
-        for i, w in enumerate(self.weights):
-            total = sum(w.values())
-            for bone, value in w.items():
-                groups.setdefault((bone, round(value / total, 4)), []).append(i)
-        for (bone, value), idx in groups.items():
-            group = obj.vertex_groups.get(bone) or obj.vertex_groups.new(name=bone)
-            group.add(idx, value, "REPLACE")
-        if self.shape_offsets:
-            obj.shape_key_add(name="Basis", from_mix=False)
-            for key in ("neutral", *self.shape_offsets):
-                block = obj.shape_key_add(name=key, from_mix=False)
-                for i, off in self.shape_offsets.get(key, {}).items():
-                    block.data[i].co = tuple(np.asarray(self.verts[i]) + off)
-        obj.parent = armature
-        obj.modifiers.new("Armature", "ARMATURE").object = armature
-        return obj

@@ -1,29 +1,20 @@
 """Canonical joint rotations <-> any humanoid armature in the scene (bpy).
 
-A pose is, per canonical bone, a local rotation relative to the *canonical* rest frame (the
-frame Blender gives a bone from the canonical head->tail with roll 0). Reading a pose from a rig
-with another rest (T-pose, other rolls) and writing one to it go through world-space frames:
-each rig bone's rest direction is swung onto the canonical one, so a pose means the same limb
-directions on every rig. For rigs whose rest frames are the canonical ones (all procedural
-characters) this reduces to ``pose_bone.rotation_quaternion = rotation``.
+A pose is, per canonical bone, a local rotation relative to the *canonical* rest frame
+(:mod:`serialgen.synthetic.kinematics`). Reading a pose from a rig with another rest (T-pose, other
+rolls) and writing one to it go through world-space frames: each rig bone's rest direction is swung
+onto the canonical one, so a pose means the same limb directions on every rig. For rigs whose rest
+frames are the canonical ones (all procedural characters) this reduces to
+``pose_bone.rotation_quaternion = rotation``.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from serialgen.render import skeleton
-from serialgen.render.rotations import bone_frame, mat_to_quat, orthonormal, quat_to_mat, swing
-
-Mat = np.ndarray
-
-
-@functools.cache
-def canonical_rest() -> dict[str, Mat]:
-    """Canonical rest frame (3x3, armature space) of every canonical bone."""
-    return {b.name: bone_frame(np.subtract(b.tail, b.head)) for b in skeleton.BONES}
+from serialgen.synthetic import skeleton
+from serialgen.synthetic.kinematics import Mat, canonical_rest, canonical_world_frames
+from serialgen.synthetic.rotations import mat_to_quat, orthonormal, swing
 
 
 def hierarchy(armature) -> list:
@@ -147,20 +138,6 @@ def canonical_rotations(armature, correction: Mat | None = None) -> np.ndarray:
     ``correction`` (see :func:`upright_correction`) stands and turns the whole rig first.
     """
     return Rig(armature, correction).read()
-
-
-def canonical_world_frames(bones: list[str], rotations) -> dict[str, Mat]:
-    """Forward kinematics on the canonical skeleton: world frame of every canonical bone."""
-    rest_c = canonical_rest()
-    local = dict(zip(map(skeleton.canonical_name, bones), quat_to_mat(np.reshape(rotations, (-1, 4)))))
-    frames: dict[str, Mat] = {}
-    for bone in skeleton.BONES:
-        rot = local.get(bone.name, np.eye(3))
-        if bone.parent is None:
-            frames[bone.name] = rest_c[bone.name] @ rot
-        else:
-            frames[bone.name] = frames[bone.parent] @ rest_c[bone.parent].T @ rest_c[bone.name] @ rot
-    return frames
 
 
 def apply_pose(armature, bones: list[str], rotations) -> None:

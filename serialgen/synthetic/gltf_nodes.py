@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serialgen.render.rotations import quat_to_mat
+from serialgen.synthetic.rotations import quat_to_mat
 
 #: glTF is Y up, Blender Z up: Blender's importer maps (x, y, z) to (x, -z, y).
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])

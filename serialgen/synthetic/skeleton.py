@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "mixamorig:"
+#: Object name of the armature of a normalised or generated character.
+ARMATURE_NAME = "Armature"
 
 
 @dataclass(frozen=True)

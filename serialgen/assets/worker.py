@@ -10,7 +10,8 @@ Why a process pool and not Ray actors: the work is short per-file jobs on files 
 locally, with no data to share through an object store; what matters is isolating a crashing
 importer and blaming the right file, which a spawned pool does in a few lines, and the stage then
 runs without starting a Ray runtime (a few seconds and memory on a laptop). The render stage,
-which has to scale out to a cluster, uses Ray.
+which has to scale out to a cluster, uses Ray. The driver imports this module without loading Blender:
+bpy is imported in the workers only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
+
+from serialgen.blender_io import disable_auto_exec
+from serialgen.synthetic.character_filter import Facts
 
 
 class WorkerCrash(Exception):
@@ -45,14 +49,14 @@ def _init_worker() -> None:
     import bpy
 
     logging.disable(logging.WARNING)
-    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
+    disable_auto_exec()
     # pool workers end through multiprocessing's exit path, where bpy's own temp-dir cleanup does not run
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(bpy.app.tempdir, True), exitpriority=0)
 
 
 def audit_batch(paths: Sequence[str], thumbnail_size: tuple[int, int], thumbnail_samples: int) -> list:
     """Per file: its audit facts (an unexpected failure becomes the file's error, not the stage's)."""
-    from serialgen.render.audit import Facts, collect_facts
+    from serialgen.assets.audit import collect_facts
 
     out = []
     for path in paths:
@@ -65,7 +69,7 @@ def audit_batch(paths: Sequence[str], thumbnail_size: tuple[int, int], thumbnail
 
 def motion_batch(paths: Sequence[str], frame_step: int) -> list:
     """Per file: its sampled clips, or the reason it has none (a string)."""
-    from serialgen.render.motions import MotionLoadError, extract_clips
+    from serialgen.assets.motions import MotionLoadError, extract_clips
 
     out = []
     for path in paths:
@@ -80,7 +84,7 @@ def motion_batch(paths: Sequence[str], frame_step: int) -> list:
 
 def generate_batch(seeds: Sequence[int], out_dir: str) -> list[tuple[str, dict]]:
     """Generate procedural characters ``seeds`` as GLB files in ``out_dir``: (path, spec) each."""
-    from serialgen.render.procedural import generate_glb
+    from serialgen.assets.procedural import generate_glb
 
     out = []
     for seed in seeds:

@@ -1,5 +1,6 @@
-"""The paper's character filter as data: facts per file (bpy) and an accept/reject decision (pure).
+"""The paper's character filter as data: the facts a worker collects per file and the accept/reject decision.
 
+The facts come from Blender (:func:`serialgen.assets.audit.collect_facts`); the decision is plain numpy.
 Reasons are ``"<code>: <detail>"`` with the codes below, so tables can group by code.
 The duplicate test compares geometry signatures: area-weighted histograms of the surface along
 the three axes after normalising to unit height; they survive re-export (vertex splitting,
@@ -8,9 +9,7 @@ triangulation, format changes) and small numeric noise.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -92,53 +91,3 @@ def decide(facts: Facts, accepted: dict[str, np.ndarray], min_canonical_bones: i
         if signature_distance(facts.signature, signature) < duplicate_threshold:
             return "rejected", f"{DUPLICATE}: same shape as {other_id}", other_id
     return "accepted", None, None
-
-
-def texture_defects(meshes) -> list[str]:
-    """Missing/unreadable images of image-textured materials, and textured materials without UVs."""
-    defects = []
-    for mesh in meshes:
-        for mat in {m for m in mesh.data.materials if m is not None and m.node_tree is not None}:
-            textures = [n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE"]
-            for node in textures:
-                image = node.image
-                if image is None:
-                    defects.append(f"material {mat.name}: image node without image")
-                elif not image.has_data and (image.size[0] == 0 or image.size[1] == 0):
-                    defects.append(f"material {mat.name}: missing or unreadable image {image.filepath or image.name}")
-            if textures and len(mesh.data.uv_layers) == 0:
-                defects.append(f"material {mat.name}: textured but mesh {mesh.name} has no UVs")
-    return sorted(set(defects))
-
-
-def collect_facts(path: str | Path, thumbnail_size: tuple[int, int] = (96, 144), thumbnail_samples: int = 4) -> Facts:
-    """Import, normalise and inspect one character file (bpy; in a worker process)."""
-    from serialgen.render import characters, procedural, thumbnails
-    from serialgen.render.skeleton import BONE_NAMES
-
-    fmt = characters.file_format(path) or Path(path).suffix.lstrip(".").lower()
-    try:
-        characters.load_file(path)
-    except characters.CharacterLoadError as exc:
-        return Facts(fmt, error=str(exc) or "importer failed")
-    char = characters.find_character()
-    if char.armature is None:
-        return Facts(fmt)
-    facts = Facts(fmt, n_bones=len(char.armature.data.bones),
-                  n_canonical_bones=sum(1 for b in BONE_NAMES if b in char.mapping),
-                  missing_required=tuple(b for b in REQUIRED if b not in char.mapping),
-                  n_skinned_meshes=len(char.meshes))
-    if facts.missing_required or not char.meshes:
-        return facts
-    facts.texture_defects = tuple(texture_defects(char.meshes))
-    facts.notes = characters.normalize(char)
-    facts.height_m = facts.notes["height_m"]
-    facts.signature = geometry_signature(*characters.world_triangles(char.meshes))
-    if facts.texture_defects:
-        return facts
-    facts.thumbnail = thumbnails.render_thumbnail(char.meshes, *thumbnail_size, samples=thumbnail_samples)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "character.glb"
-        procedural.export_glb(out)
-        facts.normalized_glb = out.read_bytes()
-    return facts

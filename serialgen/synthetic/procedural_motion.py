@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from serialgen.render import skeleton
-from serialgen.render.retarget import canonical_rest
-from serialgen.render.rotations import mat_to_quat, rotvec_to_mat
+from serialgen.synthetic import skeleton
+from serialgen.synthetic.kinematics import canonical_rest
+from serialgen.synthetic.rotations import mat_to_quat, rotvec_to_mat
 
 Angles = dict[str, dict[str, float]]
 

@@ -3,9 +3,9 @@
 The skeleton is the best-mapped armature, or for glTF files without one a plain node hierarchy
 (empties): an armature is built on the nodes' rest transforms and follows them by constraints.
 Each action of the skeleton is one clip; sampled frames are read back as canonical
-local rotations with :func:`serialgen.render.retarget.canonical_rotations`, after turning the
-source so that it faces -Y. :func:`keyframe_clip` writes a canonical clip onto an armature (to
-export test files and benchmarks in any format).
+local rotations with :func:`serialgen.assets.retarget.canonical_rotations`, after turning the
+source so that it faces -Y. :func:`keyframe_clip` writes a canonical clip onto an armature (for
+:func:`serialgen.blender_io.export_animation` to write test and benchmark files in any format).
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from serialgen.render import gltf_nodes, skeleton
-from serialgen.render.audit import REQUIRED
-from serialgen.render.characters import disable_auto_exec, importer_message
-from serialgen.render.procedural import reset_scene
-from serialgen.render.procedural_motion import Clip
-from serialgen.render.retarget import Rig, hierarchy, upright_correction
-from serialgen.render.rotations import swing
+from serialgen.assets.retarget import Rig, hierarchy, upright_correction
+from serialgen.blender_io import file_format, import_file
+from serialgen.synthetic import gltf_nodes, skeleton
+from serialgen.synthetic.character_filter import REQUIRED
+from serialgen.synthetic.procedural_motion import Clip
+from serialgen.synthetic.rotations import swing
 
-#: glTF stores seconds, not frames: clips are sampled on this frame grid.
-GLTF_FPS = 30
-FORMATS = {".bvh": "bvh", ".fbx": "fbx", ".glb": "glb", ".gltf": "gltf"}
+#: Formats a motion file may have.
+FORMATS = ("bvh", "fbx", "glb", "gltf")
 
 
 class MotionLoadError(Exception):
@@ -41,35 +39,6 @@ class SampledClip:
     fps: float
     frames: np.ndarray
     rotations: np.ndarray
-
-
-def file_format(path: str | Path) -> str | None:
-    return FORMATS.get(Path(path).suffix.lower())
-
-
-def _load(path: str | Path) -> None:
-    import bpy
-
-    reset_scene()
-    disable_auto_exec()
-    fmt = file_format(path)
-    try:
-        if fmt == "bvh":
-            result = bpy.ops.import_anim.bvh(filepath=str(path), rotate_mode="NATIVE", update_scene_fps=True,
-                                             update_scene_duration=True)
-        elif fmt == "fbx":
-            result = bpy.ops.import_scene.fbx(filepath=str(path), use_anim=True, ignore_leaf_bones=False)
-        elif fmt in ("glb", "gltf"):
-            bpy.context.scene.render.fps, bpy.context.scene.render.fps_base = GLTF_FPS, 1.0
-            result = bpy.ops.import_scene.gltf(filepath=str(path), disable_bone_shape=True)
-        else:
-            raise MotionLoadError(f"unsupported format {Path(path).suffix!r}")
-    except MotionLoadError:
-        raise
-    except Exception as exc:
-        raise MotionLoadError(importer_message(exc)) from None
-    if "FINISHED" not in result:
-        raise MotionLoadError(f"importer returned {sorted(result)}")
 
 
 def _use_action(obj, action) -> None:
@@ -169,7 +138,7 @@ def extract_clips(path: str | Path, frame_step: int = 1) -> list[SampledClip]:
     """Every action of the file's humanoid skeleton, sampled every ``frame_step`` frames."""
     import bpy
 
-    _load(path)
+    import_file(path, FORMATS, MotionLoadError, animation=True)
     arm, mapping = _best_armature()
     drivers = [arm] if arm is not None else []
     if file_format(path) in ("glb", "gltf") and not all(b in mapping for b in REQUIRED):
@@ -220,24 +189,3 @@ def keyframe_clip(armature, clip: Clip) -> None:
             armature.pose.bones[name].keyframe_insert("rotation_quaternion", frame=f)
     if armature.animation_data and armature.animation_data.action:
         armature.animation_data.action.name = clip.name
-
-
-def export_motion(armature, path: str | Path) -> None:
-    """Write the armature's keyed clip as BVH, FBX or GLB (by extension)."""
-    import bpy
-
-    from serialgen.render.procedural import export_glb
-
-    scene = bpy.context.scene
-    bpy.ops.object.select_all(action="DESELECT")
-    armature.select_set(True)
-    bpy.context.view_layer.objects.active = armature
-    fmt = file_format(path)
-    if fmt == "bvh":
-        bpy.ops.export_anim.bvh(filepath=str(path), frame_start=scene.frame_start, frame_end=scene.frame_end,
-                                rotate_mode="NATIVE")
-    elif fmt == "fbx":
-        bpy.ops.export_scene.fbx(filepath=str(path), use_selection=False, bake_anim=True, add_leaf_bones=False,
-                                 bake_anim_use_nla_strips=False, bake_anim_use_all_actions=False, bake_anim_simplify_factor=0.0)
-    else:
-        export_glb(path, animations=True)
