@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from serialgen.config import ConfigError
-from serialgen.training.loop import prepare_run_folder
+from serialgen.config import ConfigError, StandardizerSettings
+from serialgen.training.loop import prepare_run_folder, training_recipe
 
 
 def _folder_with_checkpoint(tmp_path, recipe):
@@ -32,3 +32,11 @@ def test_another_model_definition_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="was trained with other width"):
         prepare_run_folder(folder, {"width": 32}, {"pairs": 3}, True, {"learning_rate": 1e-3})
     assert (folder / "checkpoint-0000060").is_dir()
+
+
+def test_a_cosine_schedule_ties_the_recipe_to_the_step_count():
+    constant = StandardizerSettings(steps=100)
+    assert training_recipe(constant) == training_recipe(constant.model_copy(update={"steps": 200}))  # train longer
+    cosine = StandardizerSettings(steps=100, lr_schedule="cosine")
+    assert training_recipe(cosine) != training_recipe(cosine.model_copy(update={"steps": 200}))  # another decay
+    assert "num_workers" not in training_recipe(cosine)                                           # runtime only

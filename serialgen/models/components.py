@@ -44,7 +44,7 @@ PIXEL_SCHEDULE: dict[str, Any] = {**SD15_SCHEDULE, "beta_start": 0.0001, "beta_e
 
 def scratch_components(seed: int = 0, patch_size: int = 4, block_out_channels: tuple[int, ...] = (32, 64),
                        layers_per_block: int = 1, attention_head_dim: int = 8,
-                       prediction_type: str = "sample") -> Components:
+                       prediction_type: str = "sample", attention_levels: int | None = None) -> Components:
     """Components for training from scratch: random UNets denoising pixel-unshuffled images.
 
     The autoencoder is :class:`PixelShuffleAutoencoder` (exact; a random VAE would decode noise),
@@ -59,12 +59,13 @@ def scratch_components(seed: int = 0, patch_size: int = 4, block_out_channels: t
     torch.manual_seed(seed)
     autoencoder = PixelShuffleAutoencoder(patch_size)
     levels = len(block_out_channels)
+    attended = levels - 1 if attention_levels is None else attention_levels  # from the top; SD: all but the lowest
     width = block_out_channels[0]
     unet_config = dict(
         sample_size=8, in_channels=autoencoder.latent_channels, out_channels=autoencoder.latent_channels,
         layers_per_block=layers_per_block, block_out_channels=tuple(block_out_channels),
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        down_block_types=("CrossAttnDownBlock2D",) * attended + ("DownBlock2D",) * (levels - attended),
+        up_block_types=("UpBlock2D",) * (levels - attended) + ("CrossAttnUpBlock2D",) * attended,
         cross_attention_dim=width, attention_head_dim=attention_head_dim, norm_num_groups=8,
     )
     reference = UNet2DConditionModel(**unet_config)

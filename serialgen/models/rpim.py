@@ -5,7 +5,8 @@ per ReferenceNet self-attention layer one more conv maps it to the layer's chann
 interpolation brings it to the layer's resolution before it is added to the layer's input.
 The per-layer conv is 1x1: a 1x1 conv and area interpolation are both linear and commute, so we
 interpolate first (cheap) and get exactly the paper's conv-then-interpolate. The per-layer convs
-start at zero, so a pretrained ReferenceNet starts unchanged.
+start at zero, so a pretrained ReferenceNet starts unchanged (``zero_init``); from scratch they keep
+PyTorch's default initialisation, so the pose reaches the reference tokens from the first step.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ class ReferencePoseInjection(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, layer_channels: tuple[int, ...] = (), pose_channels: tuple[int, ...] = (16, 32, 96, 256),
-                 feature_channels: int = 320) -> None:
+                 feature_channels: int = 320, zero_init: bool = True) -> None:
         super().__init__()
         self.encoder = PoseGuider(3, pose_channels, feature_channels, zero_init=False)
         self.projections = nn.ModuleList(nn.Conv2d(feature_channels, c, 1) for c in layer_channels)
-        for proj in self.projections:
+        for proj in self.projections if zero_init else ():
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 

@@ -66,15 +66,20 @@ class Standardizer(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_components(cls, parts: Components, fbdm: bool = True, rpim: bool = True) -> "Standardizer":
-        """A fresh model (new pose guider, FBDM, RPIM) around loaded or random components."""
+    def from_components(cls, parts: Components, fbdm: bool = True, rpim: bool = True,
+                        pretrained: bool = True) -> "Standardizer":
+        """A fresh model (new pose guider, FBDM, RPIM) around loaded or random components.
+
+        With ``pretrained`` UNets FBDM and RPIM start at zero (the ReferenceNet starts unchanged, as in
+        the paper); from scratch they start at the scale of the tokens they modify.
+        """
         channels = parts.reference_unet.config.block_out_channels[0]
         layers = tuple(self_attention_channels(parts.reference_unet))
         return cls(
             parts.reference_unet, parts.denoising_unet, PoseGuider(3, parts.pose_channels, channels),
             parts.vae, parts.image_encoder, parts.scheduler_config,
-            fbdm=ForegroundBackgroundTokens(layers) if fbdm else None,
-            rpim=ReferencePoseInjection(layers, parts.pose_channels, channels) if rpim else None,
+            fbdm=ForegroundBackgroundTokens(layers, init_std=0.0 if pretrained else 1.0) if fbdm else None,
+            rpim=ReferencePoseInjection(layers, parts.pose_channels, channels, zero_init=pretrained) if rpim else None,
         )
 
     def set_standard_skeleton(self, keypoints: np.ndarray, width: int, height: int) -> None:

@@ -19,10 +19,10 @@ import torch
 from serialgen.config import Settings
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
-from serialgen.stages.train_standardizer import build_standardizer, training_dir
+from serialgen.stages.train_standardizer import build_standardizer, prepare_run_folder_for, training_dir
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
-from serialgen.training.ablation import VARIANTS, Ablation, run_ablation
+from serialgen.training.ablation import VARIANTS, Ablation, run_ablation, variant_folder
 
 STAGE = "ablate-standardizer"
 
@@ -56,9 +56,15 @@ def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: 
         test = _in_memory(pairs_dataset(settings, "test", size))
         cfg = cfg.model_copy(update={"num_workers": 0})
 
-        def build(fbdm: bool, rpim: bool) -> Standardizer:
+        def variant(fbdm: bool, rpim: bool) -> Settings:
             flags = settings.standardizer.model_copy(update={"fbdm": fbdm, "rpim": rpim})
-            return build_standardizer(settings.model_copy(update={"standardizer": flags}))
+            return settings.model_copy(update={"standardizer": flags})
+
+        for name, fbdm, rpim in chosen:  # resume a variant only with the same model, data and recipe
+            prepare_run_folder_for(variant(fbdm, rpim), variant_folder(output_dir, name), True, inputs)
+
+        def build(fbdm: bool, rpim: bool) -> Standardizer:
+            return build_standardizer(variant(fbdm, rpim))
 
         ablation = run_ablation(build, train, test, cfg, output_dir, eval_pairs, variants=chosen, log=log)
         grid = output_dir / "table3_grid.png"

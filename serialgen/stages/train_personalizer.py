@@ -24,7 +24,7 @@ from serialgen.models.sdxl import load_sdxl_parts, write_sdxl_folders
 from serialgen.stages.registry import config_hash
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun
-from serialgen.training.loop import make_accelerator, prepare_run_folder
+from serialgen.training.loop import make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.personalizer import Personalizer, heldout_loss, train_personalizer
 from serialgen.training.personalizer_data import MODES, PersonalizerPairs, build_pairs
 
@@ -112,7 +112,7 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
             _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
             run.outputs = ["personalizer_pairs"]
             model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS))}
-            recipe = {k: v for k, v in cfg.output_settings().items() if k != "steps"}
+            recipe = training_recipe(cfg)
             prepare_run_folder(output_dir, model, dict(run.inputs), resume, recipe)
         accelerator.wait_for_everyone()
         size = (cfg.height, cfg.width)

@@ -22,7 +22,7 @@ from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import StageRun
-from serialgen.training.loop import prepare_run_folder
+from serialgen.training.loop import prepare_run_folder, training_recipe
 from serialgen.training.standardizer import (
     TrainResult,
     Validation,
@@ -57,8 +57,8 @@ def build_standardizer(settings: Settings) -> Standardizer:
     cfg, view = settings.standardizer, settings.render
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
              else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
-                                     prediction_type=cfg.prediction_type))
-    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim)
+                                     prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
+    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15")
     skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
                                   view.standard_arm_angle)
     model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
@@ -106,7 +106,7 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     accelerator = make_accelerator(cfg, output_dir)
     inputs = ["renders", "standards", "backgrounds"] if settings.composite.dynamic else ["pairs", "standards"]
     if accelerator.is_main_process:
-        _prepare_run_folder(settings, output_dir, resume, inputs)
+        prepare_run_folder_for(settings, output_dir, resume, inputs)
     accelerator.wait_for_everyone()
     run_context = (StageRun(settings.open_lake(), STAGE, config_hash(settings, STAGE), inputs=inputs,
                             flow_run_id=flow_run_id) if accelerator.is_main_process else nullcontext())
@@ -135,12 +135,12 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
         losses=result.losses)
 
 
-def _prepare_run_folder(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
-    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this model definition."""
+def prepare_run_folder_for(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
+    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this standardizer definition."""
     model = {"profile": settings.profile,
              **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
     lake = settings.open_lake()
-    recipe = {k: v for k, v in settings.standardizer.output_settings().items() if k != "steps"}
+    recipe = training_recipe(settings.standardizer)
     prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume, recipe)
 
 

@@ -105,6 +105,11 @@ def standardize_all(model: Standardizer, batch: dict[str, torch.Tensor], cfg: St
     return torch.cat(out)
 
 
+def variant_folder(output_dir: Path, name: str) -> Path:
+    """Where variant ``name`` trains (``FBDM+RPIM`` -> ``fbdm-rpim``)."""
+    return Path(output_dir) / name.lower().replace("+", "-").replace(" ", "-")
+
+
 def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[dict[str, Any]],
                  test: Sequence[dict[str, Any]], cfg: StandardizerSettings, output_dir: Path,
                  eval_pairs: int = 64, grid_pairs: int = 6,
@@ -125,7 +130,7 @@ def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[di
     rows, outputs = [], {}
     eval_seconds = 0.0
     for name, fbdm, rpim in variants:
-        folder = Path(output_dir) / name.lower().replace("+", "-").replace(" ", "-")
+        folder = variant_folder(output_dir, name)
         started = time.perf_counter()
         result = train_standardizer(build(fbdm, rpim), train, cfg, folder, validation_data=test, resume=True)
         trained = time.perf_counter() - started

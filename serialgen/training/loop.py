@@ -118,6 +118,12 @@ def tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
+def training_recipe(cfg: Any) -> dict[str, Any]:
+    """The output-affecting training settings a resumed run must share: all but the step count, so training
+    longer continues; with a cosine schedule, which ends at ``steps``, the step count too."""
+    return {k: v for k, v in cfg.output_settings().items() if k != "steps" or cfg.lr_schedule == "cosine"}
+
+
 def prepare_run_folder(output_dir: Path, model: dict[str, Any], data: dict[str, Any], resume: bool,
                        recipe: dict[str, Any] | None = None) -> None:
     """Refuse to resume a folder trained with another model definition (``model``: the settings that
@@ -180,7 +186,7 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], train_data: An
         loss_fn: Callable[[torch.nn.Module, dict[str, Any], torch.Generator], torch.Tensor],
         register_hooks: Callable[[Accelerator], None], resume: bool = True, stop_at: int | None = None,
         after_step: Callable[[int, Fitted], None] | None = None) -> Fitted:
-    """AdamW + constant-with-warmup LR, optional EMA, accelerate (multi-GPU, mixed precision), exact resume
+    """AdamW + warmup then ``cfg.lr_schedule`` (constant or cosine to 0 at ``cfg.steps``), optional EMA, accelerate (multi-GPU, mixed precision), exact resume
     from the newest ``checkpoint-<step>`` (model state via ``register_hooks``, optimizer, scheduler, RNG, EMA,
     step and data position), deterministic per-step noise, TensorBoard and progress lines, resumable
     checkpoints every ``cfg.checkpoint_every`` steps; trains until ``cfg.steps`` (or ``stop_at``).
@@ -193,7 +199,7 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], train_data: An
 
     device = accelerator.device
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+    lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer,
                                  num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=cfg.steps * accelerator.num_processes)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None

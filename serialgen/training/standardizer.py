@@ -155,7 +155,11 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     noise = torch.randn(latents.shape, generator=generator)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    total = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, total, (size,), generator=generator)
+    if cfg.high_noise_share:
+        noisier = torch.rand(size, generator=generator) < cfg.high_noise_share
+        timesteps = torch.where(noisier, torch.randint(total // 2, total, (size,), generator=generator), timesteps)
     keep = torch.rand(size, generator=generator) >= cfg.reference_dropout
     noise, timesteps, keep = noise.to(device), timesteps.to(device), keep.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
