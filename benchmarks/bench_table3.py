@@ -1,6 +1,6 @@
 """The paper's Table 3 at small scale: four FBDM/RPIM variants vs three baselines on held-out characters.
 
-    python benchmarks/bench_table3.py --lake lake-small [--steps 1500] [--eval-pairs 64] [--variant FBDM+RPIM]
+    python benchmarks/bench_table3.py --lake lake-small [--steps 6000] [--eval-pairs 64] [--variant FBDM+RPIM] [--threads 1]
 
 Needs a lake with `pairs` made with the `small` profile (``serialgen --profile small --lake lake-small
 assets|render|composite``). Trains each variant with the same budget (resuming per variant), scores it
@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=64)
     parser.add_argument("--variant", action="append", help="only this variant (repeatable)")
     parser.add_argument("--docs", action="store_true", help="write the table and grid to docs/")
+    parser.add_argument("--threads", type=int, help="torch threads (e.g. 1 per process when variants train side by side)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), steps=args.steps)
     started = time.perf_counter()
     report = run_ablate_standardizer(settings, args.eval_pairs, args.variant)
