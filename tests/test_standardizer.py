@@ -347,3 +347,17 @@ def test_dynamic_compositing_trains_with_fresh_augmentations_per_epoch(settings,
     assert report.step == 2 and report.train_pairs == 8
     run = lake.read("runs", filter="stage = 'train-standardizer'").to_pylist()[0]
     assert set(json.loads(run["inputs"])) == {"renders", "standards", "backgrounds"}
+
+
+def test_attention_levels_put_reference_attention_on_that_many_levels():
+    from serialgen.models.components import scratch_components
+    from serialgen.models.reference_attention import self_attention_layers
+
+    def levels(parts) -> set[int]:  # resolution levels (down-block index) whose blocks hold reference attention
+        return {int(name.split(".")[1]) for name, _ in self_attention_layers(parts.reference_unet)
+                if name.startswith("down_blocks.")}
+
+    assert levels(scratch_components(block_out_channels=(32, 64))) == {0}            # default: all but the lowest
+    assert levels(scratch_components(block_out_channels=(32, 64), attention_levels=2)) == {0, 1}
+    model = Standardizer.from_components(scratch_components(block_out_channels=(32, 64), attention_levels=2))
+    assert len(model.layer_channels) == len(self_attention_layers(model.denoising_unet))
