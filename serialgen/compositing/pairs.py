@@ -1,8 +1,9 @@
 """Render rows -> training pairs: the one implementation behind the Ray stage and the dynamic loader.
 
 :class:`PairComposer` checks that each render's character has a standard (a pair names it by
-``character_id``; readers join it), looks up a seeded background (Lance point reads, cached), draws the augmentation from the pair's own seed, runs the batched kernel and redraws the
-reference pose from the moved keypoints. Bad items become error entries, never exceptions.
+``character_id``; readers join it), looks up a seeded background (Lance point reads, cached), draws
+the augmentation from the pair's own seed, runs the batched kernel and redraws the reference pose
+from the moved keypoints. Bad items become error entries, never exceptions.
 """
 
 from __future__ import annotations
