@@ -149,6 +149,7 @@ class StandardizerSettings(Section):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"  # x0: learns fastest from scratch
     fbdm: bool = True
     rpim: bool = True
+    frame_reference: bool = False       # crop the reference to its figure's box (serialgen/models/framing.py)
     steps: int = 60
     batch_size: int = 2
     learning_rate: float = 1e-4
@@ -325,12 +326,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3}},
     # From scratch on CPU: 600 procedural characters, a pixel-space standardizer at 64x96, scored on the
     # held-out 20 % of characters (docs/standardizer_table3.md). More noisy timesteps (where the reference
-    # decides the output) and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect).
+    # decides the output) and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect); the
+    # reference is cropped to its figure, which a wide shot leaves on a few of the ReferenceNet's tokens.
     "small": {
         "assets": {"procedural_characters": 600},
         "render": {"poses_per_character": 6, "views_per_pose": 1, "chunk_size": 32},
         "composite": {"backgrounds_procedural": 64, "write_rows": 512},
-        "standardizer": {"patch_size": 8, "unet_channels": (64, 128), "steps": 6000, "batch_size": 8,
+        "standardizer": {"patch_size": 8, "unet_channels": (64, 128), "frame_reference": True,
+                         "steps": 6000, "batch_size": 8,
                          "learning_rate": 4e-4, "lr_warmup_steps": 50, "lr_schedule": "cosine",
                          "high_noise_share": 0.5, "ema_decay": 0.995, "snr_gamma": None,
                          "noise_offset": 0.0, "guidance_scale": 1.0, "checkpoint_every": 500, "validate_every": 1000,

@@ -142,6 +142,16 @@ def test_modules_start_neutral_on_pretrained_unets_and_active_from_scratch():
     assert changed > 0.1  # the modules' additions are of the tokens' own scale, not a rounding error
 
 
+def test_scratch_sampling_starts_from_the_last_training_step(model):
+    """Trailing DDIM steps: the first step sees pure noise (t = 999), and one step is the model's x0 estimate."""
+    scheduler = model.inference_scheduler()
+    for steps, first in ((1, [999]), (3, [999, 666, 332])):
+        scheduler.set_timesteps(steps)
+        assert scheduler.timesteps.tolist() == first
+    scheduler.set_timesteps(20)
+    assert scheduler.timesteps[0].item() == 999 and scheduler.timesteps[-1].item() == 49
+
+
 def test_gradient_checkpointing_gives_identical_gradients():
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
         model = Standardizer.from_components(tiny_components(seed=0)).train()

@@ -26,6 +26,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from serialgen.models.components import Components
 from serialgen.models.fbdm import ForegroundBackgroundTokens
+from serialgen.models.framing import frame_reference
 from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
 from serialgen.models.pose_guider import PoseGuider
 from serialgen.models.reference_attention import ReferenceBank, install_reference_attention, self_attention_channels
@@ -46,7 +47,7 @@ class Standardizer(nn.Module):
                  pose_guider: PoseGuider, vae: AutoencoderKL | PixelShuffleAutoencoder, image_encoder: CLIPVisionModelWithProjection,
                  scheduler_config: dict[str, Any], fbdm: ForegroundBackgroundTokens | None = None,
                  rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None,
-                 standard_keypoints: np.ndarray | None = None) -> None:
+                 standard_keypoints: np.ndarray | None = None, frame_reference: bool = False) -> None:
         super().__init__()
         self.reference_unet, self.denoising_unet, self.pose_guider = reference_unet, denoising_unet, pose_guider
         self.fbdm, self.rpim = fbdm, rpim
@@ -56,6 +57,7 @@ class Standardizer(nn.Module):
         self.scheduler_config = dict(scheduler_config)
         self.standard_pose = standard_pose
         self.standard_keypoints = standard_keypoints  # (18, 3) pixels of standard_pose's frame
+        self.frame_reference = frame_reference  # crop the reference to its figure (serialgen.models.framing)
         self.bank = ReferenceBank()
         self.layer_channels = install_reference_attention(reference_unet, denoising_unet, self.bank)
         self.bank.inject = self._inject if (fbdm is not None or rpim is not None) else None
@@ -67,7 +69,7 @@ class Standardizer(nn.Module):
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_components(cls, parts: Components, fbdm: bool = True, rpim: bool = True,
-                        pretrained: bool = True) -> "Standardizer":
+                        pretrained: bool = True, frame_reference: bool = False) -> "Standardizer":
         """A fresh model (new pose guider, FBDM, RPIM) around loaded or random components.
 
         With ``pretrained`` UNets FBDM and RPIM start at zero (the ReferenceNet starts unchanged, as in
@@ -80,6 +82,7 @@ class Standardizer(nn.Module):
             parts.vae, parts.image_encoder, parts.scheduler_config,
             fbdm=ForegroundBackgroundTokens(layers, init_std=0.0 if pretrained else 1.0) if fbdm else None,
             rpim=ReferencePoseInjection(layers, parts.pose_channels, channels, zero_init=pretrained) if rpim else None,
+            frame_reference=frame_reference,
         )
 
     def set_standard_skeleton(self, keypoints: np.ndarray, width: int, height: int) -> None:
@@ -106,7 +109,14 @@ class Standardizer(nn.Module):
     def inference_scheduler(self) -> DDIMScheduler:
         return DDIMScheduler.from_config(self.scheduler_config)
 
-    # -- frozen encoders ----------------------------------------------------------------------
+    # -- reference preparation and frozen encoders ---------------------------------------------
+    def prepare_reference(self, reference: torch.Tensor, background_mask: torch.Tensor,
+                          reference_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reference side as the model reads it: cropped to the figure when ``frame_reference``."""
+        if not self.frame_reference:
+            return reference, background_mask, reference_pose
+        return frame_reference(reference, background_mask, reference_pose)
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None,
                       sample: bool = False) -> torch.Tensor:
@@ -197,7 +207,8 @@ class Standardizer(nn.Module):
             if module is not None:
                 module.save_pretrained(folder / name)
         self.training_scheduler().save_pretrained(folder / "scheduler")
-        (folder / CONFIG_NAME).write_text(json.dumps({"fbdm": self.fbdm is not None, "rpim": self.rpim is not None}))
+        (folder / CONFIG_NAME).write_text(json.dumps({"fbdm": self.fbdm is not None, "rpim": self.rpim is not None,
+                                                      "frame_reference": self.frame_reference}))
         if self.standard_pose is not None:
             from serialgen.storage.images import encode_png
 
@@ -234,6 +245,7 @@ class Standardizer(nn.Module):
             fbdm=ForegroundBackgroundTokens.from_pretrained(folder / "fbdm", **kw) if flags["fbdm"] else None,
             rpim=ReferencePoseInjection.from_pretrained(folder / "rpim", **kw) if flags["rpim"] else None,
             standard_pose=standard_pose, standard_keypoints=standard_keypoints,
+            frame_reference=flags.get("frame_reference", False),
         )
 
 

@@ -41,8 +41,9 @@ class StandardizationPipeline:
         ``seed``: one for the batch's noise, or one per image (an image's result then does not depend
         on the batch it is in)."""
         model, device = self.model, self.device
-        reference, background_mask = reference.to(device), background_mask.to(device)
-        reference_pose, target_pose = reference_pose.to(device), target_pose.to(device)
+        reference, background_mask, reference_pose = model.prepare_reference(
+            reference.to(device), background_mask.to(device), reference_pose.to(device))
+        target_pose = target_pose.to(device)
         batch = reference.shape[0]
         embeds = model.embed_images(reference)
         reference_latents = model.encode_images(reference)

@@ -58,7 +58,8 @@ def build_standardizer(settings: Settings) -> Standardizer:
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
              else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
                                      prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
-    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15")
+    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
+                                         frame_reference=cfg.frame_reference)
     skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
                                   view.standard_arm_angle)
     model.set_standard_skeleton(skeleton, cfg.width, cfg.height)

@@ -147,7 +147,8 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     ``prepared`` is ``model`` as accelerate wrapped it (DDP, autocast); noise, timesteps and dropout
     come from ``generator`` (CPU), so a seeded generator reproduces a step exactly.
     """
-    reference = batch["input_image"].to(device)
+    reference, background_mask, reference_pose = model.prepare_reference(
+        batch["input_image"].to(device), batch["background_mask"].to(device), batch["reference_pose_image"].to(device))
     latents = model.encode_images(batch["target_image"].to(device)).float()
     reference_latents = model.encode_images(reference).float()
     embeds = model.embed_images(reference).float()
@@ -170,8 +171,8 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
         target = latents
     else:
         target = noise
-    prediction = prepared(noisy, timesteps, reference_latents, embeds, batch["background_mask"].to(device),
-                          batch["reference_pose_image"].to(device), batch["target_pose_image"].to(device), keep)
+    prediction = prepared(noisy, timesteps, reference_latents, embeds, background_mask, reference_pose,
+                          batch["target_pose_image"].to(device), keep)
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     if cfg.snr_gamma:
         snr = compute_snr(noise_scheduler, timesteps)
