@@ -328,15 +328,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     # held-out 20 % of characters (docs/standardizer_table3.md). More noisy timesteps (where the reference
     # decides the output) and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect); the
     # reference is cropped to its figure, which a wide shot leaves on a few of the ReferenceNet's tokens.
+    # One (trailing) DDIM step, the x0 estimate from pure noise: chosen on held-out characters outside the
+    # scored ones, where it beat 2-20 steps on PSNR and SSIM (benchmarks/README.md, Table 3).
     "small": {
         "assets": {"procedural_characters": 600},
         "render": {"poses_per_character": 6, "views_per_pose": 1, "chunk_size": 32},
         "composite": {"backgrounds_procedural": 64, "write_rows": 512},
         "standardizer": {"patch_size": 8, "unet_channels": (64, 128), "frame_reference": True,
-                         "steps": 6000, "batch_size": 8,
+                         "steps": 8000, "batch_size": 8,
                          "learning_rate": 4e-4, "lr_warmup_steps": 50, "lr_schedule": "cosine",
                          "high_noise_share": 0.5, "ema_decay": 0.995, "snr_gamma": None,
-                         "noise_offset": 0.0, "guidance_scale": 1.0, "checkpoint_every": 500, "validate_every": 1000,
+                         "noise_offset": 0.0, "guidance_scale": 1.0, "inference_steps": 1,
+                         "checkpoint_every": 500, "validate_every": 1000,
                          "validation_pairs": 8, "num_workers": 0, "log_every": 25},
     },
     "sd15": {

@@ -40,3 +40,5 @@ def test_a_cosine_schedule_ties_the_recipe_to_the_step_count():
     cosine = StandardizerSettings(steps=100, lr_schedule="cosine")
     assert training_recipe(cosine) != training_recipe(cosine.model_copy(update={"steps": 200}))  # another decay
     assert "num_workers" not in training_recipe(cosine)                                           # runtime only
+    sampled_otherwise = cosine.model_copy(update={"inference_steps": 1, "guidance_scale": 2.0})
+    assert training_recipe(cosine) == training_recipe(sampled_otherwise)                         # weights unchanged

@@ -118,10 +118,16 @@ def tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
+#: Settings that change only how a trained model samples, never its weights.
+SAMPLING_SETTINGS = frozenset({"inference_steps", "guidance_scale"})
+
+
 def training_recipe(cfg: Any) -> dict[str, Any]:
-    """The output-affecting training settings a resumed run must share: all but the step count, so training
-    longer continues; with a cosine schedule, which ends at ``steps``, the step count too."""
-    return {k: v for k, v in cfg.output_settings().items() if k != "steps" or cfg.lr_schedule == "cosine"}
+    """The output-affecting training settings a resumed run must share: all but the sampling settings and
+    the step count, so training longer continues; with a cosine schedule, which ends at ``steps``, the
+    step count too."""
+    return {k: v for k, v in cfg.output_settings().items()
+            if k not in SAMPLING_SETTINGS and (k != "steps" or cfg.lr_schedule == "cosine")}
 
 
 def prepare_run_folder(output_dir: Path, model: dict[str, Any], data: dict[str, Any], resume: bool,
