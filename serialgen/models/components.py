@@ -38,11 +38,9 @@ class Components:
 
 
 #: The DDPM pixel-space schedule (Ho et al. 2020): its last step leaves no signal (alpha_bar_T ~ 4e-5),
-#: unlike SD's latent schedule, so sampling from pure noise matches training.
-# From scratch in pixel space: DDPM's linear betas (alpha_bar(T) = 4e-5, so x_T is pure noise as sampling assumes)
-# and "trailing" steps (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed"): the
-# first DDIM step is t = 999, where training saw pure noise, not 951 ("leading", 20 steps); with one step the
-# output is the model's x0 estimate from pure noise (with "leading" one step would be t = 1, on pure noise).
+#: unlike SD's latent schedule, so sampling from pure noise matches training. "Trailing" DDIM steps (Lin et
+#: al. 2024) start sampling at t = 999, where training saw pure noise ("leading": 951 with 20 steps, and t = 1
+#: with one step); one step then gives the model's x0 estimate from pure noise.
 PIXEL_SCHEDULE: dict[str, Any] = {**SD15_SCHEDULE, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
                                   "steps_offset": 0, "timestep_spacing": "trailing"}
 
