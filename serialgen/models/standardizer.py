@@ -26,7 +26,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from serialgen.models.components import Components
 from serialgen.models.fbdm import ForegroundBackgroundTokens
-from serialgen.models.framing import frame_reference
+from serialgen.models import framing
 from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
 from serialgen.models.pose_guider import PoseGuider
 from serialgen.models.reference_attention import ReferenceBank, install_reference_attention, self_attention_channels
@@ -115,7 +115,7 @@ class Standardizer(nn.Module):
         """The reference side as the model reads it: cropped to the figure when ``frame_reference``."""
         if not self.frame_reference:
             return reference, background_mask, reference_pose
-        return frame_reference(reference, background_mask, reference_pose)
+        return framing.frame_reference(reference, background_mask, reference_pose)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None,
