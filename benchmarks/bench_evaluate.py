@@ -3,13 +3,14 @@ shared by all its outputs) vs the per-pair baseline (both images of every pair e
 
     python benchmarks/bench_evaluate.py [--outputs 80] [--characters 2]
 
-Tiny random CLIP / face models (built into a temporary folder); mask = saturation threshold, pose = a fixed
+Tiny random CLIP / face models in the real formats (tests/evaluation_models_data.py, built into a temporary folder); mask = saturation threshold, pose = a fixed
 face, standing in for the lake's preprocessors so that only the scoring itself is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from evaluation_models_data import build_tiny_clip, build_tiny_face_model  # noqa: E402
+
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import ARCFACE_TEMPLATE, FACE_KEYPOINTS, FaceEmbedder
 from serialgen.evaluation.metrics import clip_embeddings, clip_i, clip_t, face_embeddings, face_sim
-from serialgen.evaluation.scoring import Evaluator, score_generations
+from serialgen.evaluation.evaluators import ClipFaceEvaluator
+from serialgen.evaluation.scoring import score_generations
 from serialgen.evaluation.testset import TestCharacter
-from serialgen.evaluation.tiny_models import build_tiny_clip, build_tiny_face_model
 from serialgen.storage.images import decode_image, encode_png
 
 
@@ -47,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        evaluator = Evaluator(ClipModel(build_tiny_clip(Path(tmp) / "clip")),
+        evaluator = ClipFaceEvaluator(ClipModel(build_tiny_clip(Path(tmp) / "clip")),
                               FaceEmbedder(build_tiny_face_model(Path(tmp) / "face.onnx")), mask, pose)
         references = {f"c{i}": TestCharacter(f"c{i}", "anime", rng.integers(0, 256, (192, 128, 3), dtype=np.uint8), "-")
                       for i in range(args.characters)}

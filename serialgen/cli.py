@@ -228,6 +228,18 @@ def train_preprocessors_command(ctx: typer.Context) -> None:
                   highlight=False, soft_wrap=True)
 
 
+@app.command("train-probes")
+@user_command
+def train_probes_command(ctx: typer.Context) -> None:
+    """Train the evaluation probes of the offline profiles on the lake's synthetic images (flow `train-probes`)."""
+    r = run_flow(ctx, "train_probes", "train_probes")
+    m = r["metrics"]
+    console.print(f"saved to {r['folder']}; held-out identity retrieval top-1 {m.get('vs_standard_all_top1', float('nan')):.3f}"
+                  f" (pixels {m.get('vs_standard_all_pixels_top1', float('nan')):.3f}), framing accuracy "
+                  f"{m.get('framing_accuracy', float('nan')):.3f}, view {m.get('view_accuracy', float('nan')):.3f}",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("ingest-real")
 @user_command
 def ingest_real_command(

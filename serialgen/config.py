@@ -267,12 +267,29 @@ class DagSettings(Section):
     max_failure_share: float = 0.5
 
 
+class ProbesSettings(Section):
+    """Evaluation probes of the offline profiles (serialgen/probes): an identity embedder and attribute
+    classifiers trained by `train-probes` on the lake's synthetic images; measuring instruments only."""
+
+    width: int = 64
+    height: int = 96
+    identity_widths: tuple[int, ...] = (16, 32, 64, 96)
+    attribute_widths: tuple[int, ...] = (16, 32, 48, 64)
+    embedding_dim: int = 64
+    identity_steps: int = 400
+    attribute_steps: int = 200
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/probes (local lakes only)
+
+
 class EvaluateSettings(Section):
     test_set: Path | None = None        # YAML test set (configs/test_set.yaml layout); None: embedded tiny default
     clip_dir: Path | None = None        # open_clip folder (open_clip_config.json + weights; paper: ViT-H/14)
     face_model: Path | None = None      # ArcFace ONNX, e.g. <root>/models/buffalo_l/w600k_r50.onnx
-    # tiny profile only: with clip_dir / face_model unset, random tiny models are built into the lake.
-    build_tiny_models: bool = True
+    # Both set: CLIP-I / CLIP-T / Face Sim. Unset in the offline profiles (tiny, small): the probes of `train-probes`.
     scale: float | None = None          # IP-Adapter scale for generation (None: generate's default)
     standardizer_pairs: int = 4         # held-out pairs per standardizer variant (Table 3); 0: the whole test split
     user_study_items: int = 20          # (character, prompt) items on the blind user-study sheet
@@ -297,6 +314,7 @@ class Settings(BaseSettings):
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
     dag: DagSettings = Field(default_factory=DagSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    probes: ProbesSettings = Field(default_factory=ProbesSettings)
     preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     standardize: StandardizeSettings = Field(default_factory=StandardizeSettings)
@@ -357,7 +375,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "personalizer": {"width": 512, "height": 768, "steps": 200_000, "batch_size": 8, "mixed_precision": "fp16",
                          "gradient_checkpointing": True, "checkpoint_every": 2000, "num_workers": 4,
                          "eval_pairs": 256, "log_every": 50},
-        "evaluate": {"build_tiny_models": False, "standardizer_pairs": 0},
+        "evaluate": {"standardizer_pairs": 0},
     },
 }
 

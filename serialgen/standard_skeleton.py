@@ -5,8 +5,12 @@ skeleton of whichever character came first, the target is defined here, in head 
 head top (y) and from the body's centre line (x, the character's right on the image's left), with
 adult proportions of 7.5 heads and arms ``arm_angle`` degrees below horizontal. The head spans the
 rows ``head_top``..``chin`` of the frame (the render stage's standard-view rows), so a face always
-lands at the same place. Inference targets it for every reference, whatever its proportions; it is
-saved with each standardizer (``standard_keypoints.json``).
+lands at the same place.
+
+Trained from a lake, a standardizer's target is instead :func:`mean_skeleton` of the training characters'
+rendered standard views: the render stage's frame and proportions, measured rather than assumed. Either
+way one skeleton, drawn once at the model's size, is the target of every pair in training, validation,
+the ablation and inference; it is saved with each standardizer (``standard_keypoints.json``).
 """
 
 from __future__ import annotations
@@ -40,3 +44,14 @@ def canonical_skeleton(width: int, height: int, head_top: float = 0.06, chin: fl
     xy = np.array([points[name] for name in KEYPOINT_NAMES], np.float32) * head
     xy += (width / 2, head_top * height)
     return np.concatenate([xy, np.ones((NUM_KEYPOINTS, 1), np.float32)], 1)
+
+
+def mean_skeleton(keypoints: np.ndarray, sizes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(18, 3) mean of N skeletons (N, 18, 3) drawn in frames of ``sizes`` (N, 2: width, height), rescaled to a
+    ``width`` x ``height`` frame; a point is visible where it is in at least half of them."""
+    keypoints = np.asarray(keypoints, np.float32).reshape(-1, NUM_KEYPOINTS, 3)
+    scale = np.array([width, height], np.float32) / np.asarray(sizes, np.float32).reshape(-1, 1, 2)
+    visible = keypoints[..., 2] > 0
+    xy = keypoints[..., :2] * scale
+    mean = (xy * visible[..., None]).sum(0) / np.maximum(visible.sum(0), 1)[:, None]
+    return np.concatenate([mean, (visible.mean(0) >= 0.5)[:, None]], 1).astype(np.float32)

@@ -3,8 +3,8 @@
 The personalizer's ``generate_images`` (contract C3) is built on another branch, so these tests hand the
 stage a generator with C3's signature that writes constructed `generations` rows into the lake: a
 "replicating" method (outputs = the reference, like the paper's unpaired one-stage) and a two-stage one
-(recoloured outputs, a standardized reference). The CLIP and face models are the tiny random ones, run
-for real; mask and pose stand in for the C1 preprocessors.
+(recoloured outputs, a standardized reference). The CLIP and face models are tiny random ones in the real
+models' formats (the real profiles' path), run for real; mask and pose stand in for the preprocessors.
 """
 
 from __future__ import annotations
@@ -15,24 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from evaluation_models_data import build_tiny_clip, build_tiny_face_model
 from test_standardizer import make_pairs
 
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import ARCFACE_TEMPLATE, FACE_KEYPOINTS, FaceEmbedder
-from serialgen.evaluation.scoring import Evaluator
+from serialgen.evaluation.evaluators import ClipFaceEvaluator
 from serialgen.evaluation.testset import DEFAULT_SPEC, load_test_set
-from serialgen.evaluation.tiny_models import TINY_LABEL, build_tiny_clip, build_tiny_face_model
 from serialgen.stages.evaluate import run_evaluate
 from serialgen.storage.images import decode_image, encode_png
 from serialgen.storage.runs import errors_of
 
 
 @pytest.fixture(scope="module")
-def evaluator(tmp_path_factory) -> Evaluator:
+def evaluator(tmp_path_factory) -> ClipFaceEvaluator:
     folder = tmp_path_factory.mktemp("evaluation")
-    return Evaluator(ClipModel(build_tiny_clip(folder / "clip")),
-                     FaceEmbedder(build_tiny_face_model(folder / "face.onnx"), f"tiny ({TINY_LABEL})"),
-                     mask_fn=_mask, pose_fn=_pose)
+    return ClipFaceEvaluator(ClipModel(build_tiny_clip(folder / "clip")),
+                             FaceEmbedder(build_tiny_face_model(folder / "face.onnx"), "tiny-test-arcface"),
+                             mask_fn=_mask, pose_fn=_pose)
 
 
 def _mask(image: np.ndarray) -> np.ndarray:
@@ -120,10 +120,12 @@ def test_scores_every_method_keeps_per_generation_rows_and_skips_unchanged_rerun
     assert _aggregate(rows, "two_stage", "clip_t", category="action")["n"] == 2
     assert _aggregate(rows, "two_stage", "clip_i", stage="standardized")["n"] == 2
     assert not [r for r in rows if r["method"] == "unpaired" and r["stage"] == "standardized"]
-    # Report: labelled tables, inline images, a blind sheet whose key is stored apart.
+    # Report: tables that name the models behind their columns, inline images, a blind sheet whose key is apart.
     html = report.files.html.read_text()
-    assert TINY_LABEL in html and "data:image/png;base64," in html and "Table 7" in html
-    assert all(TINY_LABEL in report.tables[k].title for k in ("table1", "table2", "table7"))
+    assert "data:image/png;base64," in html and "Table 7" in html
+    assert all(evaluator.clip.label in report.tables[k].note and "tiny-test-arcface" in report.tables[k].note
+               for k in ("table1", "table2", "table7"))
+    assert "FastComposer" in report.tables["table1"].note and "InstantID" not in report.tables["table1"].note
     grid = decode_image(report.files.grids["two_stage"].read_bytes())
     assert grid.shape[:2] == (2 * 128, (2 + n_prompts) * 128)  # characters x (reference | standardized | prompts)
     assert "| SerialGen two-stage (ours) |" in report.files.markdown.read_text()
@@ -190,7 +192,13 @@ def test_table3_scores_the_trained_standardizer_like_its_validation(settings, la
     psnr, ssim = (_aggregate(rows, "fbdm+rpim", m, stage="standardizer") for m in ("psnr", "ssim"))
     assert psnr["n"] == 2 and psnr["value"] == pytest.approx(trained["val_psnr"], rel=1e-5)
     assert ssim["value"] == pytest.approx(trained["val_ssim"], rel=1e-5)
-    assert report.tables["table3"].rows == [["✓", "✓", round(psnr["value"], 2), round(ssim["value"], 4), 2]]
+    rows3 = report.tables["table3"].rows
+    assert rows3[0] == ["fbdm+rpim", "✓", "✓", round(psnr["value"], 2), round(ssim["value"], 4), 2]
+    # The baselines, scored on the same two pairs.
+    assert [(r[0], r[-1]) for r in rows3[1:]] == [("baseline: input (resized)", 2),
+                                                  ("baseline: mean training standard", 2)]
+    mean_rows = [r for r in rows if r["method"] == "baseline: mean training standard" and r["pair_id"] is not None]
+    assert sorted(r["pair_id"] for r in mean_rows if r["metric"] == "psnr") == ["p2", "p3"]
 
 
 def test_cli_reports_one_line_errors_and_skips_an_unchanged_evaluation(settings, lake, evaluator, prefect_harness,
@@ -239,16 +247,15 @@ def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, eval
     assert report.files.html.name in published["evaluation-report"].data
 
 
-def test_table4_has_a_row_per_standardizer_version_labelled_by_its_variant():
+def test_table4_has_a_row_per_standardizer_version_labelled_by_its_variant(evaluator):
     from serialgen.evaluation.report import build_tables
     from serialgen.evaluation.scoring import Group, evaluation_row
     from serialgen.stages.evaluate import StandardizerVariant
 
-    details = {"clip": "c", "face": "f"}
-    rows = [evaluation_row("ts", Group("two_stage", "p1", version), "personalized", "clip_i", value, 8, details)
+    rows = [evaluation_row("ts", Group("two_stage", "p1", version), "personalized", "clip_i", value, 8, {})
             for version, value in (("standardizer/model@aaa", 90.0), ("ablation/model@bbb", 80.0))]
     variants = [StandardizerVariant("fbdm+rpim", "run-1", Path("/lake/_checkpoints/standardizer/model"), True, True),
                 StandardizerVariant("base", "run-2", Path("/lake/_checkpoints/ablation/model"), False, False)]
-    table4 = build_tables(rows, rows, details, False, variants)["table4"]
+    table4 = build_tables(rows, rows, evaluator, variants)["table4"]
     assert table4.rows == [["ablation/model@bbb", "base", None, 80.0, None],
                            ["standardizer/model@aaa", "fbdm+rpim", None, 90.0, None]]

@@ -10,6 +10,7 @@ from serialgen.config import StandardizerSettings
 from serialgen.models import Standardizer, tiny_components
 from serialgen.models.framing import figure_boxes, frame_reference
 from serialgen.pipelines import StandardizationPipeline
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.training.standardizer import diffusion_loss
 
 H, W = 96, 64
@@ -88,6 +89,7 @@ def test_a_framing_model_saves_the_flag_and_its_pipeline_frames(tmp_path):
 def test_training_reads_the_framed_reference():
     torch.manual_seed(0)
     model = Standardizer.from_components(tiny_components(seed=0), frame_reference=True)
+    model.set_standard_skeleton(canonical_skeleton(W, H), W, H)
     for p in model.trainable_parameters():
         p.data.add_(torch.randn_like(p) * 0.02)
     image, mask, pose = _scene(top=50, left=10, height=40, width=10)

@@ -1,4 +1,5 @@
-"""The layout of Blender work: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py.
+"""The layout of the package: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py;
+the measuring probes (serialgen/probes) out of reach of every model we train.
 
 The plain-numpy package serialgen/synthetic, and the modules a stage driver imports to hand work to
 Blender processes, must import where bpy cannot; no module outside the Blender code may import bpy at
@@ -83,3 +84,17 @@ def test_plain_and_driver_side_modules_import_without_blender():
     lines = run.stdout.splitlines()
     assert lines == [f"{name} imported" for name in (*PLAIN, *DRIVER_SIDE)] + [lines[-1]]
     assert lines[-1].startswith(f"{bpy_module} failed: import of bpy halted")
+
+
+#: Code that builds, trains or runs a model we train: it must never reach the measuring probes.
+MODEL_CODE = ("serialgen/models/", "serialgen/pipelines/", "serialgen/training/", "serialgen/preprocessing/",
+              "serialgen/stages/train_standardizer.py", "serialgen/stages/train_personalizer.py",
+              "serialgen/stages/standardize.py", "serialgen/stages/generate.py")
+
+
+def test_models_never_import_the_probes_that_measure_them():
+    sources = _sources()
+    model_code = {path: names for path, names in sources.items() if path.startswith(MODEL_CODE)}
+    assert "serialgen/models/standardizer.py" in model_code and "serialgen/training/personalizer.py" in model_code
+    assert _importing(("serialgen.probes",), model_code) == []
+    assert _importing(("serialgen.probes",), {"planted.py": {"serialgen.probes.model"}}) == ["planted.py: serialgen.probes.model"]

@@ -10,7 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from serialgen.models import Standardizer, load_sd15_components, tiny_components
+from serialgen.compositing.split import split_of
 from serialgen.pipelines import StandardizationPipeline
+from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.stages.train_standardizer import run_train_standardizer, training_dir
 from serialgen.storage.images import encode_mask, encode_png
 from serialgen.storage.torch_reader import PairsDataset
@@ -213,7 +215,7 @@ def test_high_noise_share_draws_that_share_from_the_noisier_half(settings, lake,
     make_pairs(lake, 2)
     data = PairsDataset(lake, "train", size=(H, W))
     batch = torch.utils.data.default_collate([data[i % 2] for i in range(64)])
-    model = Standardizer.from_components(tiny_components(seed=0))
+    model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0)))
     scheduler, drawn = model.training_scheduler(), []
     add_noise = scheduler.add_noise
     monkeypatch.setattr(scheduler, "add_noise", lambda x, n, t: drawn.append(t) or add_noise(x, n, t))
@@ -225,13 +227,60 @@ def test_high_noise_share_draws_that_share_from_the_noisier_half(settings, lake,
     assert (noisy >= 500).all() and 16 < (uniform >= 500).sum() < 48
 
 
+def _with_skeleton(model: Standardizer) -> Standardizer:
+    model.set_standard_skeleton(canonical_skeleton(W, H), W, H)
+    return model
+
+
+def test_training_validation_and_inference_feed_the_one_standard_pose(settings, lake):
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    torch.manual_seed(0)
+    model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0)))
+    for p in model.trainable_parameters():  # leave the zero-init: the pose guider must matter
+        p.data.add_(torch.randn_like(p) * 0.02)
+    cfg = settings.standardizer.model_copy(update={"reference_dropout": 0.0})
+    loss = lambda b: diffusion_loss(model, model, model.training_scheduler(), b, cfg,  # noqa: E731
+                                    torch.Generator().manual_seed(0), torch.device("cpu")).item()
+    # Training never reads a pair's own skeleton: the model's standard pose is every pair's target.
+    own_skeleton = loss(batch)
+    assert own_skeleton == loss({**batch, "target_pose_image": torch.rand_like(batch["target_pose_image"])})
+    expected = model.target_pose(2)
+    assert torch.equal(expected[0], torch.from_numpy(model.standard_pose).permute(2, 0, 1).float() / 255)
+    # Inference's default target is the same tensor (the standardize stage passes none).
+    images = [((batch["input_image"][i].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy() for i in range(2)]
+    masks = [(batch["background_mask"][i, 0] * 255).byte().numpy() for i in range(2)]
+    poses = [(batch["reference_pose_image"][i].permute(1, 2, 0) * 255).round().byte().numpy() for i in range(2)]
+    pipeline = StandardizationPipeline(model)
+    run = lambda target: pipeline(images, masks, poses, target, num_inference_steps=2, seed=0)  # noqa: E731
+    default, standard = run(None), run(model.standard_pose)
+    assert all(np.array_equal(a, b) for a, b in zip(default, standard))
+    other = (batch["target_pose_image"][0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert not all(np.array_equal(a, b) for a, b in zip(default, run(other)))
+    # Trained from a lake, the target is the mean skeleton of the training characters' standard views.
+    from serialgen.stages.train_standardizer import build_standardizer
+
+    rng = np.random.default_rng(0)
+    stored = [{**row, "keypoints": np.c_[rng.uniform(0, 60, (18, 2)), np.ones(18)].tolist(), "width": 64 + 32 * i,
+               "height": 96 + 48 * i} for i, row in enumerate(lake.read("standards").to_pylist())]
+    lake.upsert("standards", [{k: v for k, v in r.items() if k not in ("run_id", "written_at")} for r in stored], "t")
+    built = build_standardizer(settings)
+    mean = np.mean([np.asarray(r["keypoints"])[:, :2] * (settings.standardizer.width / r["width"],
+                                                         settings.standardizer.height / r["height"]) for r in stored
+                    if split_of(r["character_id"], settings.composite.test_fraction) == "train"], 0)
+    assert np.allclose(built.standard_keypoints[:, :2], mean, atol=1e-3)
+    assert not np.allclose(mean, canonical_skeleton(settings.standardizer.width, settings.standardizer.height)[:, :2],
+                           atol=1.0)
+
+
 def test_overfit_two_pairs_lowers_loss(settings, lake, tmp_path):
     make_pairs(lake, 2)
     data = PairsDataset(lake, "train", size=(H, W))
     cfg = settings.standardizer.model_copy(update={
         "steps": 60, "learning_rate": 2e-3, "reference_dropout": 0.0, "noise_offset": 0.0, "snr_gamma": None,
         "checkpoint_every": 1000, "validation_pairs": 0, "num_workers": 0})
-    model = Standardizer.from_components(tiny_components(seed=0))
+    model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0)))
     before = _fixed_loss(model, data, cfg)
     result = train_standardizer(model, data, cfg, tmp_path / "run")
     after = _fixed_loss(model, data, cfg)

@@ -2,7 +2,7 @@
 
 The folder holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and the weights
 (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``): the layout of laion's ViT-H/14
-release and of the tiny model :mod:`serialgen.evaluation.tiny_models` builds. Loaded through
+release and of the tiny random model the tests build (tests/evaluation_models_data.py). Loaded through
 ``open_clip``'s ``local-dir:`` schema, so nothing is ever downloaded.
 """
 

@@ -2,7 +2,8 @@
 
 CLIP-I    = 100 x cosine of CLIP image embeddings, backgrounds removed from both images;
 CLIP-T    = 100 x cosine of the output's CLIP embedding (background kept) and the prompt's;
-AP-CLIP-I = per character, the mean CLIP-I over pairs of its outputs for different prompts;
+AP-CLIP-I = per character, the mean CLIP-I over pairs of its outputs for different prompts
+            (:func:`ap_similarity`, also AP-ID-Sim with the identity probe);
 Face Sim  = cosine of ArcFace embeddings of the output's and the reference's aligned faces,
             over the pairs where both show a face (``n`` and the detection rate reported).
 PSNR/SSIM live in :mod:`serialgen.training.metrics` (torchmetrics).
@@ -53,14 +54,14 @@ def clip_t(images: torch.Tensor, prompts: torch.Tensor) -> np.ndarray:
     return (100.0 * (images * prompts).sum(-1)).double().numpy()
 
 
-def ap_clip_i(outputs: torch.Tensor, prompts: Sequence[str]) -> tuple[float, int]:
-    """One character's AP-CLIP-I: mean CLIP-I over all pairs of its outputs made for different prompts,
-    and the number of pairs (NaN, 0 with fewer than two prompts)."""
+def ap_similarity(outputs: torch.Tensor, prompts: Sequence[str]) -> tuple[float, int]:
+    """One character's mean cosine over all pairs of its unit-norm output embeddings made for different
+    prompts, and the number of pairs (NaN, 0 with fewer than two prompts). x 100 with CLIP: AP-CLIP-I."""
     pairs = [(i, j) for i, j in combinations(range(len(prompts)), 2) if prompts[i] != prompts[j]]
     if not pairs:
         return float("nan"), 0
     first, second = (torch.tensor(side) for side in zip(*pairs))
-    return float(clip_i(outputs[first], outputs[second]).mean()), len(pairs)
+    return float((outputs[first] * outputs[second]).sum(-1).double().mean()), len(pairs)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from PIL import Image
 
 from serialgen.evaluation.scoring import ALL
 from serialgen.evaluation.testset import CATEGORIES, TestSet
-from serialgen.evaluation.tiny_models import TINY_LABEL
 from serialgen.storage.images import decode_image, encode_png
 
 #: Row labels of the personalizer modes, as the paper names them.
@@ -61,77 +60,108 @@ class ReportFiles:
     user_study_key: Path | None
 
 
-def build_tables(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
-                 evaluator: Mapping[str, str], tiny: bool, standardizers: Sequence[Any]) -> dict[str, ReportTable]:
+def build_tables(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]], evaluator: Any,
+                 standardizers: Sequence[Any]) -> dict[str, ReportTable]:
     """The paper's tables from `evaluations` rows: this run's (``current``) and, for Table 4, every stored
-    two-stage result on the same test set (one per standardizer version evaluated so far)."""
-    label = f"CLIP: {evaluator['clip']}; face: {evaluator['face']}"
-    warn = f" [{TINY_LABEL}]" if tiny else ""
+    two-stage result on the same test set (one per standardizer version evaluated so far).
+
+    Columns follow the evaluator (``evaluator.columns``: CLIP-T / CLIP-I / Face Sim, or the probes' prompt
+    accuracy / ID-Sim / ID top-1); each table's note names the model behind each column."""
+    label = evaluator.note
+    clip = evaluator.identity_metric == "clip_i"
+    metrics = list(evaluator.columns)
+    identity = [(m, h) for m, h in metrics if m != metrics[0][0]]
     agg = _aggregates(current)
     methods = sorted({k[0] for k in agg if k[1] == "personalized"}, key=_method_order)
     tables = {}
 
     def cell(method: str, stage: str, metric: str, domain: str = ALL, category: str = ALL) -> Any:
         row = agg.get((method, stage, metric, domain, category))
-        return None if row is None or row["value"] is None else round(row["value"], 4 if metric in
-                                                                    ("face_sim", "ssim") else 2)
+        return None if row is None or row["value"] is None else round(row["value"], 2 if metric in
+                                                                    ("clip_i", "clip_t", "ap_clip_i") else 4)
 
-    def faces(method: str, stage: str, domain: str = ALL, category: str = ALL) -> str:
+    def faces(method: str, stage: str, domain: str = ALL, category: str = ALL) -> list[str]:
+        if not clip:
+            return []
         row = agg.get((method, stage, "face_sim", domain, category))
         if row is None:
-            return "—"
+            return ["—"]
         rate = json.loads(row["details"]).get("detection_rate")
-        return f"{row['n']} ({100 * rate:.0f}%)" if rate is not None else str(row["n"])
+        return [f"{row['n']} ({100 * rate:.0f}%)" if rate is not None else str(row["n"])]
 
+    face_header = ["faces found (rate)"] if clip else []
     tables["table1"] = ReportTable(
-        "table-1", f"Table 1: comparison of methods{warn}",
-        ["method", "CLIP-T", "CLIP-I", "Face Sim", "faces found (rate)", "outputs"],
-        [[_name(m), cell(m, "personalized", "clip_t"), cell(m, "personalized", "clip_i"),
-          cell(m, "personalized", "face_sim"), faces(m, "personalized"),
-          (agg.get((m, "personalized", "clip_i", ALL, ALL)) or {}).get("n")] for m in methods],
-        f"{label}. The paper's Table 1 compares against StoryMaker, IP-Adapter and InstantID (not run here); "
+        "table-1", "Table 1: comparison of methods",
+        ["method", *(h for _, h in metrics), *face_header, "outputs"],
+        [[_name(m), *(cell(m, "personalized", k) for k, _ in metrics), *faces(m, "personalized"),
+          (agg.get((m, "personalized", evaluator.identity_metric, ALL, ALL)) or {}).get("n")] for m in methods],
+        f"{label}. The paper's Table 1 compares against StoryMaker, IP-Adapter and FastComposer (not run here); "
         "its text gives no numbers for it.")
     subsets = [(d, ALL) for d in sorted({k[3] for k in agg if k[3] != ALL})] + \
               [(ALL, c) for c in CATEGORIES if any(k[4] == c for k in agg)]
     tables["table1_subsets"] = ReportTable(
-        "table-1-subsets", f"Table 1 by domain and prompt category{warn}",
-        ["method", "domain", "prompt category", "CLIP-T", "CLIP-I", "Face Sim", "faces found (rate)"],
-        [[_name(m), d, c, cell(m, "personalized", "clip_t", d, c), cell(m, "personalized", "clip_i", d, c),
-          cell(m, "personalized", "face_sim", d, c), faces(m, "personalized", d, c)]
-         for m in methods for d, c in subsets if (m, "personalized", "clip_i", d, c) in agg], label)
-    paper = {m: PAPER_TABLE2.get(m, {}) for m in methods}
-    tables["table2"] = ReportTable(
-        "table-2", f"Table 2: one-stage vs two-stage, with AP-CLIP-I{warn}",
-        ["method", "CLIP-I", "CLIP-I (paper)", "Face Sim", "Face Sim (paper)", "CLIP-T", "CLIP-T (paper)",
-         "AP-CLIP-I", "AP-CLIP-I (paper)"],
-        [[_name(m), cell(m, "personalized", "clip_i"), _paper(paper[m].get("clip_i")),
-          cell(m, "personalized", "face_sim"), _paper(paper[m].get("face_sim")),
-          cell(m, "personalized", "clip_t"), _paper(paper[m].get("clip_t")),
-          cell(m, "personalized", "ap_clip_i"), _paper(paper[m].get("ap_clip_i"))] for m in methods],
-        f"{label}. Paper numbers from its text: the two paired methods' CLIP-T are 21.99 and 21.76 (which is "
-        "which is not stated); paired one-stage CLIP-I is 5.49 below two-stage.")
-    variants = sorted({k[0] for k in agg if k[1] == "standardizer"}, key=lambda v: (-v.count("+"), v))
-    tables["table3"] = ReportTable(
-        "table-3", "Table 3: standardizer ablation on held-out synthetic pairs",
-        ["FBDM", "RPIM", "PSNR (dB)", "SSIM", "pairs"],
-        [["✓" if "fbdm" in v else "✗", "✓" if "rpim" in v else "✗", cell(v, "standardizer", "psnr"),
-          cell(v, "standardizer", "ssim"), (agg.get((v, "standardizer", "psnr", ALL, ALL)) or {}).get("n")]
-         for v in variants],
-        "PSNR/SSIM (torchmetrics, data range 1) of DDIM standardizations against the true standard view, on "
-        "pairs of held-out characters (test split). The paper's text gives no numbers for Table 3.")
-    tables["table4"] = _table4(stored, current, standardizers, warn, label)
+        "table-1-subsets", "Table 1 by domain and prompt category",
+        ["method", "domain", "prompt category", *(h for _, h in metrics), *face_header],
+        [[_name(m), d, c, *(cell(m, "personalized", k, d, c) for k, _ in metrics), *faces(m, "personalized", d, c)]
+         for m in methods for d, c in subsets if (m, "personalized", evaluator.identity_metric, d, c) in agg], label)
+    ap_header = "AP-CLIP-I" if clip else "AP-ID-Sim"
+    if clip:
+        paper = {m: PAPER_TABLE2.get(m, {}) for m in methods}
+        tables["table2"] = ReportTable(
+            "table-2", "Table 2: one-stage vs two-stage, with AP-CLIP-I",
+            ["method", "CLIP-I", "CLIP-I (paper)", "Face Sim", "Face Sim (paper)", "CLIP-T", "CLIP-T (paper)",
+             "AP-CLIP-I", "AP-CLIP-I (paper)"],
+            [[_name(m), cell(m, "personalized", "clip_i"), _paper(paper[m].get("clip_i")),
+              cell(m, "personalized", "face_sim"), _paper(paper[m].get("face_sim")),
+              cell(m, "personalized", "clip_t"), _paper(paper[m].get("clip_t")),
+              cell(m, "personalized", "ap_clip_i"), _paper(paper[m].get("ap_clip_i"))] for m in methods],
+            f"{label}. Paper numbers from its text: the two paired methods' CLIP-T are 21.99 and 21.76 (which is "
+            "which is not stated); paired one-stage CLIP-I is 5.49 below two-stage.")
+    else:
+        tables["table2"] = ReportTable(
+            "table-2", "Table 2: one-stage vs two-stage, with AP-ID-Sim",
+            ["method", *(h for _, h in identity), ap_header, metrics[0][1]],
+            [[_name(m), *(cell(m, "personalized", k) for k, _ in identity), cell(m, "personalized", "ap_id_sim"),
+              cell(m, "personalized", metrics[0][0])] for m in methods],
+            f"{label}. The paper (CLIP ViT-H/14): unpaired one-stage CLIP-I 89.62, CLIP-T 16.08; the paired methods' "
+            "CLIP-T 21.99 / 21.76; AP-CLIP-I 83.17 (two-stage) vs 77.74 (paired one-stage). Our columns are the "
+            "probes' stand-ins, not on CLIP's scale.")
+    tables["table3"] = _table3(agg, cell)
+    tables["table4"] = _table4(stored, current, standardizers, metrics, label)
+    rows7 = []
+    if "two_stage" in methods:
+        for stage, name in (("standardized", "after standardization"), ("personalized", "after personalization")):
+            rows7.append([name, *(cell("two_stage", stage, k) for k, _ in identity)]
+                         + ([PAPER_TABLE7[stage]["clip_i"], PAPER_TABLE7[stage]["face_sim"], *faces("two_stage", stage)]
+                            if clip else []))
     tables["table7"] = ReportTable(
-        "table-7", f"Table 7: identity kept at each stage (two-stage){warn}",
-        ["stage", "CLIP-I", "CLIP-I (paper)", "Face Sim", "Face Sim (paper)", "faces found (rate)"],
-        [[name, cell("two_stage", stage, "clip_i"), PAPER_TABLE7[stage]["clip_i"],
-          cell("two_stage", stage, "face_sim"), PAPER_TABLE7[stage]["face_sim"], faces("two_stage", stage)]
-         for stage, name in (("standardized", "after standardization"), ("personalized", "after personalization"))]
-        if "two_stage" in methods else [], f"{label}. Both against the original reference.")
+        "table-7", "Table 7: identity kept at each stage (two-stage)",
+        ["stage", *(h for _, h in identity)]
+        + (["CLIP-I (paper)", "Face Sim (paper)", "faces found (rate)"] if clip else []),
+        rows7, f"{label}. Both against the original reference."
+        + ("" if clip else " The paper (CLIP-I / Face Sim): 89.47 / 0.69 after standardization, 85.49 / 0.53 after "
+                          "personalization."))
     return tables
 
 
+def _table3(agg: Mapping[tuple[str, str, str, str, str], Mapping[str, Any]], cell: Any) -> ReportTable:
+    """Standardizer variants, then the baselines scored on the same held-out pairs."""
+    methods = {k[0] for k in agg if k[1] == "standardizer"}
+    variants = sorted((m for m in methods if not m.startswith("baseline:")), key=lambda v: (-v.count("+"), v))
+    baselines = sorted(m for m in methods if m.startswith("baseline:"))
+    mark = lambda v, module: "" if v.startswith("baseline:") else ("✓" if module in v else "✗")  # noqa: E731
+    return ReportTable(
+        "table-3", "Table 3: standardizer ablation on held-out synthetic pairs",
+        ["method", "FBDM", "RPIM", "PSNR (dB)", "SSIM", "pairs"],
+        [[v, mark(v, "fbdm"), mark(v, "rpim"), cell(v, "standardizer", "psnr"), cell(v, "standardizer", "ssim"),
+          (agg.get((v, "standardizer", "psnr", ALL, ALL)) or {}).get("n")] for v in variants + baselines],
+        "PSNR/SSIM (torchmetrics, data range 1) of DDIM standardizations against the true standard view, on "
+        "pairs of held-out characters (test split); baselines on the same pairs: the input resized, and the mean "
+        "standard view of the training characters. The paper's text gives no numbers for Table 3.")
+
+
 def _table4(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]], standardizers: Sequence[Any],
-            warn: str, label: str) -> ReportTable:
+            metrics: Sequence[tuple[str, str]], label: str) -> ReportTable:
     """Two-stage results per standardizer version scored on this test set (Table 4: with vs without FBDM & RPIM)."""
     test_sets = {r["test_set"] for r in current if r["stage"] == "personalized"}
     by_version: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -142,15 +172,14 @@ def _table4(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, 
             by_version[r["standardizer_version"] or "none"][r["metric"]] = r["value"]
 
     def variant(version: str) -> str:
-        folder = version.split("@")[0]  # C2 versions read "<folder relative to the lake>@<hash>"
+        folder = version.split("@")[0]  # standardizer versions read "<folder relative to the lake>@<hash>"
         hits = [v.label for v in standardizers if v.run_id in version or str(v.folder).endswith(folder)]
         return hits[0] if hits else "?"
 
     return ReportTable(
-        "table-4", f"Table 4: two-stage generation by standardizer{warn}",
-        ["standardizer version", "FBDM & RPIM", "CLIP-T", "CLIP-I", "Face Sim"],
-        [[version, variant(version), *(None if m.get(k) is None else round(m[k], 4 if k == "face_sim" else 2)
-                                       for k in ("clip_t", "clip_i", "face_sim"))]
+        "table-4", "Table 4: two-stage generation by standardizer",
+        ["standardizer version", "FBDM & RPIM", *(h for _, h in metrics)],
+        [[version, variant(version), *(None if m.get(k) is None else round(m[k], 4) for k, _ in metrics)]
          for version, m in sorted(by_version.items())],
         f"{label}. One row per standardizer the two-stage model was evaluated with on this test set; retrain the "
         "standardizer without FBDM/RPIM and rerun evaluate to fill the comparison. The paper's text gives no numbers.")
@@ -234,8 +263,6 @@ def _html(tables: Mapping[str, ReportTable], grids: Mapping[str, np.ndarray], te
           study: Path | None) -> str:
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>SerialGen evaluation</title><style>{_CSS}</style>"
              "</head><body><h1>SerialGen evaluation</h1>", _summary_html(test_set)]
-    if any(TINY_LABEL in t.title for t in tables.values()):
-        parts.append(f"<p class=warn>{html.escape(TINY_LABEL)}</p>")
     for table in tables.values():
         head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in table.rows)
@@ -328,6 +355,6 @@ def _data_uri(image: np.ndarray) -> str:
 
 _CSS = ("body{font-family:sans-serif;margin:24px;max-width:1500px}table{border-collapse:collapse;margin:8px 0}"
         "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
-        ".note{color:#555;font-size:90%}.warn{background:#fff3cd;border:1px solid #e0c060;padding:8px;font-weight:bold}"
+        ".note{color:#555;font-size:90%}"
         "img.grid{image-rendering:pixelated;border:1px solid #ccc}.row{display:flex;gap:8px}"
         "figure{margin:0;text-align:center}figure img{height:192px;border:1px solid #ccc}")

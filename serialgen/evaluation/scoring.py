@@ -1,9 +1,10 @@
 """Score `generations` rows against the test set's references into `evaluations` rows (no Prefect).
 
-Per generation: CLIP-I, CLIP-T and Face Sim (stage ``personalized``). Per method and character: the
-standardized reference's CLIP-I and Face Sim against the original (stage ``standardized``, the paper's
-Table 7) and AP-CLIP-I. Then the means per method over all, per domain and per prompt category.
-The per-item rows are kept, so any other aggregate can be recomputed from the table.
+Per generation: the evaluator's identity, prompt and face metrics (stage ``personalized``; CLIP-I, CLIP-T,
+Face Sim with CLIP/ArcFace, ID-Sim, ID top-1, prompt accuracy with the probes). Per method and character:
+the standardized reference's identity metrics against the original (stage ``standardized``, the paper's
+Table 7) and the across-prompt average (AP-CLIP-I / AP-ID-Sim). Then the means per method over all, per
+domain and per prompt category. The per-item rows are kept, so any other aggregate can be recomputed.
 """
 
 from __future__ import annotations
@@ -18,30 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from serialgen.evaluation.clip import ClipModel
-from serialgen.evaluation.face import FaceEmbedder
-from serialgen.evaluation.metrics import (MaskFn, PoseFn, ap_clip_i, clip_embeddings, clip_i, clip_t,
-                                          face_embeddings, face_sim)
+from serialgen.evaluation.evaluators import Evaluator, References
+from serialgen.evaluation.metrics import ap_similarity
 from serialgen.evaluation.testset import TestCharacter
 from serialgen.storage.images import decode_image
 
 ALL = "all"
-#: Metrics averaged per subset; AP-CLIP-I is averaged over characters separately.
-ITEM_METRICS = ("clip_i", "clip_t", "face_sim")
-
-
-@dataclass
-class Evaluator:
-    """The models behind the scores: CLIP, ArcFace, and the C1 mask/pose functions (background removal, faces)."""
-
-    clip: ClipModel
-    face: FaceEmbedder
-    mask_fn: MaskFn
-    pose_fn: PoseFn
-
-    @property
-    def details(self) -> dict[str, str]:
-        return {"clip": self.clip.label, "face": self.face.label}
 
 
 @dataclass(frozen=True)
@@ -71,41 +54,32 @@ def score_generations(evaluator: Evaluator, generations: Sequence[Mapping[str, A
                       references: Mapping[str, TestCharacter], test_set: str) -> list[dict[str, Any]]:
     """Every `evaluations` row of these generations (all methods in them), per item and aggregated.
 
-    ``references`` maps character_id to the test-set character (original reference image and domain).
+    ``references`` maps character_id to the test-set character (original reference image and domain);
+    all of them are the candidates of identity retrieval (ID top-1).
     """
     groups: dict[Group, list[Mapping[str, Any]]] = defaultdict(list)
     for row in generations:
         groups[Group(row["method"], row["personalizer_version"], row["standardizer_version"])].append(row)
-    characters = sorted({row["character_id"] for row in generations})
-    missing = [c for c in characters if c not in references]
+    missing = sorted({row["character_id"] for row in generations} - set(references))
     if missing:
         raise KeyError(f"generations of characters not in the test set: {', '.join(missing)}")
-    originals = [references[c].image for c in characters]
-    ref_clip = dict(zip(characters, clip_embeddings(evaluator.clip, originals, evaluator.mask_fn)))
-    ref_face = dict(zip(characters, face_embeddings(evaluator.face, evaluator.pose_fn, originals)))
+    ids = sorted(references)
+    refs = evaluator.reference_features(ids, [references[c].image for c in ids])
     rows: list[dict[str, Any]] = []
     for group, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
         items = sorted(items, key=lambda r: r["generation_id"])
-        rows += _score_group(evaluator, group, items, references, ref_clip, ref_face, test_set)
+        rows += _score_group(evaluator, group, items, references, refs, test_set)
     return rows
 
 
 def _score_group(evaluator: Evaluator, group: Group, items: list[Mapping[str, Any]],
-                 references: Mapping[str, TestCharacter], ref_clip: Mapping[str, torch.Tensor],
-                 ref_face: Mapping[str, np.ndarray], test_set: str) -> list[dict[str, Any]]:
+                 references: Mapping[str, TestCharacter], refs: References, test_set: str) -> list[dict[str, Any]]:
     details = evaluator.details
     images = [decode_image(item["image"], mode="RGB") for item in items]
     chars = [item["character_id"] for item in items]
     prompts = [item["prompt"] for item in items]
-    masked = clip_embeddings(evaluator.clip, images, evaluator.mask_fn)
-    text = evaluator.clip.embed_texts(sorted(set(prompts)))
-    text_of = dict(zip(sorted(set(prompts)), text))
-    scores = {
-        "clip_i": clip_i(masked, torch.stack([ref_clip[c] for c in chars])),
-        "clip_t": clip_t(clip_embeddings(evaluator.clip, images), torch.stack([text_of[p] for p in prompts])),
-        "face_sim": face_sim(face_embeddings(evaluator.face, evaluator.pose_fn, images),
-                             np.stack([ref_face[c] for c in chars])).values,
-    }
+    identity = evaluator.identity(images)
+    scores = evaluator.score(images, identity, chars, prompts, refs)
     rows = []
     for i, item in enumerate(items):
         where = dict(generation_id=item["generation_id"], character_id=chars[i],
@@ -115,8 +89,8 @@ def _score_group(evaluator: Evaluator, group: Group, items: list[Mapping[str, An
             rows.append(evaluation_row(test_set, group, "personalized", metric, values[i], 1,
                                        {**details, **found}, **where))
     rows += aggregate_items(rows, test_set, group, "personalized", details)
-    rows += _ap_clip_i_rows(masked, chars, prompts, references, test_set, group, details)
-    rows += _standardized_rows(evaluator, items, references, ref_clip, ref_face, test_set, group)
+    rows += _across_prompt_rows(evaluator, identity, chars, prompts, references, test_set, group)
+    rows += _standardized_rows(evaluator, items, references, refs, test_set, group)
     return rows
 
 
@@ -138,29 +112,31 @@ def aggregate_items(item_rows: Iterable[Mapping[str, Any]], test_set: str, group
     return out
 
 
-def _ap_clip_i_rows(masked: torch.Tensor, chars: list[str], prompts: list[str],
-                    references: Mapping[str, TestCharacter], test_set: str, group: Group,
-                    details: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _across_prompt_rows(evaluator: Evaluator, identity: torch.Tensor, chars: list[str], prompts: list[str],
+                        references: Mapping[str, TestCharacter], test_set: str, group: Group) -> list[dict[str, Any]]:
+    """AP-CLIP-I / AP-ID-Sim per character, then its mean over characters per domain."""
+    details = evaluator.details
     per_domain: dict[str, list[float]] = defaultdict(list)
     rows = []
     for character in sorted(set(chars)):
         index = [i for i, c in enumerate(chars) if c == character]
-        value, pairs = ap_clip_i(masked[index], [prompts[i] for i in index])
+        value, pairs = ap_similarity(identity[index], [prompts[i] for i in index])
+        value *= evaluator.ap_scale
         domain = references[character].domain
-        rows.append(evaluation_row(test_set, group, "personalized", "ap_clip_i", value, pairs, details,
+        rows.append(evaluation_row(test_set, group, "personalized", evaluator.ap_metric, value, pairs, details,
                                    character_id=character, domain=domain))
         if np.isfinite(value):
             per_domain[domain].append(value)
             per_domain[ALL].append(value)
     for domain, values in sorted(per_domain.items()):
-        rows.append(evaluation_row(test_set, group, "personalized", "ap_clip_i", float(np.mean(values)),
+        rows.append(evaluation_row(test_set, group, "personalized", evaluator.ap_metric, float(np.mean(values)),
                                    len(values), {**details, "over": "characters"}, domain=domain))
     return rows
 
 
 def _standardized_rows(evaluator: Evaluator, items: list[Mapping[str, Any]],
-                       references: Mapping[str, TestCharacter], ref_clip: Mapping[str, torch.Tensor],
-                       ref_face: Mapping[str, np.ndarray], test_set: str, group: Group) -> list[dict[str, Any]]:
+                       references: Mapping[str, TestCharacter], refs: References, test_set: str,
+                       group: Group) -> list[dict[str, Any]]:
     """Identity kept by standardization alone: the standardized reference each character's outputs were
     made from, against the original (one score per character; Table 7's first row)."""
     first = {}
@@ -171,12 +147,7 @@ def _standardized_rows(evaluator: Evaluator, items: list[Mapping[str, Any]],
         return []
     chars = sorted(first)
     images = [decode_image(first[c], mode="RGB") for c in chars]
-    scores = {
-        "clip_i": clip_i(clip_embeddings(evaluator.clip, images, evaluator.mask_fn),
-                         torch.stack([ref_clip[c] for c in chars])),
-        "face_sim": face_sim(face_embeddings(evaluator.face, evaluator.pose_fn, images),
-                             np.stack([ref_face[c] for c in chars])).values,
-    }
+    scores = evaluator.score(images, evaluator.identity(images), chars, None, refs)
     rows = [evaluation_row(test_set, group, "standardized", metric, values[i], 1, evaluator.details,
                            character_id=c, domain=references[c].domain)
             for metric, values in scores.items() for i, c in enumerate(chars)]

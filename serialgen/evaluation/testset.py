@@ -23,14 +23,15 @@ from serialgen.storage.images import ImageDecodeError, decode_image
 
 CATEGORIES = ("action", "background", "viewpoint", "expression")
 DOMAINS = ("anime", "real", "synthetic")
-#: The embedded default: one prompt per category, one seed, two held-out characters.
+#: The embedded default: two held-out characters, one seed, prompts in the synthetic captions' vocabulary
+#: (serialgen/synthetic/vocabulary.py), so the offline profiles' attribute probes can check each one.
 DEFAULT_SPEC: dict[str, Any] = {
     "held_out_characters": 2,
     "prompts": [
-        {"prompt": "a person, running through the street", "category": "action"},
-        {"prompt": "a person, in the park", "category": "background"},
-        {"prompt": "a person, seen from the side", "category": "viewpoint"},
-        {"prompt": "a person, smiling happily", "category": "expression"},
+        {"prompt": "a character, full body, front view, walking", "category": "action"},
+        {"prompt": "a character, full body, outdoors", "category": "background"},
+        {"prompt": "a character, full body, side view", "category": "viewpoint"},
+        {"prompt": "a character, bust shot, back view", "category": "viewpoint"},
     ],
     "seeds": [0],
 }

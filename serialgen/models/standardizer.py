@@ -92,6 +92,14 @@ class Standardizer(nn.Module):
         self.standard_keypoints = np.asarray(keypoints, np.float32)
         self.standard_pose = draw_pose(self.standard_keypoints, width, height)
 
+    def target_pose(self, batch: int) -> torch.Tensor:
+        """The standard pose as the denoiser reads it, (batch, 3, H, W) in [0, 1]: one tensor for every pair in
+        training, validation, the ablation and inference, so the model never meets a target it did not learn."""
+        if self.standard_pose is None:
+            raise ValueError("this model has no standard pose: call set_standard_skeleton first")
+        pose = torch.from_numpy(np.array(self.standard_pose)).permute(2, 0, 1).float() / 255
+        return pose[None].expand(batch, -1, -1, -1)
+
     def trainable_modules(self) -> list[nn.Module]:
         return [m for m in (self.reference_unet, self.denoising_unet, self.pose_guider, self.fbdm, self.rpim)
                 if m is not None]

@@ -83,17 +83,19 @@ class StandardizationPipeline:
         """
         references, masks, poses = (_as_list(x) for x in (reference, background_mask, reference_pose))
         if target_pose is None:
-            target_pose = self.model.standard_pose
-            if target_pose is None:
-                raise ValueError("this model has no standard pose saved: pass target_pose")
-        if size is None:
-            size = target_pose.shape[:2]
+            target = self.model.target_pose(1)
+            size = size or tuple(target.shape[-2:])
+            if tuple(target.shape[-2:]) != tuple(size):
+                raise ValueError(f"size {size} differs from the standard pose's {tuple(target.shape[-2:])}: "
+                                 "the model was trained on that one")
+        else:
+            size = size or target_pose.shape[:2]
+            target = _fit(target_pose, size, 0, 1.0, 0.0)[None]
         to_tensor = lambda images, fill, scale, offset: torch.stack([  # noqa: E731
             _fit(im, size, fill, scale, offset) for im in images])
         out = self.standardize(
             to_tensor(references, 255, 2.0, -1.0), to_tensor(masks, 255, 1.0, 0.0).unsqueeze(1).round(),
-            to_tensor(poses, 0, 1.0, 0.0), _fit(target_pose, size, 0, 1.0, 0.0)[None],
-            num_inference_steps, guidance_scale, seed)
+            to_tensor(poses, 0, 1.0, 0.0), target, num_inference_steps, guidance_scale, seed)
         images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(images)
 

@@ -21,11 +21,13 @@ from typing import Any
 from serialgen.config import ConfigError, Settings
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder
+from serialgen.evaluation.evaluators import ClipFaceEvaluator, Evaluator, ProbeEvaluator
 from serialgen.evaluation.report import ReportFiles, build_tables, write_report
-from serialgen.evaluation.scoring import Evaluator, Group, aggregate_items, evaluation_row, score_generations
+from serialgen.evaluation.scoring import Group, aggregate_items, evaluation_row, score_generations
 from serialgen.evaluation.testset import TestSet, load_test_set
-from serialgen.evaluation.tiny_models import TINY_LABEL, build_tiny_clip, build_tiny_face_model
-from serialgen.stages.registry import config_hash
+from serialgen.probes import load_probes
+from serialgen.stages.registry import OFFLINE_PROFILES, config_hash
+from serialgen.stages.train_probes import probes_dir
 from serialgen.storage import Lake
 from serialgen.storage.runs import StageRun, last_completed
 
@@ -72,7 +74,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
     test_set = load_test_set(lake, settings.evaluate.test_set, lambda k, r: test_set_errors.append((k, r)))
     personalizers = personalizer_checkpoints(lake)
     standardizers = standardizer_variants(lake, settings)
-    clip_dir, face_file = evaluation_models(settings)
+    models = evaluation_models(settings)
     if not test_set.characters:
         raise FileNotFoundError(f"the test set {settings.evaluate.test_set or '(default)'} has no readable "
                                 "reference image")
@@ -82,7 +84,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
     lineage = {"test_set": test_set.fingerprint,
                "personalizers": {mode: _folder_version(folder) for mode, folder in personalizers.items()},
                "standardizers": {v.label: v.run_id for v in standardizers},
-               "evaluator": {"clip": _folder_version(clip_dir), "face": _folder_version(face_file),
+               "evaluator": {**{role: _folder_version(path) for role, path in models.items()},
                              "preprocessors": _preprocessors_version(lake)}}
     digest = config_hash(settings, STAGE)
     if not force:
@@ -93,7 +95,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         run.errors(test_set_errors)
         run.clear_errors(f"test-set/{c.character_id}" for c in test_set.characters)
         if evaluator is None:
-            evaluator = load_evaluator(settings, clip_dir, face_file)
+            evaluator = load_evaluator(settings, models)
         if generate is None and personalizers:
             from serialgen.stages.generate import generate_images as generate  # contract C3
         generations = generate_test_set(settings, test_set, personalizers, generate, run)
@@ -102,7 +104,7 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         rows += score_standardizers(settings, lake, standardizers, evaluator.details)
         lake.upsert("evaluations", rows, run.run_id)
         stored = lake.read("evaluations").to_pylist()
-        tables = build_tables(stored, rows, evaluator.details, _is_tiny(settings, clip_dir, face_file), standardizers)
+        tables = build_tables(stored, rows, evaluator, standardizers)
         files = write_report(report_dir(settings, lake), tables, test_set, generations, settings.evaluate)
         run.outputs = ["generations", "evaluations"] if generations else ["evaluations"]
         run.metrics = {"lineage": lineage, "generations": len(generations), "evaluations": len(rows),
@@ -132,16 +134,18 @@ def generate_test_set(settings: Settings, test_set: TestSet, personalizers: dict
 
 def score_standardizers(settings: Settings, lake: Lake, variants: Sequence[StandardizerVariant],
                         details: dict[str, str]) -> list[dict[str, Any]]:
-    """PSNR/SSIM (data range 1) of each standardizer variant on the held-out pairs (Table 3)."""
+    """PSNR/SSIM (data range 1) of each standardizer variant on the held-out pairs (Table 3), and of the
+    baselines a model must beat on the same pairs: the input resized, the mean training standard view."""
     if not variants:
         return []
     import torch
 
     from serialgen.compositing.dynamic import pairs_dataset
     from serialgen.models.standardizer import Standardizer
+    from serialgen.training.ablation import mean_training_standard, score
     from serialgen.training.standardizer import score_pairs
 
-    rows = []
+    rows, scored_with = [], None
     for variant in variants:
         trained = _trained_settings(variant.folder)
         cfg = settings.standardizer.model_copy(update={k: trained[k] for k in ("width", "height") if k in trained})
@@ -152,15 +156,31 @@ def score_standardizers(settings: Settings, lake: Lake, variants: Sequence[Stand
         model = Standardizer.from_pretrained(variant.folder).eval()
         torch.manual_seed(cfg.seed)
         scored = score_pairs(model, data, n, cfg)
-        group = Group(variant.label, variant.run_id, variant.run_id)
         test_set = f"pairs@{lake.version('pairs')}:test:{n}"
-        per_pair = [evaluation_row(test_set, group, "standardizer", metric, float(values[i]), 1,
-                                   {**details, "data_range": 1.0, "size": [cfg.height, cfg.width]},
-                                   pair_id=scored.pair_ids[i], character_id=scored.character_ids[i],
-                                   domain="synthetic")
-                    for metric, values in (("psnr", scored.psnr), ("ssim", scored.ssim)) for i in range(n)]
-        rows += per_pair + aggregate_items(per_pair, test_set, group, "standardizer", {"data_range": 1.0})
+        group = Group(variant.label, variant.run_id, variant.run_id)
+        rows += _pair_rows(test_set, group, scored.pair_ids, scored.character_ids, scored.psnr, scored.ssim,
+                           {**details, "size": [cfg.height, cfg.width]})
+        scored_with = scored_with or (data, n, cfg, test_set)
+    if scored_with is not None:
+        data, n, cfg, test_set = scored_with
+        items = [data[i] for i in range(n)]
+        inputs, target = (torch.stack([item[k] for item in items]) for k in ("input_image", "target_image"))
+        mean = mean_training_standard(lake, settings.composite.test_fraction, (cfg.height, cfg.width))
+        for name, prediction in (("input (resized)", inputs), ("mean training standard", mean.expand_as(inputs))):
+            p, s = score(prediction, target)
+            rows += _pair_rows(test_set, Group(f"baseline: {name}", None, None), [i["pair_id"] for i in items],
+                               [i["character_id"] for i in items], p, s, {"size": [cfg.height, cfg.width]})
     return rows
+
+
+def _pair_rows(test_set: str, group: Group, pair_ids: Sequence[str], character_ids: Sequence[str], psnr: Any,
+               ssim: Any, details: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-pair PSNR/SSIM rows of one method and their aggregates."""
+    details = {**details, "data_range": 1.0}
+    per_pair = [evaluation_row(test_set, group, "standardizer", metric, float(values[i]), 1, details,
+                               pair_id=pair_ids[i], character_id=character_ids[i], domain="synthetic")
+                for metric, values in (("psnr", psnr), ("ssim", ssim)) for i in range(len(pair_ids))]
+    return per_pair + aggregate_items(per_pair, test_set, group, "standardizer", {"data_range": 1.0})
 
 
 def personalizer_checkpoints(lake: Lake) -> dict[str, Path]:
@@ -191,33 +211,28 @@ def variant_label(fbdm: bool, rpim: bool) -> str:
     return "+".join(n for n, on in (("fbdm", fbdm), ("rpim", rpim)) if on) or "base"
 
 
-def evaluation_models(settings: Settings) -> tuple[Path, Path]:
-    """The CLIP folder and the face ONNX file; the tiny profile builds random ones into the lake when unset."""
+def evaluation_models(settings: Settings) -> dict[str, Path]:
+    """{role: file or folder} of the rulers: CLIP + ArcFace when both are set, else (offline profiles) the
+    probes `train-probes` wrote; anything else is a ConfigError naming what to set."""
     cfg = settings.evaluate
     if cfg.clip_dir is not None and cfg.face_model is not None:
-        return Path(cfg.clip_dir), Path(cfg.face_model)
-    lake = settings.open_lake()
-    if not cfg.build_tiny_models or not lake.is_local:
-        missing = "evaluate.clip_dir (a local open_clip ViT-H/14 folder)" if cfg.clip_dir is None else \
-            "evaluate.face_model (an ArcFace ONNX file, e.g. insightface's w600k_r50.onnx)"
-        raise ConfigError(f"set {missing}: the {settings.profile} profile does not build tiny evaluation models")
-    root = Path(lake.uri) / "_checkpoints" / "evaluation"
-    clip_dir = Path(cfg.clip_dir) if cfg.clip_dir is not None else root / "tiny_clip"
-    face_file = Path(cfg.face_model) if cfg.face_model is not None else root / "tiny_arcface.onnx"
-    if cfg.clip_dir is None and not (clip_dir / "open_clip_config.json").is_file():
-        build_tiny_clip(clip_dir, seed=cfg.seed)
-    if cfg.face_model is None and not face_file.is_file():
-        build_tiny_face_model(face_file, seed=cfg.seed)
-    return clip_dir, face_file
+        return {"clip": Path(cfg.clip_dir), "face": Path(cfg.face_model)}
+    if settings.profile in OFFLINE_PROFILES:
+        return {"probes": probes_dir(settings)}
+    missing = "evaluate.clip_dir (a local open_clip ViT-H/14 folder)" if cfg.clip_dir is None else \
+        "evaluate.face_model (an ArcFace ONNX file, e.g. insightface's w600k_r50.onnx)"
+    raise ConfigError(f"set {missing}: the {settings.profile} profile measures with CLIP and ArcFace")
 
 
-def load_evaluator(settings: Settings, clip_dir: Path, face_file: Path) -> Evaluator:
-    """CLIP and ArcFace from their files, mask and pose from the lake's preprocessors (contract C1)."""
+def load_evaluator(settings: Settings, models: dict[str, Path]) -> Evaluator:
+    """The rulers of :func:`evaluation_models`, with the lake's mask (and pose) preprocessors."""
     from serialgen.preprocessing import load_preprocessors
 
-    face_label = f"{face_file.stem} ({TINY_LABEL})" if _is_tiny(settings, clip_dir, face_file) else face_file.stem
     preprocessors = load_preprocessors(settings)
-    return Evaluator(ClipModel(clip_dir), FaceEmbedder(face_file, face_label), preprocessors.mask, preprocessors.pose)
+    if "probes" in models:
+        return ProbeEvaluator(load_probes(models["probes"]), preprocessors.mask)
+    return ClipFaceEvaluator(ClipModel(models["clip"]), FaceEmbedder(models["face"], models["face"].stem),
+                             preprocessors.mask, preprocessors.pose)
 
 
 def report_dir(settings: Settings, lake: Lake) -> Path:
@@ -226,13 +241,6 @@ def report_dir(settings: Settings, lake: Lake) -> Path:
     if not lake.is_local:
         raise ConfigError(f"lake {lake.uri} is not a local folder: set evaluate.report_dir")
     return Path(lake.uri).resolve() / "_reports" / "evaluate"
-
-
-def _is_tiny(settings: Settings, clip_dir: Path, face_file: Path) -> bool:
-    """Whether either evaluation model is a random tiny one (its numbers must be labelled)."""
-    config = clip_dir / "open_clip_config.json"
-    tiny_clip = config.is_file() and TINY_LABEL in config.read_text()
-    return tiny_clip or (settings.evaluate.face_model is None and settings.evaluate.build_tiny_models)
 
 
 def _trained_settings(model_folder: Path) -> dict[str, Any]:

@@ -22,7 +22,11 @@ class Stage:
     in_dag: bool = True               # run by `serialgen run` (else only by its own command/deployment)
     checkpoints_of: tuple[str, ...] = ()  # training stages whose model it loads: their new runs rerun it
     dynamic_sections: tuple[str, ...] = ()  # sections that key it only with on-the-fly compositing
+    profiles: tuple[str, ...] = ()    # the only profiles that use it (empty: all)
 
+
+#: Profiles that measure with the pipeline's own probes instead of CLIP / ArcFace.
+OFFLINE_PROFILES = ("tiny", "small")
 
 STAGES: tuple[Stage, ...] = (
     Stage("assets", ("assets",), (), "assets:assets"),
@@ -32,14 +36,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-standardizer", ("standardizer",), ("composite",), "train_standardizer:train_standardizer",
           dynamic_sections=("composite",)),
     Stage("train-preprocessors", ("preprocessing",), ("composite",), "train_preprocessors:train_preprocessors"),
+    # The offline profiles' measuring instruments (real profiles measure with CLIP and ArcFace).
+    Stage("train-probes", ("probes",), ("composite",), "train_probes:train_probes", profiles=OFFLINE_PROFILES),
     # Its offline default source is the held-out composited pairs; with ingest.images it reads outside files.
     Stage("ingest-real", ("ingest",), ("composite",), "ingest_real:ingest_real"),
     Stage("standardize", ("standardize", "standardizer", "preprocessing"),
           ("ingest-real", "train-standardizer", "train-preprocessors"), "standardize:standardize",
           checkpoints_of=("train-standardizer", "train-preprocessors")),
     Stage("train-personalizer", ("personalizer",), ("standardize",), "train_personalizer:train_personalizer"),
-    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer",), "evaluate:evaluate",
-          checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors")),
+    Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer", "train-probes"),
+          "evaluate:evaluate", checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors",
+                                               "train-probes")),
     # The paper's Table 3 at small scale (four FBDM x RPIM variants + baselines), on demand.
     Stage("ablate-standardizer", ("standardizer",), ("composite",), "ablate_standardizer:ablate_standardizer",
           in_dag=False, dynamic_sections=("composite",)),

@@ -10,6 +10,9 @@ from serialgen.storage.runs import last_completed, up_to_date
 
 def should_run(settings: Settings, stage: str, force: bool = False) -> tuple[bool, str]:
     """(run?, why) for ``stage`` over the settings' lake."""
+    spec = BY_NAME[stage]
+    if spec.profiles and settings.profile not in spec.profiles:
+        return False, f"not used by the {settings.profile} profile"
     if force:
         return True, "forced"
     lake = settings.open_lake()
@@ -18,7 +21,7 @@ def should_run(settings: Settings, stage: str, force: bool = False) -> tuple[boo
         return True, why
     # A model is a lineage input: a training run that finished after this stage last started made a new one.
     started = last_completed(lake, stage)["started_at"]
-    for producer in BY_NAME[stage].checkpoints_of:
+    for producer in spec.checkpoints_of:
         trained = last_completed(lake, producer)
         if trained is not None and trained["finished_at"] > started:
             return True, f"new checkpoint from {trained['run_id']}"

@@ -16,11 +16,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from serialgen.compositing.split import TRAIN, split_of
 from serialgen.config import ConfigError, Settings, load_settings
 from serialgen.models.components import load_sd15_components, require_sd15_files, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.stages.registry import config_hash
-from serialgen.standard_skeleton import canonical_skeleton
+from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
 from serialgen.storage.runs import StageRun
 from serialgen.training.loop import prepare_run_folder, training_recipe
 from serialgen.training.standardizer import (
@@ -53,15 +56,25 @@ class TrainStandardizerReport:
 
 def build_standardizer(settings: Settings) -> Standardizer:
     """A fresh model for the profile (SD-1.5 from local folders, or from-scratch pixel-space components) whose
-    target is the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
+    target is one standard skeleton: the mean of the training characters' rendered standard views (the canonical
+    skeleton at the render stage's standard-view rows when the lake has none)."""
     cfg, view = settings.standardizer, settings.render
     parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
              else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
                                      prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
     model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
                                          frame_reference=cfg.frame_reference)
-    skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
-                                  view.standard_arm_angle)
+    standards = settings.open_lake().read("standards", columns=["character_id", "keypoints", "width", "height"])
+    train = [i for i, c in enumerate(standards["character_id"].to_pylist())
+             if split_of(c, settings.composite.test_fraction) == TRAIN]
+    if train:
+        rows = standards.take(train)
+        skeleton = mean_skeleton(np.asarray(rows["keypoints"].to_pylist(), np.float32),
+                                 np.stack([rows["width"].to_numpy(), rows["height"].to_numpy()], 1),
+                                 cfg.width, cfg.height)
+    else:
+        skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
+                                      view.standard_arm_angle)
     model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
     return model
 

@@ -40,7 +40,7 @@ def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) ->
     for name, low in (("input_image", -1.0), ("target_image", -1.0),
                       ("reference_pose_image", 0.0), ("target_pose_image", 0.0)):
         image = torch.tensor(np.asarray(arrays[name])).permute(2, 0, 1).float() / 255
-        item[name] = _resize(image, out_hw) * (1 - low) + low
+        item[name] = resize_image(image, out_hw) * (1 - low) + low
     for name in ("background_mask", "true_background_mask"):
         mask = torch.tensor(np.asarray(arrays[name])).float()[None]
         if tuple(mask.shape[1:]) != tuple(out_hw):
@@ -56,7 +56,8 @@ def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) ->
     return item
 
 
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) in [0, 1] -> (C, *size), antialiased: how every pair image reaches a model."""
     if tuple(image.shape[1:]) == tuple(size):
         return image
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)

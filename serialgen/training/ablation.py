@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from serialgen.compositing.split import TRAIN, split_of
 from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
+from serialgen.storage import Lake
+from serialgen.storage.images import decode_image
+from serialgen.storage.torch_reader import resize_image
 from serialgen.training.metrics import psnr, ssim
 from serialgen.training.standardizer import train_standardizer
 
@@ -86,6 +90,18 @@ def baseline_predictions(train: Sequence[dict[str, Any]], inputs: torch.Tensor) 
             "nearest training standard": bank[nearest]}
 
 
+def mean_training_standard(lake: Lake, test_fraction: float, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]: the mean standard view of the training-split characters, read from `standards`
+    and resized as the pairs' targets are (the strongest trivial baseline of the ablation)."""
+    total, count = torch.zeros(3, *size), 0
+    for row in lake.read("standards", columns=["character_id", "image"]).to_pylist():
+        if split_of(row["character_id"], test_fraction) == TRAIN:
+            image = torch.from_numpy(decode_image(row["image"], "RGB")).permute(2, 0, 1).float() / 255
+            total += resize_image(image, size) * 2 - 1
+            count += 1
+    return total / max(count, 1)
+
+
 def score(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image PSNR and SSIM of [-1, 1] images, on the data range 1 after mapping to [0, 1]."""
     prediction, target = (prediction.clamp(-1, 1) + 1) / 2, (target + 1) / 2
@@ -100,8 +116,8 @@ def standardize_all(model: Standardizer, batch: dict[str, torch.Tensor], cfg: St
     for first in range(0, batch["input_image"].shape[0], chunk):
         part = {k: v[first:first + chunk] for k, v in batch.items()}
         out.append(pipeline.standardize(part["input_image"], part["background_mask"], part["reference_pose_image"],
-                                        part["target_pose_image"], cfg.inference_steps, cfg.guidance_scale,
-                                        cfg.seed).cpu())
+                                        model.target_pose(1), cfg.inference_steps,
+                                        cfg.guidance_scale, cfg.seed).cpu())
     return torch.cat(out)
 
 
@@ -124,7 +140,7 @@ def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[di
     if not chosen:
         raise ValueError("no held-out pairs to evaluate on")
     batch = torch.utils.data.default_collate([{k: test[i][k] for k in (
-        "input_image", "background_mask", "reference_pose_image", "target_pose_image", "target_image")}
+        "input_image", "background_mask", "reference_pose_image", "target_image")}
         for i in chosen])
     target = batch.pop("target_image")
     rows, outputs = [], {}

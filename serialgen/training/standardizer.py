@@ -130,7 +130,8 @@ def score_pairs(model: Standardizer, data: Dataset, n: int, cfg: StandardizerSet
     for first in range(0, n, cfg.batch_size):
         batch = torch.utils.data.default_collate([data[i] for i in range(first, min(n, first + cfg.batch_size))])
         output = pipeline.standardize(batch["input_image"], batch["background_mask"], batch["reference_pose_image"],
-                                      batch["target_pose_image"], cfg.inference_steps, cfg.guidance_scale, cfg.seed)
+                                      model.target_pose(1), cfg.inference_steps,
+                                      cfg.guidance_scale, cfg.seed)
         prediction, target = (output.cpu() + 1) / 2, (batch["target_image"] + 1) / 2
         out.pair_ids += list(batch["pair_id"])
         out.character_ids += list(batch["character_id"])
@@ -172,7 +173,7 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     else:
         target = noise
     prediction = prepared(noisy, timesteps, reference_latents, embeds, background_mask, reference_pose,
-                          batch["target_pose_image"].to(device), keep)
+                          model.target_pose(size).to(device), keep)
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     if cfg.snr_gamma:
         snr = compute_snr(noise_scheduler, timesteps)

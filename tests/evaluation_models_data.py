@@ -1,12 +1,12 @@
-"""Tiny random evaluation models for the tiny profile, built offline and saved in the real models' formats.
+"""Test data: tiny random CLIP and ArcFace files in the real models' formats, so the loaders real weights go
+through (serialgen.evaluation.clip / face) are tested offline. Never used by the product: a number from
+a random network is not a result (the offline profiles measure with serialgen.probes).
 
 * a tiny open_clip ViT registered with ``open_clip.add_model_config`` and saved as a ``local-dir:``
   folder (``open_clip_config.json`` + ``open_clip_model.safetensors``), text side on open_clip's
   shipped BPE vocabulary, loaded back by :class:`~serialgen.evaluation.clip.ClipModel` like ViT-H/14;
 * a tiny ArcFace-convention face embedder (1x3x112x112 -> 1x512) exported to ONNX, loaded by
   :class:`~serialgen.evaluation.face.FaceEmbedder` like insightface's ``w600k_r50.onnx``.
-
-Their weights are random: their numbers exercise the pipeline and are not comparable to the paper.
 """
 
 from __future__ import annotations

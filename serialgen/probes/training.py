@@ -1,0 +1,90 @@
+"""Training the probes on labelled synthetic images (metric learning on character id; one cross-entropy
+per attribute). Augmentations change what a ruler must ignore (place, scale, mirror, exposure), never
+what it measures (no colour shifts: colour is identity)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from serialgen.config import ProbesSettings
+from serialgen.probes.data import ProbeImages
+from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
+from serialgen.synthetic.vocabulary import ATTRIBUTES
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [0, 1]: random scale 0.9-1.1, shift +-6 %, mirror, exposure +-10 %."""
+    x = batch.float() / 255
+    b = x.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    scale = 0.9 + 0.2 * rand(b)
+    flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
+    theta[:, :, 2] = (rand(b, 2) - 0.5) * 0.12
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if pad_white:
+        x = 1 - F.grid_sample(1 - x, grid, align_corners=False)
+    else:
+        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    return (x * (0.9 + 0.2 * rand(b, 1, 1, 1))).clamp(0, 1)
+
+
+def _fit(parameters: list[torch.nn.Parameter], loss_fn: Callable[[np.ndarray], torch.Tensor], n: int,
+         cfg: ProbesSettings, steps: int) -> dict[str, float]:
+    rng = np.random.default_rng(cfg.seed)
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.learning_rate, total_steps=max(steps, 1),
+                                                   pct_start=0.15)
+    losses, start = [], time.perf_counter()
+    for _ in range(steps):
+        loss = loss_fn(rng.integers(0, n, min(cfg.batch_size, n)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return {"loss_first": round(float(np.mean(losses[:20])), 4), "loss_last": round(float(np.mean(losses[-20:])), 4),
+            "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def train_identity(train: ProbeImages, cfg: ProbesSettings) -> tuple[IdentityEmbedder, dict[str, float]]:
+    """CosFace over the training characters: same character close, different characters apart."""
+    torch.manual_seed(cfg.seed)
+    characters = sorted(set(train.character_ids))
+    labels = torch.tensor([characters.index(c) for c in train.character_ids])
+    model = IdentityEmbedder(cfg.identity_widths, cfg.embedding_dim)
+    head = CosineClassifier(cfg.embedding_dim, len(characters))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+
+    def loss_fn(index: np.ndarray) -> torch.Tensor:
+        pick = torch.from_numpy(index)
+        return head(model(augment(train.identity[pick], generator, pad_white=True)), labels[pick])
+
+    stats = _fit([*model.parameters(), *head.parameters()], loss_fn, len(train), cfg, cfg.identity_steps)
+    return model.eval(), {**stats, "characters": len(characters)}
+
+
+def train_attributes(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
+    """One cross-entropy per attribute, each over the images whose metadata knows it (-1 is ignored)."""
+    torch.manual_seed(cfg.seed + 1)
+    model = AttributeClassifier(cfg.attribute_widths, {name: len(labels) for name, labels in ATTRIBUTES.items()})
+    targets = {name: torch.from_numpy(values) for name, values in train.labels.items()}
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    model.train()
+
+    def loss_fn(index: np.ndarray) -> torch.Tensor:
+        pick = torch.from_numpy(index)
+        logits = model(augment(train.attributes[pick], generator, pad_white=False))
+        losses = [F.cross_entropy(logits[name], targets[name][pick], ignore_index=-1)
+                  for name in logits if (targets[name][pick] >= 0).any()]
+        return torch.stack(losses).sum()
+
+    stats = _fit(list(model.parameters()), loss_fn, len(train), cfg, cfg.attribute_steps)
+    return model.eval(), stats

@@ -1,0 +1,130 @@
+"""The evaluation probes: vocabulary from render metadata, retrieval ranks, and a probe trained on a real tiny
+lake (bpy renders, Ray compositing) that tells held-out characters apart and reads framing and background."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from serialgen.config import load_settings
+from serialgen.evaluation.evaluators import prompt_accuracy
+from serialgen.probes import load_probes
+from serialgen.probes.validation import ranks
+from serialgen.synthetic.vocabulary import (ATTRIBUTES, background_label, caption, framing_label, prompt_labels,
+                                            view_label)
+
+
+def _camera(azimuth_deg: float, distance: float = 3.0) -> list[float]:
+    """A camera vector (3x4 row-major camera-to-world, lens, sensor) at ``azimuth_deg`` from the character's front."""
+    az = math.radians(azimuth_deg)
+    x, y = distance * math.sin(az), -distance * math.cos(az)
+    return [1, 0, 0, x, 0, 1, 0, y, 0, 0, 1, 1.5, 50.0, 36.0]
+
+
+@pytest.mark.parametrize("azimuth, view", [(0, "front"), (40, "front"), (-40, "front"), (90, "side"), (270, "side"),
+                                           (180, "back"), (150, "back"), (-140, "back"), (60, "side")])
+def test_view_label_is_measured_from_the_characters_front(azimuth, view):
+    assert view_label(_camera(azimuth)) == view
+
+
+def test_framing_background_and_action_labels_from_metadata():
+    assert [framing_label(f) for f in ("full", "bust", "head", "cutoff-left-0.40")] == ["full", "bust", "head", "cutoff"]
+    assert framing_label("full", cut_side="top") == "cutoff" and framing_label("bust", cut_side="top") == "bust"
+    assert [background_label(u) for u in ("procedural://0/0", "procedural://0/4", "procedural://7/11")] == \
+        ["indoor", "outdoor", "texture"]
+    assert background_label(None) == "plain" and background_label("file:///x.png") is None
+
+
+def test_captions_read_back_to_their_labels_for_every_label():
+    for name, labels in ATTRIBUTES.items():
+        for label in labels:
+            assert prompt_labels(caption({name: label})) == {name: label}
+    labels = {"framing": "bust", "view": "side", "action": "walking", "background": "indoor"}
+    assert caption(labels) == "a character, bust shot, side view, walking, in a room"
+    assert prompt_labels(caption(labels)) == labels
+
+
+def test_prompt_accuracy_counts_the_named_attributes_only():
+    seen = {"framing": "bust", "view": "front", "background": "outdoor", "action": "walking"}
+    assert prompt_accuracy("a character, bust shot, back view", seen) == 0.5
+    assert prompt_accuracy("a character, bust shot, front view, outdoors", seen) == 1.0
+    assert math.isnan(prompt_accuracy("a person smiling", seen))
+
+
+def test_ranks_put_the_own_character_first_only_when_it_is_nearest():
+    distance = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.3, 0.1], [0.4, 0.4, 0.4]])
+    assert ranks(distance, ["a", "b", "c"], ["a", "b", "c"]).tolist() == [1, 3, 1]
+
+
+@pytest.fixture(scope="module")
+def probe_lake(tmp_path_factory, ray_local):
+    """10 procedural characters x 3 poses, composited, 40 % held out; probes trained on the rest."""
+    from serialgen.stages.assets import run_assets
+    from serialgen.stages.composite import run_composite
+    from serialgen.stages.render import run_render
+    from serialgen.stages.train_probes import run_train_probes
+
+    folder = tmp_path_factory.mktemp("probes")
+    settings = load_settings(lake=str(folder / "lake"), **{
+        "assets": {"procedural_characters": 10, "motion_variants": 1},
+        "render": {"poses_per_character": 3, "views_per_pose": 1, "samples": 2},
+        "composite": {"backgrounds_procedural": 6, "test_fraction": 0.4},
+        "probes": {"identity_steps": 150, "attribute_steps": 150}})
+    run_assets(settings)
+    run_render(settings)
+    run_composite(settings)
+    torch.set_num_threads(2)
+    return settings, run_train_probes(settings)
+
+
+@pytest.mark.slow
+def test_identity_probe_ranks_a_held_out_characters_own_images_above_other_characters(probe_lake):
+    from serialgen.probes.data import read_probe_images
+
+    settings, report = probe_lake
+    probes = load_probes(report.folder)
+    held_out = read_probe_images(settings.open_lake(), probes.size, 0.4).where("test")
+    characters = sorted(set(held_out.character_ids))
+    assert len(characters) >= 3
+    embedding = probes.embed_prepared(held_out.identity)
+    similarity = (embedding @ embedding.T).numpy()
+    owner = np.array(held_out.character_ids)
+    for character in characters:
+        mine = np.flatnonzero(owner == character)
+        others = np.flatnonzero(owner != character)
+        same = similarity[np.ix_(mine, mine)][~np.eye(len(mine), dtype=bool)].mean()
+        assert same > similarity[np.ix_(mine, others)].mean() + 0.1, character
+    validation = report.metrics["validation"]["identity"]["vs_standard"]["all"]
+    assert validation["top1"] > validation["pixels_top1"]
+
+
+@pytest.mark.slow
+def test_attribute_probe_reads_background_kind_better_than_the_majority_class(probe_lake):
+    _, report = probe_lake
+    background = report.metrics["validation"]["attributes"]["background"]
+    assert background["accuracy"] >= background["majority"] + 0.2
+
+
+@pytest.mark.slow
+def test_probe_folder_round_trips_and_a_missing_file_is_one_clear_error(probe_lake, tmp_path):
+    import shutil
+
+    _, report = probe_lake
+    probes = load_probes(report.folder)
+    config = json.loads((report.folder / "probes.json").read_text())
+    assert config["validation"] == report.metrics["validation"] and probes.version == report.metrics["version"]
+    image = np.full((96, 64, 3), 255, np.uint8)
+    image[20:80, 20:44] = (200, 30, 30)
+    foreground = np.where(image[..., 1] < 100, 255, 0).astype(np.uint8)
+    first = probes.embed([image], [foreground])
+    again = load_probes(report.folder).embed([image], [foreground])
+    assert torch.equal(first, again) and first.norm().item() == pytest.approx(1.0, abs=1e-5)
+    broken = tmp_path / "broken"
+    shutil.copytree(report.folder, broken)
+    (broken / "identity.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing identity.safetensors in .*broken: the evaluation probes"):
+        load_probes(broken)
