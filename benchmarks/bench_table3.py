@@ -42,7 +42,7 @@ def main() -> None:
     report = run_ablate_standardizer(settings, args.eval_pairs, args.variant)
     wall = time.perf_counter() - started
     cfg = settings.standardizer
-    lines = [report.ablation.markdown(), "",
+    lines = [report.table.read_text().strip(), "",
              f"{report.train_pairs} train pairs / {report.test_pairs} held-out pairs ({report.ablation.rows[0].n} "
              f"scored); {cfg.height}x{cfg.width}, {cfg.steps} steps x batch {cfg.batch_size} per variant, DDIM "
              f"{cfg.inference_steps} steps, guidance {cfg.guidance_scale}; run {report.run_id}",

@@ -5,10 +5,12 @@ Nothing here is needed by library code that runs without Ray or Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from serialgen.config import RaySettings, Settings
@@ -113,3 +115,17 @@ def _start_local_ray(settings: RaySettings) -> None:
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}},
     )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads. Small nets are op-overhead bound: one thread is faster,
+    and on a busy machine several threads spin against each other (measured: 0.085 s vs 1.06 s per probe step)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,7 @@ import torch
 from serialgen.models import PixelShuffleAutoencoder, Standardizer, tiny_components
 from serialgen.models.pixel_space import load_autoencoder
 from serialgen.stages.ablate_standardizer import run_ablate_standardizer
-from serialgen.training.ablation import baseline_predictions, evaluation_pairs, score
+from serialgen.training.ablation import baseline_predictions, evaluation_pairs, recolour, score
 from test_standardizer import H, W, make_pairs
 
 
@@ -35,10 +35,20 @@ def test_baselines_mean_nearest_and_input():
     train = [{"character_id": "a", "target_image": white}, {"character_id": "a", "target_image": white},
              {"character_id": "b", "target_image": red}, {"character_id": "c", "target_image": blue}]
     inputs = torch.stack([blue * 0.9, white * 0.8])
-    out = baseline_predictions(train, inputs)
+    out = baseline_predictions(train, inputs, torch.zeros(2, 1, H, W))
     assert torch.equal(out["input (resized)"], inputs)
     assert torch.allclose(out["mean training standard"], torch.zeros(2, 3, H, W))  # one standard per character
     assert torch.equal(out["nearest training standard"], torch.stack([blue, white]))
+    # The recoloured template: the mean template's figure takes the input figure's colours, band by band.
+    template = torch.ones(3, H, W)
+    template[:, 10:40, 8:24] = 0.0                                    # a grey figure on white
+    reference = torch.ones(3, H, W)
+    reference[:, 5:45, 4:28] = torch.tensor([0.6, -0.6, -0.2])[:, None, None]
+    figure = torch.zeros(H, W, dtype=torch.bool)
+    figure[5:45, 4:28] = True
+    tinted = recolour(template, reference, figure)
+    assert torch.allclose(tinted[:, 10:40, 8:24], torch.tensor([0.6, -0.6, -0.2])[:, None, None], atol=1e-6)
+    assert torch.equal(tinted[:, :10], template[:, :10])              # the background stays white
     p, s = score(white[None], white[None])
     assert torch.isinf(p).all() and torch.allclose(s, torch.ones(1))
 
@@ -57,17 +67,17 @@ def test_ablation_records_table_in_evaluations(settings, lake):
     report = run_ablate_standardizer(settings, eval_pairs=2, variants=["no modules", "FBDM+RPIM"], log=lambda _: None)
     methods = [r.method for r in report.ablation.rows]
     assert methods == ["no modules", "FBDM+RPIM", "input (resized)", "mean training standard",
-                       "nearest training standard"]
+                       "recoloured mean standard", "nearest training standard"]
     assert all(r.n == 2 for r in report.ablation.rows) and report.train_pairs == 8 and report.test_pairs == 3
-    assert report.ablation.grid.shape == (2 * H, 4 * W, 3)  # input | 2 variants | target
+    assert report.ablation.grid.shape == (2 * H, 5 * W, 3)  # input | 2 variants | recoloured template | target
     evaluations = lake.read("evaluations").to_pylist()
     aggregates = {(e["method"], e["metric"]): e for e in evaluations if e["pair_id"] is None}
-    assert len(aggregates) == 10 and len(evaluations) == 10 + 5 * 2
+    assert len(aggregates) == 12 and len(evaluations) == 12 + 6 * 2
     full = aggregates[("standardizer FBDM+RPIM", "psnr")]
     assert full["value"] == pytest.approx(report.ablation.rows[1].psnr) and full["stage"] == "standardizer"
     assert json.loads(full["details"])["train_steps"] == 2
     run = lake.read("runs", filter="stage = 'ablate-standardizer'").to_pylist()[0]
-    assert run["status"] == "completed" and len(json.loads(run["metrics"])["table"]) == 5
+    assert run["status"] == "completed" and len(json.loads(run["metrics"])["table"]) == 6
 
     # a second run reuses the trained variants (no new steps) and adds its own rows
     again = run_ablate_standardizer(settings, eval_pairs=2, variants=["FBDM+RPIM"], log=lambda _: None)

@@ -22,6 +22,7 @@ SMALL = {
     "composite": {"backgrounds_procedural": 2},
     "standardizer": {"steps": 4, "validation_pairs": 1, "checkpoint_every": 2, "num_workers": 0},
     "preprocessing": {"mask_steps": 4, "pose_steps": 4, "detector_steps": 4},
+    "probes": {"identity_steps": 4, "attribute_steps": 4},
     "ingest": {"procedural_images": 8},
     "personalizer": {"steps": 2},
     "ray": {"num_cpus": 2},

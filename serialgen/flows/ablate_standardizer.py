@@ -18,5 +18,5 @@ def ablate_standardizer(lake: str | None = None, profile: str | None = None, con
     """Train each variant for ``steps`` (default ``standardizer.steps``) and score all on held-out pairs."""
     settings = with_overrides(flow_settings(lake, profile, config), steps=steps)
     report = ablate_standardizer_task(settings, eval_pairs, variants)
-    return {"run_id": report.run_id, "table": report.ablation.markdown(), "grid": str(report.grid),
+    return {"run_id": report.run_id, "table": report.table.read_text(), "grid": str(report.grid),
             "train_pairs": report.train_pairs, "test_pairs": report.test_pairs}

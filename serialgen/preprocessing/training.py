@@ -27,6 +27,7 @@ from serialgen.preprocessing.pose import (
     pose_input,
     yolox_grid,
 )
+from serialgen.runtime import torch_threads
 
 #: Width (in SimCC bins) of the 1-D Gaussian labels around a keypoint.
 SIMCC_SIGMA = 2.0
@@ -182,18 +183,16 @@ def train_and_export(data: LabelledImages, cfg: PreprocessingSettings, folder: P
                      names: tuple[str, str, str]) -> dict[str, float]:
     """Train the three nets, export them (U2-Net, YOLOX and SimCC conventions) into ``folder``; returns timings/losses."""
     metrics: dict[str, float] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these nets are too small to gain from intra-op threads; on a busy machine they lose
     size_pose = (cfg.pose_height, cfg.pose_width)
     jobs = (("mask", train_segmenter, torch.zeros(1, 3, *U2NET_SIZE), "input", ["mask"]),
             ("detector", train_detector, torch.zeros(1, 3, cfg.detector_size, cfg.detector_size), "images", ["output"]),
             ("pose", train_pose, torch.zeros(1, 3, *size_pose), "input", ["simcc_x", "simcc_y"]))
     for (role, train, example, input_name, outputs), name in zip(jobs, names):
         start = time.perf_counter()
-        model, losses = train(data, cfg)
+        with torch_threads(1):  # these nets are too small to gain from intra-op threads; on a busy machine they lose
+            model, losses = train(data, cfg)
         export_onnx(model, example, folder / name, input_name, outputs)
         metrics[f"{role}_seconds"] = round(time.perf_counter() - start, 2)
         metrics[f"{role}_loss_first"] = round(float(np.mean(losses[:10])), 4)
         metrics[f"{role}_loss_last"] = round(float(np.mean(losses[-10:])), 4)
-    torch.set_num_threads(threads)
     return metrics

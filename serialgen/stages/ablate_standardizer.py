@@ -2,8 +2,10 @@
 
 Trains the four FBDM/RPIM variants with the same budget under ``<training dir>/ablation/``
 (resumable per variant), scores them and three baselines on the test split, and records one
-`runs` row plus `evaluations` rows (stage ``standardizer``, metrics ``psnr``/``ssim``; one
-aggregate row per method and metric, and per-pair PSNR rows keyed by the pair id).
+`runs` row plus `evaluations` rows (stage ``standardizer``, metrics ``psnr``/``ssim`` and, when the lake has
+trained probes, ``id_sim``/``id_top1``/``id_top5``/``pixel_top1``; one aggregate row per method and metric,
+and per-pair PSNR rows keyed by the pair id). Scored on one half of the held-out characters; the other
+half validates during training (recipe choices never see the scored characters).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from pathlib import Path
 import torch
 
 from serialgen.config import Settings
+from serialgen.evaluation.standardizer_table import identity_scores, markdown
 from serialgen.models.standardizer import Standardizer
+from serialgen.probes import load_probes
+from serialgen.probes.model import CONFIG_FILE
 from serialgen.stages.registry import config_hash
+from serialgen.stages.train_probes import probes_dir
 from serialgen.stages.train_standardizer import build_standardizer, prepare_run_folder_for, training_dir
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
@@ -67,19 +73,41 @@ def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: 
             return build_standardizer(variant(fbdm, rpim))
 
         ablation = run_ablation(build, train, test, cfg, output_dir, eval_pairs, variants=chosen, log=log)
+        identity = _identity(settings, ablation)
         grid = output_dir / "table3_grid.png"
         grid.write_bytes(encode_png(ablation.grid))
         table = output_dir / "table3.md"
-        table.write_text(ablation.markdown() + "\n")
-        lake.upsert("evaluations", _evaluation_rows(run.run_id, ablation, settings), run.run_id)
+        table.write_text(markdown(ablation, identity) + "\n")
+        lake.upsert("evaluations", _evaluation_rows(run.run_id, ablation, identity, settings), run.run_id)
         run.outputs = ["evaluations"]
         run.metrics = {"train_pairs": len(train), "test_pairs": len(test), "eval_pairs": len(ablation.pair_ids),
                        "eval_seconds": round(ablation.eval_seconds, 1), "machine": machine(),
+                       "identity_probe": identity.get("probe") if identity else None,
                        "table": [{"method": r.method, "fbdm": r.fbdm, "rpim": r.rpim, "psnr": r.psnr,
                                   "ssim": r.ssim, "n": r.n, "steps": r.steps, "train_seconds": r.train_seconds,
-                                  "final_loss": r.final_loss} for r in ablation.rows]}
+                                  "final_loss": r.final_loss, **_identity_summary(identity, r.method)}
+                                 for r in ablation.rows]}
         run.checkpoint = str(output_dir)
     return AblationReport(run.run_id, ablation, len(train), len(test), grid, table)
+
+
+def _identity(settings: Settings, ablation: Ablation) -> dict:
+    """{method: IdentityScores} by the lake's identity probe, plus "probe": its label; {} without probes."""
+    folder = probes_dir(settings)
+    if not (folder / CONFIG_FILE).is_file():
+        return {}
+    probes = load_probes(folder)
+    out: dict = {name: identity_scores(probes, prediction, ablation.targets, ablation.character_ids)
+                 for name, prediction in ablation.predictions.items()}
+    return {**out, "probe": probes.label}
+
+
+def _identity_summary(identity: dict, method: str) -> dict:
+    scores = identity.get(method)
+    if scores is None:
+        return {}
+    return {"id_sim": float(scores.id_sim.mean()), "id_top1": float((scores.rank <= 1).mean()),
+            "id_top5": float((scores.rank <= 5).mean()), "pixel_top1": float((scores.pixel_rank <= 1).mean())}
 
 
 def machine() -> str:
@@ -95,7 +123,7 @@ def _in_memory(dataset) -> list[dict]:
     return [dataset[i] for i in range(len(dataset))]
 
 
-def _evaluation_rows(run_id: str, ablation: Ablation, settings: Settings) -> list[dict]:
+def _evaluation_rows(run_id: str, ablation: Ablation, identity: dict, settings: Settings) -> list[dict]:
     cfg = settings.standardizer
     test_set = "held-out pairs " + hashlib.sha256("\n".join(ablation.pair_ids).encode()).hexdigest()[:16]
     common = {"stage": "standardizer", "domain": "synthetic", "prompt_category": "all", "test_set": test_set,
@@ -107,7 +135,7 @@ def _evaluation_rows(run_id: str, ablation: Ablation, settings: Settings) -> lis
         details = json.dumps({"run_id": run_id, "inference_steps": cfg.inference_steps,
                               "guidance_scale": cfg.guidance_scale, "train_steps": row.steps,
                               "data_range": 1.0, "size": [cfg.height, cfg.width]})
-        for metric, value in (("psnr", row.psnr), ("ssim", row.ssim)):
+        for metric, value in (("psnr", row.psnr), ("ssim", row.ssim), *_identity_summary(identity, row.method).items()):
             rows.append({"evaluation_id": f"{run_id}/{method}/{metric}", "method": method, "model_version": version,
                          "standardizer_version": version, "metric": metric, "value": value, "n": row.n,
                          "pair_id": None, "details": details, **common})

@@ -12,13 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from serialgen.config import ConfigError, Settings
 from serialgen.probes.data import read_probe_images
 from serialgen.probes.model import Probes, probe_config
 from serialgen.probes.training import train_attributes, train_identity
 from serialgen.probes.validation import attribute_validation, identity_validation
+from serialgen.runtime import torch_threads
 from serialgen.stages.registry import config_hash
 from serialgen.storage.runs import StageRun, require_input
 
@@ -76,8 +75,9 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
             raise ConfigError(f"{STAGE}: needs characters on both sides of the split (train {len(train)}, "
                               f"test {len(held_out)} images): add characters")
         read_seconds = time.perf_counter() - start
-        identity, identity_stats = train_identity(train, cfg)
-        attributes, attribute_stats = train_attributes(train, cfg)
+        with torch_threads(1):
+            identity, identity_stats = train_identity(train, cfg)
+            attributes, attribute_stats = train_attributes(train, cfg)
         probes = Probes(identity, attributes, probe_config(cfg))
         validation = {"identity": identity_validation(probes, held_out),
                       "attributes": attribute_validation(probes, train, held_out)}
@@ -87,8 +87,9 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
         probes.save(folder)
         run.metrics = {**headline(validation), "validation": validation, "identity_training": identity_stats,
                        "attribute_training": attribute_stats, "train_images": len(train),
-                       "test_images": len(held_out), "read_seconds": round(read_seconds, 1),
-                       "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
+                       "test_images": len(held_out), "held_out_characters": sorted(set(held_out.character_ids)),
+                       "read_seconds": round(read_seconds, 1),
+                       "seconds": round(time.perf_counter() - start, 1),
                        "version": probes.version}
         run.checkpoint = str(folder)
     return TrainProbesReport(run.run_id, folder, len(train), len(held_out), run.metrics)

@@ -18,7 +18,7 @@ def ablate_standardizer_task(settings: Settings, eval_pairs: int, variants: list
     report = run_ablate_standardizer(settings, eval_pairs, variants, flow_run_id=flow_run.id)
     create_markdown_artifact(key="standardizer-table3", description=f"ablate-standardizer run {report.run_id}",
                              markdown=f"Held-out characters, {report.train_pairs} train pairs.\n\n"
-                                      + report.ablation.markdown())
+                                      + report.table.read_text())
     publish_png("standardizer-table3-grid", "held-out pairs: input | each variant | target",
                 report.grid.read_bytes(), artifact_path(settings, "standardizer_table3_grid.png"))
     return report

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serialgen.compositing.split import TRAIN, split_of
+from serialgen.compositing.split import TRAIN, VALIDATION, held_out_role, split_of
 from serialgen.config import StandardizerSettings
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
@@ -32,7 +32,8 @@ from serialgen.training.standardizer import train_standardizer
 #: (name, FBDM, RPIM) in the paper's Table 3 order: the baseline model, each module, both.
 VARIANTS: tuple[tuple[str, bool, bool], ...] = (
     ("no modules", False, False), ("FBDM", True, False), ("RPIM", False, True), ("FBDM+RPIM", True, True))
-BASELINES = ("input (resized)", "mean training standard", "nearest training standard")
+#: Bands of the figure's height (head and hair, torso, legs) whose colour the recoloured template takes.
+RECOLOUR_BANDS = 3
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Row:
     final_loss: float | None = None
     model_dir: Path | None = None
     per_pair_psnr: list[float] = field(default_factory=list)
+    per_pair_ssim: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -58,15 +60,9 @@ class Ablation:
     pair_ids: list[str]
     grid: np.ndarray                          # uint8 HxWx3: input | each variant | target, one pair per row
     eval_seconds: float
-
-    def markdown(self) -> str:
-        """The table in the paper's layout (check marks for the modules), baselines below a rule."""
-        mark = lambda flag: "" if flag is None else ("✓" if flag else "✗")  # noqa: E731
-        lines = ["| method | FBDM | RPIM | PSNR (dB) ↑ | SSIM ↑ | n |", "| --- | :-: | :-: | --: | --: | --: |"]
-        for row in self.rows:
-            lines.append(f"| {row.method} | {mark(row.fbdm)} | {mark(row.rpim)} | {row.psnr:.2f} | "
-                         f"{row.ssim:.4f} | {row.n} |")
-        return "\n".join(lines)
+    character_ids: list[str] = field(default_factory=list)
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> (N, 3, H, W) in [-1, 1]
+    targets: torch.Tensor | None = None       # (N, 3, H, W) in [-1, 1], the true standard views
 
 
 def evaluation_pairs(data: Sequence[dict[str, Any]], limit: int) -> list[int]:
@@ -79,15 +75,42 @@ def evaluation_pairs(data: Sequence[dict[str, Any]], limit: int) -> list[int]:
     return order[:limit]
 
 
-def baseline_predictions(train: Sequence[dict[str, Any]], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three baselines' "standardized" images for ``inputs`` (B, 3, H, W) in [-1, 1]."""
+def baseline_predictions(train: Sequence[dict[str, Any]], inputs: torch.Tensor,
+                         background_masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The baselines' "standardized" images for ``inputs`` (B, 3, H, W) in [-1, 1] with their background masks
+    (B, 1, H, W, 1 = background): the input, the mean training standard, that template recoloured with the
+    input figure's colours band by band, and the training standard nearest by pixels."""
     standards: dict[str, torch.Tensor] = {}
     for item in train:  # one standard image per training character
         standards.setdefault(item["character_id"], item["target_image"])
     bank = torch.stack(list(standards.values()))
+    mean = bank.mean(0)
     nearest = torch.cdist(inputs.flatten(1), bank.flatten(1)).argmin(1)
-    return {"input (resized)": inputs, "mean training standard": bank.mean(0, keepdim=True).expand_as(inputs),
-            "nearest training standard": bank[nearest]}
+    recoloured = torch.stack([recolour(mean, inputs[i], background_masks[i, 0] < 0.5) for i in range(len(inputs))])
+    return {"input (resized)": inputs, "mean training standard": mean[None].expand_as(inputs),
+            "recoloured mean standard": recoloured, "nearest training standard": bank[nearest]}
+
+
+def _bands(foreground: torch.Tensor) -> list[torch.Tensor]:
+    """``RECOLOUR_BANDS`` masks splitting the foreground's rows into equal bands, top to bottom."""
+    rows = foreground.any(1).nonzero()
+    if not len(rows):
+        return [foreground] * RECOLOUR_BANDS
+    top, bottom = int(rows.min()), int(rows.max()) + 1
+    edges = torch.linspace(top, bottom, RECOLOUR_BANDS + 1).round().long()
+    index = torch.arange(foreground.shape[0])[:, None]
+    return [foreground & (index >= edges[b]) & (index < edges[b + 1]) for b in range(RECOLOUR_BANDS)]
+
+
+def recolour(template: torch.Tensor, reference: torch.Tensor, reference_foreground: torch.Tensor) -> torch.Tensor:
+    """The template (3, H, W, [-1, 1], figure on white) with each band of its figure shifted to the mean colour
+    of the same band of the reference's figure: a "tinted template" that knows the reference's colours."""
+    template_foreground = template.mean(0) < 0.8
+    out = template.clone()
+    for band, source in zip(_bands(template_foreground), _bands(reference_foreground)):
+        if band.any() and source.any():
+            out[:, band] += (reference[:, source].mean(1) - template[:, band].mean(1))[:, None]
+    return out.clamp(-1, 1)
 
 
 def mean_training_standard(lake: Lake, test_fraction: float, size: tuple[int, int]) -> torch.Tensor:
@@ -136,9 +159,12 @@ def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[di
     ``build(fbdm, rpim)`` makes a fresh model; training is :func:`train_standardizer` with ``cfg``, and
     evaluation uses the exported model (EMA weights when ``cfg.ema_decay`` is set).
     """
-    chosen = evaluation_pairs(test, eval_pairs)
+    validation = [item for item in test if held_out_role(item["character_id"]) == VALIDATION]
+    scored = [item for item in test if held_out_role(item["character_id"]) != VALIDATION]
+    chosen = evaluation_pairs(scored, eval_pairs)
     if not chosen:
         raise ValueError("no held-out pairs to evaluate on")
+    test = scored
     batch = torch.utils.data.default_collate([{k: test[i][k] for k in (
         "input_image", "background_mask", "reference_pose_image", "target_image")}
         for i in chosen])
@@ -148,7 +174,8 @@ def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[di
     for name, fbdm, rpim in variants:
         folder = variant_folder(output_dir, name)
         started = time.perf_counter()
-        result = train_standardizer(build(fbdm, rpim), train, cfg, folder, validation_data=test, resume=True)
+        result = train_standardizer(build(fbdm, rpim), train, cfg, folder, validation_data=validation or None,
+                                    resume=True)
         trained = time.perf_counter() - started
         log(f"{name}: trained to step {result.step} in {trained:.0f} s")
         started = time.perf_counter()
@@ -158,13 +185,17 @@ def run_ablation(build: Callable[[bool, bool], Standardizer], train: Sequence[di
         p, s = score(prediction, target)
         outputs[name] = prediction
         rows.append(Row(name, p.mean().item(), s.mean().item(), len(chosen), fbdm, rpim, trained, result.step,
-                        result.losses[-1] if result.losses else None, result.model_dir, p.tolist()))
+                        result.losses[-1] if result.losses else None, result.model_dir, p.tolist(), s.tolist()))
         log(f"{name}: PSNR {rows[-1].psnr:.2f} dB, SSIM {rows[-1].ssim:.4f} on {len(chosen)} held-out pairs")
-    for name, prediction in baseline_predictions(train, batch["input_image"]).items():
+    for name, prediction in baseline_predictions(train, batch["input_image"], batch["background_mask"]).items():
         p, s = score(prediction, target)
-        rows.append(Row(name, p.mean().item(), s.mean().item(), len(chosen), per_pair_psnr=p.tolist()))
+        outputs[name] = prediction
+        rows.append(Row(name, p.mean().item(), s.mean().item(), len(chosen), per_pair_psnr=p.tolist(),
+                        per_pair_ssim=s.tolist()))
     shown = list(range(min(grid_pairs, len(chosen))))
-    columns = [batch["input_image"], *outputs.values(), target]
+    columns = [batch["input_image"], *(outputs[name] for name, _, _ in variants),
+               outputs["recoloured mean standard"], target]
     grid = torch.cat([torch.cat([c[i] for c in columns], -1) for i in shown], -2)
     grid = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Ablation(rows, [test[i]["pair_id"] for i in chosen], grid, eval_seconds)
+    return Ablation(rows, [test[i]["pair_id"] for i in chosen], grid, eval_seconds,
+                    [test[i]["character_id"] for i in chosen], outputs, target)
