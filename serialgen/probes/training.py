@@ -4,6 +4,7 @@ what it measures (no colour shifts: colour is identity)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,10 @@ from serialgen.config import ProbesSettings
 from serialgen.probes.data import ProbeImages
 from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
 from serialgen.synthetic.vocabulary import ATTRIBUTES
+
+log = logging.getLogger(__name__)
+#: Steps between progress lines (step, loss, samples/s) in the log.
+LOG_EVERY = 250
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool) -> torch.Tensor:
@@ -36,7 +41,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool) ->
 
 
 def _fit(parameters: list[torch.nn.Parameter], loss_fn: Callable[[np.ndarray], torch.Tensor], n: int,
-         cfg: ProbesSettings, steps: int) -> dict[str, float]:
+         cfg: ProbesSettings, steps: int, name: str) -> dict[str, float]:
     rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.learning_rate, total_steps=max(steps, 1),
@@ -49,6 +54,9 @@ def _fit(parameters: list[torch.nn.Parameter], loss_fn: Callable[[np.ndarray], t
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if len(losses) % LOG_EVERY == 0:
+            log.info("%s probe: step %d/%d, loss %.4f, %.0f samples/s", name, len(losses), steps,
+                     np.mean(losses[-LOG_EVERY:]), len(losses) * cfg.batch_size / (time.perf_counter() - start))
     return {"loss_first": round(float(np.mean(losses[:20])), 4), "loss_last": round(float(np.mean(losses[-20:])), 4),
             "steps": steps, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -67,7 +75,7 @@ def train_identity(train: ProbeImages, cfg: ProbesSettings) -> tuple[IdentityEmb
         pick = torch.from_numpy(index)
         return head(model(augment(train.identity[pick], generator, pad_white=True)), labels[pick])
 
-    stats = _fit([*model.parameters(), *head.parameters()], loss_fn, len(train), cfg, cfg.identity_steps)
+    stats = _fit([*model.parameters(), *head.parameters()], loss_fn, len(train), cfg, cfg.identity_steps, "identity")
     return model.eval(), {**stats, "characters": len(characters)}
 
 
@@ -86,5 +94,5 @@ def train_attributes(train: ProbeImages, cfg: ProbesSettings) -> tuple[Attribute
                   for name in logits if (targets[name][pick] >= 0).any()]
         return torch.stack(losses).sum()
 
-    stats = _fit(list(model.parameters()), loss_fn, len(train), cfg, cfg.attribute_steps)
+    stats = _fit(list(model.parameters()), loss_fn, len(train), cfg, cfg.attribute_steps, "attribute")
     return model.eval(), stats
