@@ -1,8 +1,10 @@
-"""The layout of Blender work: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py.
+"""The layout: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py; stages never import stages.
 
 The plain-numpy package serialgen/synthetic, and the modules a stage driver imports to hand work to
 Blender processes, must import where bpy cannot; no module outside the Blender code may import bpy at
-all, not even inside a function. The asset side never depends on the renderer.
+all, not even inside a function. The asset side never depends on the renderer. A stage driver in
+serialgen/stages is an entry point: what two stages share lives a layer down (serialgen/storage,
+serialgen/inference, serialgen/dag.py, ...), so a change to one stage never reaches into another.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def test_plain_code_does_not_depend_on_blender_code_nor_assets_on_the_renderer()
     assets = {path: names for path, names in sources.items() if path.startswith("serialgen/assets/")}
     assert _importing(("serialgen.assets", "serialgen.render", "serialgen.blender_io"), plain) == []
     assert _importing(("serialgen.render",), assets) == []
+
+
+def test_stages_never_import_stages():
+    stages = {path: names for path, names in _sources().items() if path.startswith("serialgen/stages/")}
+    assert "serialgen/stages/standardize.py" in stages and "serialgen/stages/train_personalizer.py" in stages
+    assert _importing(("serialgen.stages",), stages) == []
 
 
 def test_plain_and_driver_side_modules_import_without_blender():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serialgen.stages.registry import topological
+from serialgen.dag import topological
 
 #: The demo's shape at smaller sizes: 10 characters (2 held out), 1 pose each, few steps everywhere.
 SMALL = {

@@ -15,8 +15,7 @@ import pytest
 
 from serialgen.config import load_settings
 from serialgen.storage.images import decode_image, decode_mask
-from serialgen.synthetic.render_plan import plan_items
-from render_data import character_glbs, character_rows, fill_lake
+from render_data import character_glbs, character_rows, fill_lake, plan_items
 
 N_POSES = 3
 

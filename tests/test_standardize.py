@@ -1,4 +1,4 @@
-"""The standardize stage and standardize_images (C2): errors for unusable images, exactly-once reruns,
+"""The standardize stage and standardize_images: errors for unusable images, exactly-once reruns,
 model versions side by side, the canonical target for every reference, a killed actor."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from PIL import Image
 from resilience_data import kill, ray_worker_pids, show, wait_for
 from serialgen.config import load_settings
 from serialgen.stages.ingest_real import run_ingest_real
-from serialgen.stages.standardize import model_version, run_standardize, standardize_images
+from serialgen.inference.standardize import model_version, standardize_images
+from serialgen.stages.standardize import run_standardize
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import errors_of
 from standardize_data import figure_scene, install_preprocessors, save_tiny_standardizer, train_tiny_preprocessors

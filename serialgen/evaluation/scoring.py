@@ -26,13 +26,11 @@ from serialgen.evaluation.testset import TestCharacter
 from serialgen.storage.images import decode_image
 
 ALL = "all"
-#: Metrics averaged per subset; AP-CLIP-I is averaged over characters separately.
-ITEM_METRICS = ("clip_i", "clip_t", "face_sim")
 
 
 @dataclass
 class Evaluator:
-    """The models behind the scores: CLIP, ArcFace, and the C1 mask/pose functions (background removal, faces)."""
+    """The models behind the scores: CLIP, ArcFace, and the preprocessors' mask/pose functions (background removal, faces)."""
 
     clip: ClipModel
     face: FaceEmbedder

@@ -16,24 +16,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from serialgen.config import ConfigError, Settings, load_settings
-from serialgen.models.components import load_sd15_components, require_sd15_files, scratch_components
-from serialgen.models.standardizer import Standardizer
-from serialgen.stages.registry import config_hash
-from serialgen.standard_skeleton import canonical_skeleton
-from serialgen.storage.runs import StageRun
-from serialgen.training.loop import prepare_run_folder, training_recipe
+from serialgen.checkpoints import content_version, standardizer_dir
+from serialgen.config import Settings, load_settings
+from serialgen.dag import config_hash
+from serialgen.models.components import require_sd15_files
+from serialgen.storage.runs import MODEL_VERSION, StageRun
 from serialgen.training.standardizer import (
     TrainResult,
     Validation,
+    build_standardizer,
     make_accelerator,
+    prepare_run_folder_for,
     train_standardizer,
 )
 
 STAGE = "train-standardizer"
-#: Settings that define the model: a run folder trained with others cannot be resumed.
-MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir", "patch_size", "unet_channels",
-                "layers_per_block", "prediction_type")
 
 
 @dataclass
@@ -49,34 +46,6 @@ class TrainStandardizerReport:
     checkpoint: Path | None
     grid: Path | None
     losses: list[float]
-
-
-def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile (SD-1.5 from local folders, or from-scratch pixel-space components) whose
-    target is the canonical standard skeleton at the render stage's standard-view rows and arm angle."""
-    cfg, view = settings.standardizer, settings.render
-    parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
-             else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
-                                     prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
-    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
-                                         frame_reference=cfg.frame_reference)
-    skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
-                                  view.standard_arm_angle)
-    model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
-    return model
-
-
-def training_dir(settings: Settings) -> Path:
-    """``standardizer.checkpoint_dir`` (default ``<lake>/_checkpoints``) / ``run_name``.
-
-    Inside the lake by default, so two lakes never resume each other's training."""
-    cfg = settings.standardizer
-    if cfg.checkpoint_dir is not None:
-        return Path(cfg.checkpoint_dir) / cfg.run_name
-    lake = settings.open_lake()
-    if not lake.is_local:
-        raise ConfigError(f"lake {lake.uri} is not a local folder: set standardizer.checkpoint_dir")
-    return Path(lake.uri).resolve() / "_checkpoints" / cfg.run_name
 
 
 def with_overrides(settings: Settings, dynamic: bool = False, steps: int | None = None) -> Settings:
@@ -97,7 +66,7 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     cfg = settings.standardizer
     if settings.profile == "sd15":   # a configuration error is reported before any data is read
         require_sd15_files(cfg.model_dir, cfg.vae_dir)
-    output_dir = training_dir(settings)
+    output_dir = standardizer_dir(settings)
     size = (cfg.height, cfg.width)
     train_data = pairs_dataset(settings, "train", size)
     if len(train_data) == 0:
@@ -121,7 +90,8 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
                            "final_loss": result.losses[-1] if result.losses else None,
                            "data_share": result.data_share,
                            **(result.validation or Validation(0, None, None)).metrics(),
-                           "checkpoint": str(report.checkpoint) if report.checkpoint else None}
+                           "checkpoint": str(report.checkpoint) if report.checkpoint else None,
+                           MODEL_VERSION: content_version(report.model_dir) if report.model_dir else None}
             run.checkpoint = str(report.model_dir or report.checkpoint)
     return report
 
@@ -134,15 +104,6 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
         train_pairs=train_pairs, val_pairs=validation.n, psnr=validation.psnr, ssim=validation.ssim,
         model_dir=result.model_dir, checkpoint=result.checkpoint, grid=grid if grid.is_file() else None,
         losses=result.losses)
-
-
-def prepare_run_folder_for(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
-    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this standardizer definition."""
-    model = {"profile": settings.profile,
-             **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
-    lake = settings.open_lake()
-    recipe = training_recipe(settings.standardizer)
-    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume, recipe)
 
 
 def main(argv: list[str] | None = None) -> None:

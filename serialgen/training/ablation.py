@@ -28,7 +28,6 @@ from serialgen.training.standardizer import train_standardizer
 #: (name, FBDM, RPIM) in the paper's Table 3 order: the baseline model, each module, both.
 VARIANTS: tuple[tuple[str, bool, bool], ...] = (
     ("no modules", False, False), ("FBDM", True, False), ("RPIM", False, True), ("FBDM+RPIM", True, True))
-BASELINES = ("input (resized)", "mean training standard", "nearest training standard")
 
 
 @dataclass
