@@ -138,6 +138,7 @@ def test_dag_stops_dependents_of_a_failed_stage_and_ends_failed(settings, prefec
     assert statuses == {"assets": "completed"}   # render failed before any run row; nothing downstream ran
 
 
+@pytest.mark.slow
 def test_a_run_where_every_stage_is_skipped_imports_no_heavy_library(settings, tmp_path):
     for stage in topological():
         _complete(settings, stage.name)

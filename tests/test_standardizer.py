@@ -240,6 +240,7 @@ def test_overfit_two_pairs_lowers_loss(settings, lake, tmp_path):
     assert after < before / 4, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(settings, lake):
     make_pairs(lake, 4, test=1)
     base = {"steps": 4, "batch_size": 2, "width": W, "height": H, "checkpoint_every": 2, "validation_pairs": 1,

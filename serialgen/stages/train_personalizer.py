@@ -12,19 +12,19 @@ trains; only the main one writes to the lake:
 
 from __future__ import annotations
 
-import argparse
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
-from serialgen.config import ConfigError, Settings, load_settings
+from serialgen.config import ConfigError, Settings
 from serialgen.dag import config_hash
 from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
 from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import MODEL_VERSION, StageRun
+from serialgen.training.launch import launch_parser, launch_settings, with_values
 from serialgen.training.loop import make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.personalizer import Personalizer, heldout_loss, train_personalizer
 from serialgen.training.personalizer_data import MODES, PersonalizerPairs, build_pairs
@@ -59,12 +59,10 @@ class TrainPersonalizerReport:
 
 
 def with_overrides(settings: Settings, mode: str | None = None, steps: int | None = None) -> Settings:
-    update = {k: v for k, v in (("mode", mode), ("steps", steps)) if v is not None}
+    """The settings with a run's mode and total steps (None: as configured)."""
     if mode is not None and mode not in MODES:
         raise ConfigError(f"unknown personalizer mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if not update:
-        return settings
-    return settings.model_copy(update={"personalizer": settings.personalizer.model_copy(update=update)})
+    return with_values(settings, "personalizer", mode=mode, steps=steps)
 
 
 def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
@@ -222,15 +220,10 @@ def _drop_stale_pairs(lake, mode: str, keep: set[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``accelerate launch -m serialgen.stages.train_personalizer`` (one process per GPU)."""
-    parser = argparse.ArgumentParser(description="Train the personalizer (every process; rank 0 records the run).")
-    parser.add_argument("--lake")
-    parser.add_argument("--profile")
-    parser.add_argument("--config")
+    parser = launch_parser("Train the personalizer (every process; rank 0 records the run).")
     parser.add_argument("--mode", choices=MODES)
-    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
-    parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.mode, args.steps)
+    settings = with_overrides(launch_settings(args), args.mode, args.steps)
     report = run_train_personalizer(settings, resume=not args.no_resume)
     if report.run_id is not None:
         print(json.dumps({"run_id": report.run_id, "step": report.step, "heldout_loss": report.heldout_loss,

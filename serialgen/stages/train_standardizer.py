@@ -11,16 +11,16 @@ writes to the lake:
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from serialgen.checkpoints import content_version, standardizer_dir
-from serialgen.config import Settings, load_settings
+from serialgen.config import Settings
 from serialgen.dag import config_hash
 from serialgen.models.components import require_sd15_files
 from serialgen.storage.runs import MODEL_VERSION, StageRun
+from serialgen.training.launch import launch_parser, launch_settings, with_values
 from serialgen.training.standardizer import (
     TrainResult,
     Validation,
@@ -49,13 +49,9 @@ class TrainStandardizerReport:
 
 
 def with_overrides(settings: Settings, dynamic: bool = False, steps: int | None = None) -> Settings:
-    """The settings with the command-line options applied (on-the-fly compositing, total steps)."""
-    if dynamic:
-        settings = settings.model_copy(update={"composite": settings.composite.model_copy(update={"dynamic": True})})
-    if steps is not None:
-        standardizer = settings.standardizer.model_copy(update={"steps": steps})
-        settings = settings.model_copy(update={"standardizer": standardizer})
-    return settings
+    """The settings with a run's options applied (on-the-fly compositing, total steps; None: as configured)."""
+    settings = with_values(settings, "composite", dynamic=True if dynamic else None)
+    return with_values(settings, "standardizer", steps=steps)
 
 
 def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
@@ -108,15 +104,10 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``accelerate launch -m serialgen.stages.train_standardizer`` (one process per GPU)."""
-    parser = argparse.ArgumentParser(description="Train the standardizer (every process; rank 0 records the run).")
-    parser.add_argument("--lake")
-    parser.add_argument("--profile")
-    parser.add_argument("--config")
+    parser = launch_parser("Train the standardizer (every process; rank 0 records the run).")
     parser.add_argument("--dynamic", action="store_true", help="composite pairs on the fly")
-    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
-    parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.dynamic, args.steps)
+    settings = with_overrides(launch_settings(args), args.dynamic, args.steps)
     report = run_train_standardizer(settings, resume=not args.no_resume)
     if report.run_id is not None:
         print(f"{report.run_id}: step {report.step}, PSNR {report.psnr}, SSIM {report.ssim}, model {report.model_dir}")
