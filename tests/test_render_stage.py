@@ -109,6 +109,7 @@ def test_flow_publishes_counts_and_a_contact_sheet(rendered, prefect_harness):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_killed_cli_run_then_rerun_yields_exactly_the_planned_rows(tmp_path, glbs):
     lake_uri = str(tmp_path / "lake")
     fill_lake(load_settings(lake=lake_uri).open_lake(), glbs, 6)

@@ -129,6 +129,7 @@ def test_composite_worker_killed_mid_run_every_pair_once(tmp_path, ray_local):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_killed_flow_then_rerun_gives_exactly_the_planned_rows(tmp_path):
     # Two characters may leave no held-out one: the evaluation gets its reference from a test-set file.
     Image.fromarray(figure_rgba(figure_keypoints(np.random.default_rng(0), 64, 96), 64, 96,
@@ -209,6 +210,7 @@ def test_two_processes_upserting_the_same_new_keys_at_once_store_each_once(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_render_processes_at_once_write_every_row_once(tmp_path, glbs, ray_local):
     """Two drivers on one Ray cluster render the same plan at the same time into one lake."""
     import ray
@@ -263,6 +265,7 @@ def test_renders_table_of_an_older_schema_is_refused_by_name_and_left_untouched(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path):
     """SIGKILL `serialgen train-personalizer` after its first checkpoint; the rerun resumes from it (not from 0)
     and ends at the planned step with every personalizer pair stored once."""

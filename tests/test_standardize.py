@@ -43,6 +43,7 @@ def write_images(folder, n: int, seed: int = 5) -> list[np.ndarray]:
     return images
 
 
+@pytest.mark.slow
 def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
     model_a = save_tiny_standardizer(load_settings(), tmp_path / "model_a", seed=0)
     settings = stage_settings(tmp_path, model_a)
@@ -110,6 +111,7 @@ def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray_local):
     model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model, batch_size=1, write_rows=1)
