@@ -51,6 +51,7 @@ def render_settings(tmp_path, **render):
                          render={**TINY["render"], **render})
 
 
+@pytest.mark.slow
 def test_render_worker_killed_mid_run_every_planned_row_once(tmp_path, glbs, ray_local):
     from serialgen.stages.render import run_render
 
@@ -97,6 +98,7 @@ def test_render_item_failing_in_bpy_goes_to_errors_without_retry(tmp_path, glbs,
     assert len(errors) == 3 and all(e.startswith("zz-broken/") for e in errors)
 
 
+@pytest.mark.slow
 def test_composite_worker_killed_mid_run_every_pair_once(tmp_path, ray_local):
     from serialgen.stages.composite import run_composite
 
@@ -191,6 +193,7 @@ def _same_keys_writer(uri: str, barrier, rounds: int) -> None:
                                for i in range(5)], f"writer-{os.getpid()}")
 
 
+@pytest.mark.slow
 def test_two_processes_upserting_the_same_new_keys_at_once_store_each_once(tmp_path):
     """Without primary-key metadata on the key columns Lance commits both inserts: 245 rows for 125 keys."""
     uri, rounds = str(tmp_path / "lake"), 25
