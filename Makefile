@@ -1,10 +1,10 @@
-# Two entry points: `make demo` (main job, tiny profile) and `make test` (the test suite).
-# Both create the virtual environment first when it is missing or pyproject.toml changed.
+# Entry points: `make demo` (main job, tiny profile), `make test` (the test suite) and `make test-fast` (without `slow`).
+# Each creates the virtual environment first when it is missing or pyproject.toml changed.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# The fast lane: everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf lake runs

@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serialgen.checkpoints import sdxl_folders  # noqa: E402
 from serialgen.config import load_settings  # noqa: E402
 from serialgen.models.ip_adapter import reference_processor  # noqa: E402
 from serialgen.models.sdxl import load_sdxl_parts  # noqa: E402
-from serialgen.stages.train_personalizer import run_train_personalizer, sdxl_folders, with_overrides  # noqa: E402
+from serialgen.stages.train_personalizer import run_train_personalizer, with_overrides  # noqa: E402
 from serialgen.training.personalizer import Personalizer, heldout_loss  # noqa: E402
 from serialgen.training.personalizer_data import PersonalizerPairs  # noqa: E402
 from tests.personalizer_data import make_real_and_standardized  # noqa: E402

@@ -32,7 +32,8 @@ def main() -> None:
 
     from serialgen.config import load_settings
     from serialgen.stages.ingest_real import run_ingest_real
-    from serialgen.stages.standardize import ImageStandardizer, image_seed, run_standardize
+    from serialgen.inference.standardize import ImageStandardizer
+    from serialgen.stages.standardize import image_seed, run_standardize
     from standardize_data import figure_scene, install_preprocessors, save_tiny_standardizer, train_tiny_preprocessors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

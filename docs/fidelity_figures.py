@@ -1,4 +1,4 @@
-"""The figures of docs/fidelity.md from a lake with renders (``serialgen assets`` + ``serialgen render``).
+"""The README's figures of synthetic-data fidelity from a lake with renders (``serialgen assets`` + ``serialgen render``).
 
     PYTHONPATH=. python docs/fidelity_figures.py LAKE
 

@@ -71,7 +71,7 @@ def run_flow(ctx: typer.Context, module: str, name: str, **params):
     from serialgen.runtime import configure_prefect
 
     settings: Settings = ctx.obj
-    configure_prefect(settings)
+    configure_prefect()
     flow = getattr(importlib.import_module(f"serialgen.flows.{module}"), name)
     for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
         handler.addFilter(_NoUserErrorTracebacks())
@@ -126,8 +126,7 @@ def info(ctx: typer.Context) -> None:
 def _lineage_table(settings: Settings) -> Table | None:
     """Every DAG stage in order: what it depends on, its last completed run (config, versions read and
     written, checkpoint or report), and whether the next `serialgen run` would run it and why."""
-    from serialgen.stages.registry import topological
-    from serialgen.stages.skip import should_run
+    from serialgen.dag import should_run, topological
     from serialgen.storage.runs import last_completed
 
     lake = settings.open_lake()
@@ -321,7 +320,7 @@ def generate_command(
     out: Optional[Path] = typer.Option(None, help="Folder for the PNGs (default <lake>/_artifacts/generations)."),
 ) -> None:
     """Serial generation: standardize the reference, then one image per prompt and seed (Prefect flow `generate`)."""
-    from serialgen.stages.generate import read_prompts, read_reference
+    from serialgen.inference.generate import read_prompts, read_reference
 
     for path in reference:  # fail fast, before Prefect starts
         read_reference(path)
@@ -377,8 +376,7 @@ def _nothing_to_run(settings: Settings) -> list[dict] | None:
     With ``PREFECT_API_URL`` set the flow always runs, so the dashboard shows every scheduled run."""
     import os
 
-    from serialgen.stages.registry import topological
-    from serialgen.stages.skip import should_run
+    from serialgen.dag import should_run, topological
 
     if os.environ.get("PREFECT_API_URL"):
         return None

@@ -13,10 +13,11 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from serialgen.config import RaySettings, Settings
+from serialgen.config import RaySettings
 
-#: Prefect settings applied unless the user already set them: no telemetry, results persisted
-#: (task caching only works with persisted results) under the lake when it is local.
+#: Prefect settings applied unless the user already set them: no telemetry, results persisted (task caching only
+#: works with persisted results). Results stay where Prefect keeps them, ``$PREFECT_HOME/storage``
+#: (``PREFECT_LOCAL_STORAGE_PATH`` moves them), for CLI and deployment runs alike.
 PREFECT_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -34,16 +35,20 @@ LIBRARY_DEFAULTS = {
 }
 
 
-def configure_prefect(settings: Settings) -> None:
+def configure_prefect() -> None:
     """Set Prefect's (and the model libraries') environment defaults; call before importing prefect's flows."""
     for key, value in {**PREFECT_DEFAULTS, **LIBRARY_DEFAULTS}.items():
         os.environ.setdefault(key, value)
-    lake = settings.open_lake()
-    if lake.is_local:
-        os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(lake.uri).resolve() / "_prefect" / "results"))
 
 
 _RAY_LOCK = threading.Lock()
+#: CPUs left beside an actor pool for Ray Data's own (light) read and scheduling tasks.
+READ_CPUS = 0.5
+
+
+def actor_cpus(workers: int, cpus: float) -> float:
+    """CPUs per actor of a pool of ``workers``: 1, unless the pool would leave no room for a Ray Data task beside it."""
+    return min(1.0, (cpus - READ_CPUS) / workers)
 
 
 class _DropMessages(logging.Filter):

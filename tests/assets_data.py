@@ -214,3 +214,9 @@ def crash_on_poison(items: list[str]) -> list[str]:
     if "poison" in items:
         os._exit(3)
     return [item.upper() for item in items]
+
+
+def pose_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest joint angle (radians) between poses ``a`` and ``b`` (bones, 4)."""
+    dots = np.clip(np.abs(np.sum(np.asarray(a, float) * np.asarray(b, float), axis=-1)), 0.0, 1.0)
+    return float(2 * np.arccos(dots.min()))

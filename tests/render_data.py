@@ -1,4 +1,5 @@
-"""Test data for the render stage: procedural characters (the assets generator) and random poses in a lake.
+"""Test data for the render stage: procedural characters (the assets generator) and random poses in a lake,
+and the render items a plan holds (what a run must write).
 
 Also used by benchmarks/bench_render.py.
 """
@@ -6,11 +7,13 @@ Also used by benchmarks/bench_render.py.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from serialgen.storage import Lake
+from serialgen.synthetic.render_plan import RenderItem, plan_by_character
 from serialgen.synthetic.skeleton import POSED_BONES, PREFIX
 
 
@@ -51,3 +54,10 @@ def fill_lake(lake: Lake, glbs: dict[str, bytes], n_poses: int) -> None:
     """Write accepted ``characters`` and ``n_poses`` random ``poses`` into ``lake``."""
     lake.upsert("characters", character_rows(glbs), "test-assets")
     lake.upsert("poses", pose_rows(n_poses), "test-assets")
+
+
+def plan_items(character_ids: Iterable[str], pose_ids: Sequence[str], poses_per_character: int,
+               views_per_pose: int, seed: int, limit: int | None = None) -> Iterator[RenderItem]:
+    """The planned items, character-major; ``limit`` keeps the first ``limit`` items."""
+    for _, items in plan_by_character(character_ids, pose_ids, poses_per_character, views_per_pose, seed, limit):
+        yield from items

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from composite_data import figure_keypoints, figure_rgba
+from serialgen.checkpoints import preprocessors_dir
 from serialgen.config import PreprocessingSettings, Settings
-from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE, preprocessors_dir
+from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE
 from serialgen.preprocessing.training import LabelledImages, train_and_export
 
 #: Enough steps for the nets to find the drawn figures (a few seconds each on one core).
@@ -53,7 +54,7 @@ def install_preprocessors(trained: Path, settings: Settings) -> Path:
 
 def save_tiny_standardizer(settings: Settings, folder: Path, seed: int = 0) -> Path:
     """A randomly initialised tiny standardizer with the canonical skeleton, saved like a trained one."""
-    from serialgen.stages.train_standardizer import build_standardizer
+    from serialgen.training.standardizer import build_standardizer
 
     cfg = settings.standardizer.model_copy(update={"seed": seed})
     return build_standardizer(settings.model_copy(update={"standardizer": cfg})).save_pretrained(folder)

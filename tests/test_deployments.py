@@ -46,7 +46,23 @@ def test_deployment_runs_get_the_prefect_settings_of_cli_runs():
             deployment["name"]
 
 
+def test_triggered_runs_work_on_the_triggering_runs_lake_profile_and_config():
+    """The server renders a trigger's parameters from the event's flow run the way this test does (the same
+    hydration): a triggered standardize or evaluate run gets the triggering run's values, an unset one stays null."""
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    triggered = {d["name"]: t["parameters"] for d in config["deployments"] for t in d.get("triggers", [])}
+    assert set(triggered) == {"standardize", "evaluate"}
+    run_parameters = {"lake": "/data/other-lake", "profile": None, "config": "/etc/serialgen/sd15.yaml"}
+    context = HydrationContext(render_jinja=True, raise_on_error=True,
+                               jinja_context={"flow_run": {"parameters": run_parameters}})
+    for name, parameters in triggered.items():
+        assert hydrate(parameters, context) == run_parameters, name
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_completed_training_deployments_trigger_standardize_and_evaluate_on_a_real_server(prefect_harness, tmp_path):
     """`prefect deploy --all` against a running Prefect server, then a train-standardizer (train-personalizer)
     deployment run reaching Completed makes the server schedule a standardize (evaluate) run; a run of another
@@ -76,7 +92,7 @@ def test_completed_training_deployments_trigger_standardize_and_evaluate_on_a_re
                        for r in client.read_flow_runs())
 
         def complete(name: str) -> None:
-            run = client.create_flow_run_from_deployment(deployments[name].id)
+            run = client.create_flow_run_from_deployment(deployments[name].id, parameters={"lake": lake})
             client.set_flow_run_state(run.id, Completed(), force=True)
 
         def wait_for_run(name: str, before: int) -> bool:
@@ -87,6 +103,12 @@ def test_completed_training_deployments_trigger_standardize_and_evaluate_on_a_re
                 time.sleep(1)
             return False
 
+        def triggered_parameters(name: str) -> dict:
+            run = next(r for r in client.read_flow_runs()
+                       if r.deployment_id == deployments[name].id and not r.auto_scheduled)
+            return {key: run.parameters.get(key) for key in ("lake", "profile", "config")}
+
+        lake = str(tmp_path / "another-lake")   # not the deployments' default (./lake)
         before = {name: runs_of(name) for name in ("standardize", "evaluate")}
         complete("composite")
         complete("train-standardizer")
@@ -97,3 +119,6 @@ def test_completed_training_deployments_trigger_standardize_and_evaluate_on_a_re
         # Exactly one each: the composite run triggered nothing.
         assert runs_of("standardize") == before["standardize"] + 1
         assert runs_of("evaluate") == before["evaluate"] + 1
+        # Each works on the lake of the run that triggered it.
+        for name in ("standardize", "evaluate"):
+            assert triggered_parameters(name) == {"lake": lake, "profile": None, "config": None}, name

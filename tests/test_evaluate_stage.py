@@ -1,7 +1,7 @@
 """The evaluate stage on a temp lake: scoring of `generations` rows, lineage skip, errors, report files.
 
-The personalizer's ``generate_images`` (contract C3) is built on another branch, so these tests hand the
-stage a generator with C3's signature that writes constructed `generations` rows into the lake: a
+These tests hand the stage a generator with :func:`serialgen.inference.generate.generate_images`'s signature
+that writes constructed `generations` rows into the lake (the real one is tested in test_personalizer.py): a
 "replicating" method (outputs = the reference, like the paper's unpaired one-stage) and a two-stage one
 (recoloured outputs, a standardized reference). The CLIP and face models are tiny random ones in the real
 models' formats (the real profiles' path), run for real; mask and pose stand in for the preprocessors.
@@ -28,11 +28,17 @@ from serialgen.storage.runs import errors_of
 
 
 @pytest.fixture(scope="module")
-def evaluator(tmp_path_factory) -> ClipFaceEvaluator:
+def evaluation_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny CLIP folder and face ONNX file."""
     folder = tmp_path_factory.mktemp("evaluation")
-    return ClipFaceEvaluator(ClipModel(build_tiny_clip(folder / "clip")),
-                             FaceEmbedder(build_tiny_face_model(folder / "face.onnx"), "tiny-test-arcface"),
-                             mask_fn=_mask, pose_fn=_pose)
+    return build_tiny_clip(folder / "clip"), build_tiny_face_model(folder / "face.onnx")
+
+
+@pytest.fixture(scope="module")
+def evaluator(evaluation_files) -> ClipFaceEvaluator:
+    clip_dir, face_file = evaluation_files
+    return ClipFaceEvaluator(ClipModel(clip_dir), FaceEmbedder(face_file, "tiny-test-arcface"), mask_fn=_mask,
+                             pose_fn=_pose)
 
 
 def _mask(image: np.ndarray) -> np.ndarray:
@@ -53,7 +59,7 @@ def _pose(image: np.ndarray) -> np.ndarray:
 
 
 def fake_generate(calls: list):
-    """A generator with contract C3's signature writing `generations` rows into the settings' lake."""
+    """A generator with ``generate_images``'s signature writing `generations` rows into the settings' lake."""
     def generate(settings, references, prompts, seeds, scale=None, standardize=True, adapter_dir=None,
                  character_id=None, method=None):
         calls.append((method, character_id))
@@ -79,9 +85,10 @@ def fake_generate(calls: list):
     return generate
 
 
-def _checkpoints(lake_dir, modes=("two_stage", "unpaired")) -> None:
+def _checkpoints(lake_dir, modes=("two_stage", "unpaired"), root=None) -> None:
+    """Adapters of ``modes`` in the lake's personalizer folder (or in ``root``, a configured one)."""
     for mode in modes:
-        folder = lake_dir / "_checkpoints" / "personalizer" / mode
+        folder = (root or lake_dir / "_checkpoints" / "personalizer") / mode
         folder.mkdir(parents=True)
         (folder / "ip_adapter.safetensors").write_bytes(mode.encode())
 
@@ -169,6 +176,30 @@ def test_a_new_model_or_test_set_reruns_and_bad_references_become_errors(setting
     errors = errors_of(lake, "evaluate").to_pylist()
     assert [e["key"] for e in errors] == ["test-set/gone"] and "missing.png" in errors[0]["reason"]
     assert len(load_test_set(lake, spec).characters) == 1
+
+
+def test_adapters_in_the_configured_personalizer_folder_are_evaluated_on_an_s3_lake(
+        settings, s3_server, evaluation_files, evaluator, tmp_path):
+    """train-personalizer writes to ``personalizer.checkpoint_dir`` when it is set (and must, on a lake on object
+    storage): evaluate finds the adapters there, and their bytes are its lineage."""
+    _, options = s3_server
+    clip_dir, face_file = evaluation_files
+    adapters = tmp_path / "adapters"
+    settings = settings.model_copy(update={
+        "lake": "s3://lake/evaluate", "storage_options": options,
+        "personalizer": settings.personalizer.model_copy(update={"checkpoint_dir": adapters}),
+        "evaluate": settings.evaluate.model_copy(update={"clip_dir": clip_dir, "face_model": face_file,
+                                                         "report_dir": tmp_path / "report"})})
+    lake = settings.open_lake()
+    make_pairs(lake, 2, test=2)
+    _checkpoints(None, ("two_stage",), root=adapters)
+    calls: list = []
+    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    assert report.methods == ["two_stage"] and sorted(calls) == [("two_stage", "c2"), ("two_stage", "c3")]
+    assert report.generations == 2 * len(DEFAULT_SPEC["prompts"]) == lake.count("generations")
+    assert run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls)).skipped
+    (adapters / "two_stage" / "ip_adapter.safetensors").write_bytes(b"retrained")
+    assert not run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls)).skipped
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""The layout of the package: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py;
+"""The layout: bpy only in serialgen/assets, serialgen/render and serialgen/blender_io.py; stages never import stages;
 the measuring probes (serialgen/probes) out of reach of every model we train.
 
 The plain-numpy package serialgen/synthetic, and the modules a stage driver imports to hand work to
 Blender processes, must import where bpy cannot; no module outside the Blender code may import bpy at
-all, not even inside a function. The asset side never depends on the renderer.
+all, not even inside a function. The asset side never depends on the renderer. A stage driver in
+serialgen/stages is an entry point: what two stages share lives a layer down (serialgen/storage,
+serialgen/inference, serialgen/dag.py, ...), so a change to one stage never reaches into another.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def test_plain_code_does_not_depend_on_blender_code_nor_assets_on_the_renderer()
     assert _importing(("serialgen.render",), assets) == []
 
 
+def test_stages_never_import_stages():
+    stages = {path: names for path, names in _sources().items() if path.startswith("serialgen/stages/")}
+    assert "serialgen/stages/standardize.py" in stages and "serialgen/stages/train_personalizer.py" in stages
+    assert _importing(("serialgen.stages",), stages) == []
+
+
 def test_plain_and_driver_side_modules_import_without_blender():
     assert {"serialgen.synthetic.skeleton", "serialgen.synthetic.render_plan",
             "serialgen.synthetic.character_spec", "serialgen.synthetic.body_mesh"} <= set(PLAIN)
@@ -89,7 +97,7 @@ def test_plain_and_driver_side_modules_import_without_blender():
 #: Code that builds, trains or runs a model we train: it must never reach the measuring probes.
 MODEL_CODE = ("serialgen/models/", "serialgen/pipelines/", "serialgen/training/", "serialgen/preprocessing/",
               "serialgen/stages/train_standardizer.py", "serialgen/stages/train_personalizer.py",
-              "serialgen/stages/standardize.py", "serialgen/stages/generate.py")
+              "serialgen/inference/", "serialgen/stages/standardize.py")
 
 
 def test_models_never_import_the_probes_that_measure_them():

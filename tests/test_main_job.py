@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serialgen.stages.registry import topological
+from serialgen.dag import topological
 
 #: The demo's shape at smaller sizes: 10 characters (2 held out), 1 pose each, few steps everywhere.
 SMALL = {
@@ -44,6 +44,7 @@ def _run(lake: Path, config: Path, cwd: Path) -> tuple[dict[str, str], str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_main_job_runs_the_whole_dag_then_skips_then_reruns_only_what_a_new_standardizer_touches(tmp_path):
     lake, config = tmp_path / "lake", tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL))

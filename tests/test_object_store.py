@@ -9,10 +9,10 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from render_data import plan_items
+from resilience_data import TINY, show, table_keys
 from serialgen.config import load_settings
 from serialgen.storage import Lake
-from serialgen.synthetic.render_plan import plan_items
-from resilience_data import TINY, show, table_keys
 
 
 def test_upsert_on_s3_is_keyed(s3_server):
@@ -27,8 +27,9 @@ def test_upsert_on_s3_is_keyed(s3_server):
     assert table.column("reason").to_pylist() == ["first", "second", "first", "new"]
     client = boto3.client("s3", endpoint_url=options["aws_endpoint"], aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
-    stored = client.list_objects_v2(Bucket="lake", Prefix="upsert/errors.lance/")
-    assert stored["KeyCount"] > 0                        # the table really lives in the bucket
+    stored = client.list_objects_v2(Bucket="lake", Prefix="upsert/errors.lance/_versions/")
+    manifests = [o["Key"] for o in stored.get("Contents", []) if o["Key"].endswith(".manifest")]
+    assert len(manifests) == len(lake.dataset("errors").versions()) >= 2  # the table really lives in the bucket
 
 
 @pytest.mark.slow

@@ -10,16 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import standardize_data
+from personalizer_data import STANDARDIZER_VERSION, make_real_and_standardized
+from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
 from serialgen.config import load_settings
 from serialgen.models.ip_adapter import WEIGHTS_NAME, install_ip_adapter, pad_to_white_square, reference_processor
 from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.real_images import pixel_id
-from serialgen.stages.generate import GenerateInputError, generate_images, read_prompts, read_reference
-from serialgen.stages.train_personalizer import run_train_personalizer, sdxl_folders, training_dir, with_overrides
+from serialgen.inference.generate import GenerateInputError, generate_images, read_prompts, read_reference
+from serialgen.stages.train_personalizer import run_train_personalizer, with_overrides
 from serialgen.storage.images import decode_image, encode_png
 from serialgen.training.personalizer import Personalizer, train_personalizer
 from serialgen.training.personalizer_data import CAPTION_TEMPLATES, PersonalizerPairs, build_pairs
-from tests.personalizer_data import STANDARDIZER_VERSION, make_real_and_standardized
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,8 +133,8 @@ def test_resume_three_then_four_equals_four_straight(trained, tmp_path):
     second = run_train_personalizer(split)
     assert second.resumed_from == 3 and second.step == 4
     assert first.losses + second.losses == whole.losses
-    a = load_file(str(training_dir(straight) / WEIGHTS_NAME))
-    b = load_file(str(training_dir(split) / WEIGHTS_NAME))
+    a = load_file(str(personalizer_dir(straight) / WEIGHTS_NAME))
+    b = load_file(str(personalizer_dir(split) / WEIGHTS_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -180,12 +182,20 @@ def test_generate_writes_one_row_per_prompt_sharing_one_reference(trained):
     assert len({tuple(r["reference_ids"]) for r in rows}) == 1 and len(rows[0]["reference_ids"]) == 2
     assert [r["prompt_category"] for r in rows] == ["action", "background", "viewpoint"]
     assert all(r["method"] == "two_stage" and r["sampler"] == "ddim" and r["scale"] == 1.0 for r in rows)
-    assert rows[0]["personalizer_version"].startswith("train-personalizer-")
+    assert rows[0]["personalizer_version"] == content_version(personalizer_dir(settings) / WEIGHTS_NAME)
     images = [decode_image(r["image"]) for r in rows]
     assert images[0].shape == (96, 64, 3) and not np.array_equal(images[0], images[1])
     again = generate_images(settings, references, prompts, [3], standardize=False, character_id="c0")
     assert [r["generation_id"] for r in again] == [r["generation_id"] for r in rows]
     assert lake.count("generations") == before + 3  # a rerun replaces, never duplicates
+
+
+def test_loading_the_models_draws_no_progress_bars(trained, capfd):
+    """What `serialgen generate` prints stays the pipeline's own: no "Loading weights: 0%|..." from transformers."""
+    settings, _ = trained
+    capfd.readouterr()
+    load_sdxl_parts(*sdxl_folders(settings))
+    assert "Loading weights" not in capfd.readouterr().err
 
 
 def test_bad_generation_input_is_one_error_and_writes_nothing(trained, tmp_path):
@@ -285,9 +295,8 @@ def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_pa
 
 @pytest.mark.slow
 def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path):
-    """C2 then C3: the reference is standardized once; every prompt's row carries that standardized image."""
-    standardize_data = pytest.importorskip("standardize_data")  # the standardize stage's test helpers
-    from serialgen.stages.standardize import standardize_images
+    """Standardize, then generate: the reference is standardized once; every prompt's row carries that standardized image."""
+    from serialgen.inference.standardize import standardize_images
 
     model = standardize_data.save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
     settings = load_settings(lake=str(tmp_path / "lake"), standardizer={"inference_steps": 2},

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from personalizer_data import make_real_and_standardized
 from serialgen.cli import app
 from serialgen.storage.images import decode_image, encode_png
-from tests.personalizer_data import make_real_and_standardized
 
 
 @pytest.mark.parametrize("case, message", [("unreadable", "cannot read reference image"),

@@ -1,4 +1,4 @@
-"""Preprocessors (C1): tiny nets exported in U2-Net / YOLOX / DWPose conventions load through the real
+"""Preprocessors: tiny nets exported in U2-Net / YOLOX / DWPose conventions load through the real
 loaders and learn; the DWPose decoding conventions; missing files are one clear line."""
 
 from __future__ import annotations
@@ -6,14 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serialgen.checkpoints import preprocessors_dir
 from serialgen.config import load_settings
-from serialgen.preprocessing import (
-    DETECTOR_FILE,
-    MASK_FILE,
-    POSE_FILE,
-    load_preprocessors,
-    preprocessors_dir,
-)
+from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE, load_preprocessors
 from serialgen.preprocessing.evaluation import evaluate
 from serialgen.preprocessing.pose import (
     COCO17_OF_COCO18,

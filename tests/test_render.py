@@ -8,9 +8,9 @@ import pytest
 from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
 from serialgen.storage.images import decode_image, decode_mask
-from serialgen.synthetic.render_plan import plan_character, plan_items, stable_seed
+from serialgen.synthetic.render_plan import plan_character, stable_seed
 from serialgen.synthetic.skeleton import COLORS
-from render_data import character_glbs, pose_rows, random_pose
+from render_data import character_glbs, plan_items, pose_rows, random_pose
 
 SETTINGS = RenderSettings()  # tiny profile: 128 x 192, Cycles CPU, 8 samples
 

@@ -15,8 +15,7 @@ import pytest
 
 from serialgen.config import load_settings
 from serialgen.storage.images import decode_image, decode_mask
-from serialgen.synthetic.render_plan import plan_items
-from render_data import character_glbs, character_rows, fill_lake
+from render_data import character_glbs, character_rows, fill_lake, plan_items
 
 N_POSES = 3
 
@@ -110,6 +109,7 @@ def test_flow_publishes_counts_and_a_contact_sheet(rendered, prefect_harness):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_killed_cli_run_then_rerun_yields_exactly_the_planned_rows(tmp_path, glbs):
     lake_uri = str(tmp_path / "lake")
     fill_lake(load_settings(lake=lake_uri).open_lake(), glbs, 6)

@@ -1,4 +1,4 @@
-"""The standardize stage and standardize_images (C2): errors for unusable images, exactly-once reruns,
+"""The standardize stage and standardize_images: errors for unusable images, exactly-once reruns,
 model versions side by side, the canonical target for every reference, a killed actor."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from PIL import Image
 from resilience_data import kill, ray_worker_pids, show, wait_for
 from serialgen.config import load_settings
 from serialgen.stages.ingest_real import run_ingest_real
-from serialgen.stages.standardize import model_version, run_standardize, standardize_images
+from serialgen.inference.standardize import model_version, standardize_images
+from serialgen.stages.standardize import run_standardize
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import errors_of
 from standardize_data import figure_scene, install_preprocessors, save_tiny_standardizer, train_tiny_preprocessors
@@ -42,6 +43,7 @@ def write_images(folder, n: int, seed: int = 5) -> list[np.ndarray]:
     return images
 
 
+@pytest.mark.slow
 def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
     model_a = save_tiny_standardizer(load_settings(), tmp_path / "model_a", seed=0)
     settings = stage_settings(tmp_path, model_a)
@@ -109,6 +111,7 @@ def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray_local):
     model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model, batch_size=1, write_rows=1)

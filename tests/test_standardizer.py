@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from serialgen.checkpoints import standardizer_dir
 from serialgen.models import Standardizer, load_sd15_components, tiny_components
 from serialgen.compositing.split import split_of
 from serialgen.pipelines import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton
-from serialgen.stages.train_standardizer import run_train_standardizer, training_dir
+from serialgen.stages.train_standardizer import run_train_standardizer
 from serialgen.storage.images import encode_mask, encode_png
 from serialgen.storage.torch_reader import PairsDataset
 from serialgen.training.metrics import psnr, ssim
@@ -288,6 +289,7 @@ def test_overfit_two_pairs_lowers_loss(settings, lake, tmp_path):
     assert after < before / 4, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(settings, lake):
     make_pairs(lake, 4, test=1)
     base = {"steps": 4, "batch_size": 2, "width": W, "height": H, "checkpoint_every": 2, "validation_pairs": 1,
@@ -310,10 +312,15 @@ def test_resume_equals_uninterrupted_run(settings, lake):
     assert len(runs) == 3
     last = max(runs, key=lambda r: r["finished_at"])
     metrics = json.loads(last["metrics"])
-    assert metrics["val_pairs"] == 1 and metrics["val_psnr"] > 0 and 0 < metrics["val_ssim"] <= 1
     assert last["checkpoint"] == str(second.model_dir) and second.grid.is_file()
-    assert (training_dir(split) / "logs").is_dir()
-    assert len(list(training_dir(split).glob("checkpoint-*"))) == 2
+    # the recorded scores are those of the validation grid's standardized column against its target column
+    grid = torch.from_numpy(np.asarray(Image.open(second.grid))).permute(2, 0, 1)[None].float() / 255
+    target, standardized = grid[..., 2 * W:3 * W], grid[..., 3 * W:]
+    assert metrics["val_pairs"] == 1 and grid.shape[-2:] == (H, 4 * W)
+    assert metrics["val_psnr"] == pytest.approx(psnr(standardized, target).item(), abs=0.1)
+    assert metrics["val_ssim"] == pytest.approx(ssim(standardized, target).item(), abs=0.01)
+    assert (standardizer_dir(split) / "logs").is_dir()
+    assert len(list(standardizer_dir(split).glob("checkpoint-*"))) == 2
     restored = StandardizationPipeline.from_pretrained(second.model_dir)
     assert restored.model.standard_pose.shape == (H, W, 3)
 
@@ -342,7 +349,7 @@ def test_flow_trains_and_publishes(settings, lake, prefect_harness, tmp_path):
     config.write_text(json.dumps({"standardizer": {"width": W, "height": H, "validation_pairs": 1,
                                                    "inference_steps": 2, "checkpoint_every": 10}}))
     result = flow(lake=settings.lake, config=str(config), steps=2)
-    assert result["step"] == 2 and result["val_pairs"] == 1 and result["psnr"] > 0
+    assert result["step"] == 2 and result["val_pairs"] == 1
 
     async def artifact_keys():
         async with get_client() as client:
@@ -353,6 +360,7 @@ def test_flow_trains_and_publishes(settings, lake, prefect_harness, tmp_path):
     assert {"standardizer-metrics", "standardizer-validation-grid"} <= asyncio.run(artifact_keys())
     run = lake.read("runs", filter="stage = 'train-standardizer'").to_pylist()[0]
     assert run["status"] == "completed" and run["flow_run_id"] and run["checkpoint"] == result["model_dir"]
+    assert result["psnr"] == json.loads(run["metrics"])["val_psnr"]   # the flow returns what the run recorded
 
 
 @pytest.mark.slow

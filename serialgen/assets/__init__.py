@@ -1,2 +1,3 @@
-"""The asset side of Blender work (bpy): character import and normalisation, audit, procedural characters,
-motion import, retargeting, thumbnails and the assets stage's worker processes."""
+"""The asset side of Blender work (imports bpy): turns character and motion files, or the procedural generator,
+into rigged characters on the canonical skeleton and clips of canonical rotations. Its Blender-free rules live
+in :mod:`serialgen.synthetic`, so they can be tested and used where bpy cannot be imported."""

@@ -1,2 +1,2 @@
-"""Compositing: backgrounds, the augmentation + compositing kernel, the character split, and the
-pair composer shared by the Ray stage and the on-the-fly training dataset."""
+"""From renders to training pairs: one kernel shared by the Ray composite stage and the on-the-fly training
+dataset, so a pair is the same whether it was stored in `pairs` or composited during training."""

@@ -24,9 +24,9 @@ import torch
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder, align_face
 
-#: HxWx3 uint8 -> HxW uint8, 255 = foreground (contract C1 ``Preprocessors.mask``).
+#: HxWx3 uint8 -> HxW uint8, 255 = foreground (what :meth:`serialgen.preprocessing.Preprocessors.mask` returns).
 MaskFn = Callable[[np.ndarray], np.ndarray]
-#: HxWx3 uint8 -> (18, 3) COCO-18 keypoints x, y, score (contract C1 ``Preprocessors.pose``).
+#: HxWx3 uint8 -> (18, 3) COCO-18 keypoints x, y, score (what :meth:`serialgen.preprocessing.Preprocessors.pose` returns).
 PoseFn = Callable[[np.ndarray], np.ndarray]
 
 

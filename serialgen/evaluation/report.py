@@ -172,7 +172,7 @@ def _table4(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, 
             by_version[r["standardizer_version"] or "none"][r["metric"]] = r["value"]
 
     def variant(version: str) -> str:
-        folder = version.split("@")[0]  # standardizer versions read "<folder relative to the lake>@<hash>"
+        folder = version.split("@")[0]  # standardizer versions read "<run folder>/<model folder>@<hash>"
         hits = [v.label for v in standardizers if v.run_id in version or str(v.folder).endswith(folder)]
         return hits[0] if hits else "?"
 

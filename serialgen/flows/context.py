@@ -37,6 +37,6 @@ def _route_library_logs() -> None:
 def flow_settings(lake: str | None, profile: str | None, config: str | None) -> Settings:
     """The settings of a flow run, with the same Prefect defaults and log routing as a CLI run."""
     settings = load_settings(config, profile, lake=lake)
-    configure_prefect(settings)
+    configure_prefect()
     _route_library_logs()
     return settings

@@ -19,9 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from serialgen.dag import BY_NAME, should_run, topological
 from serialgen.flows.context import flow_settings
-from serialgen.stages.registry import BY_NAME, topological
-from serialgen.stages.skip import should_run
 from serialgen.storage.runs import StageFailed
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from serialgen.flows.context import flow_settings
-from serialgen.stages.generate import read_prompts
+from serialgen.inference.generate import read_prompts
 from serialgen.tasks.personalizer import generate_task
 
 

@@ -1,4 +1,4 @@
-"""Torch models: the standardizer (reference attention, pose guider, FBDM, RPIM) and its components."""
+"""Torch models, built from configs or loaded from local folders; data, training loops and the lake stay outside."""
 
 from serialgen.models.components import (
     Components,

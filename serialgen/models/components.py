@@ -16,6 +16,7 @@ from typing import Any
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from serialgen.models.loading import without_progress_bars
 from serialgen.models.pixel_space import PixelShuffleAutoencoder
 
 #: The noise schedule of SD-1.5 (and of every tiny model), used by training (DDPM) and inference (DDIM).
@@ -114,6 +115,7 @@ def random_sd15_components() -> Components:
 def load_sd15_components(model_dir: Path | None, vae_dir: Path | None) -> Components:
     """Both UNets and the image encoder from a local SD-1.5 image-variation folder, the VAE from ``vae_dir``."""
     require_sd15_files(model_dir, vae_dir)
+    without_progress_bars()
     model_dir, vae_dir = Path(model_dir), Path(vae_dir)
     reference = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
     denoising = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from serialgen.models.components import _require
+from serialgen.models.loading import without_progress_bars
 
 #: SDXL base's noise schedule (its scheduler/scheduler_config.json); training uses DDPM, inference DDIM on it.
 SDXL_SCHEDULE: dict[str, Any] = {
@@ -119,6 +120,7 @@ def write_sdxl_folders(root: Path, configs=None, seed: int = 0) -> tuple[Path, P
     """:func:`random_sdxl_parts` saved as ``root/base`` (SDXL base layout, loadable by
     ``StableDiffusionXLPipeline.from_pretrained``) and ``root/image_encoder``; returns both folders.
     Tokenizers are written as vocab.json + merges.txt, like SDXL base ships them."""
+    without_progress_bars()
     root = Path(root)
     base, encoder_dir, vocab_dir = root / "base", root / "image_encoder", root / "vocab"
     parts = random_sdxl_parts(vocab_dir, configs, seed)
@@ -155,6 +157,7 @@ def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
     _require_file(model_dir / "scheduler" / "scheduler_config.json", f"SDXL's noise schedule {where}")
     _require(image_encoder_dir, "the reference image encoder, a CLIPVisionModelWithProjection such as ViT-H/14 "
              "(personalizer.image_encoder_dir)", "model")
+    without_progress_bars()
     load = dict(local_files_only=True, torch_dtype=dtype)
     stored = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     return SDXLParts(

@@ -26,6 +26,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from serialgen.models.components import Components
 from serialgen.models.fbdm import ForegroundBackgroundTokens
+from serialgen.models.loading import without_progress_bars
 from serialgen.models import framing
 from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
 from serialgen.models.pose_guider import PoseGuider
@@ -208,6 +209,7 @@ class Standardizer(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
+        without_progress_bars()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("reference_unet", "denoising_unet", "pose_guider", "fbdm", "rpim", "vae", "image_encoder"):
@@ -233,6 +235,7 @@ class Standardizer(nn.Module):
             raise FileNotFoundError(f"missing {config_file}: not a standardizer checkpoint folder "
                                     "(written by Standardizer.save_pretrained)")
         flags = json.loads(config_file.read_text())
+        without_progress_bars()
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         encoder_kw = {"dtype": torch_dtype} if torch_dtype is not None else {}  # transformers' name
         standard_pose = None

@@ -7,28 +7,18 @@ same loaders. Every path is checked before any library is called.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from serialgen.checkpoints import content_version, preprocessors_dir
 from serialgen.config import ConfigError, Settings
 from serialgen.preprocessing.mask import MaskModel
 from serialgen.preprocessing.pose import PoseModel
 
 #: File names of the tiny models under :func:`preprocessors_dir`.
 MASK_FILE, DETECTOR_FILE, POSE_FILE = "mask_u2net.onnx", "detector_yolox.onnx", "pose_simcc.onnx"
-
-
-def preprocessors_dir(settings: Settings) -> Path:
-    """``<checkpoint_dir or <lake>/_checkpoints>/preprocessors``: where ``train-preprocessors`` exports."""
-    if settings.standardizer.checkpoint_dir is not None:
-        return Path(settings.standardizer.checkpoint_dir) / "preprocessors"
-    lake = settings.open_lake()
-    if not lake.is_local:
-        raise ConfigError(f"lake {lake.uri} is not a local folder: set standardizer.checkpoint_dir")
-    return Path(lake.uri).resolve() / "_checkpoints" / "preprocessors"
 
 
 def model_files(settings: Settings) -> dict[str, tuple[Path, str]]:
@@ -58,12 +48,8 @@ def check_files(files: dict[str, tuple[Path, str]]) -> None:
 
 
 def file_version(path: Path) -> str:
-    """``<file name>@<content hash>``: identifies the weights a row was preprocessed with."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return f"{path.name}@{digest.hexdigest()[:12]}"
+    """``<file name>@<content version>``: identifies the weights a row was preprocessed with."""
+    return f"{path.name}@{content_version(path)}"
 
 
 @dataclass
@@ -97,4 +83,4 @@ def load_preprocessors(settings: Settings) -> Preprocessors:
     )
 
 
-__all__ = ["Preprocessors", "load_preprocessors", "model_files", "preprocessors_dir"]
+__all__ = ["Preprocessors", "load_preprocessors", "model_files"]

@@ -1,1 +1,2 @@
-"""The render side of Blender work (bpy): scene, camera, posing, keypoints, renderer and the render worker."""
+"""The render side of Blender work (imports bpy): long-lived processes that load a character once and render
+many poses and views of it; the asset side never depends on it."""

@@ -22,7 +22,7 @@ from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
 from serialgen.render import camera, keypoints, posing, scene
 from serialgen.render.renderer import Renderer, configure
-from serialgen.storage.images import encode_mask, encode_png
+from serialgen.storage.images import encode_mask, encode_png, on_white
 from serialgen.synthetic.expressions import describe, sample_expression
 from serialgen.synthetic.render_plan import ChunkResult, RenderItem, standard_error_key
 
@@ -146,11 +146,9 @@ class RenderWorker:
         bpy.context.view_layer.update()
         kps = keypoints.project(self.character, self.parts, self.camera, self.height, occlusion=False)
         rgba, _ = self.renderer.render(0)
-        alpha = rgba[..., 3:].astype(np.float32) / 255.0
-        on_white = np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
         width, height = self.settings.width, self.settings.height
         return {
-            "character_id": self.character_id, "image": encode_png(on_white),
+            "character_id": self.character_id, "image": encode_png(on_white(rgba)),
             "mask": encode_mask(rgba[..., 3] > MASK_THRESHOLD), "keypoints": kps.tolist(),
             "pose_image": encode_png(draw_pose(kps, width, height)), "width": width, "height": height,
         }

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import torch
 
+from serialgen.checkpoints import probes_dir, standardizer_dir
 from serialgen.config import Settings
+from serialgen.dag import config_hash
 from serialgen.evaluation.standardizer_table import identity_scores, markdown
 from serialgen.models.standardizer import Standardizer
 from serialgen.probes import load_probes
 from serialgen.probes.model import CONFIG_FILE
-from serialgen.stages.registry import config_hash
-from serialgen.stages.train_probes import probes_dir
-from serialgen.stages.train_standardizer import build_standardizer, prepare_run_folder_for, training_dir
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
 from serialgen.training.ablation import VARIANTS, Ablation, run_ablation, variant_folder
+from serialgen.training.standardizer import build_standardizer, prepare_run_folder_for
 
 STAGE = "ablate-standardizer"
 
@@ -50,7 +50,7 @@ def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: 
 
     cfg = settings.standardizer
     size = (cfg.height, cfg.width)
-    output_dir = training_dir(settings).parent / "ablation"
+    output_dir = standardizer_dir(settings).parent / "ablation"
     chosen = [v for v in VARIANTS if variants is None or v[0] in variants]
     if variants is not None and len(chosen) != len(variants):
         raise ValueError(f"unknown variant in {variants}; choose from {[v[0] for v in VARIANTS]}")

@@ -22,8 +22,8 @@ from PIL import Image
 
 from serialgen.assets import worker as asset_worker
 from serialgen.config import Settings
+from serialgen.dag import config_hash
 from serialgen.sources import list_sources
-from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.runs import StageRun
 from serialgen.synthetic import skeleton

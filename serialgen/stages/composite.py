@@ -4,7 +4,7 @@ Planning: the (render, background slot) pairs not yet in `pairs` are an Arrow ha
 integer codes of the render keys against the `pairs` key column read in batches
 (:func:`serialgen.compositing.plan.missing_pairs`), kept as (render position, slot) rows. Pipeline: those rows (``ray.data.from_arrow``, blocks of a few batches) ->
 ``map_batches`` on an explicit ``ActorPoolStrategy`` of ``composite.workers`` actors (sized by
-:func:`actor_cpus` so a scheduling task always fits beside them; each actor takes its renders from
+:func:`serialgen.runtime.actor_cpus` so a scheduling task always fits beside them; each actor takes its renders from
 Lance at the pinned version and looks up standards and backgrounds by key, with a cache) -> the
 driver streams the output blocks and commits them with :meth:`Lake.upsert` on ``pair_id`` every
 ``composite.write_rows`` pairs.
@@ -38,18 +38,17 @@ from serialgen.compositing.pairs import RENDER_COLUMNS, PairComposer, Planned
 from serialgen.compositing.plan import missing_pairs
 from serialgen.compositing.split import TEST, split_of
 from serialgen.config import CompositeSettings, ConfigError, Settings
-from serialgen.runtime import init_ray
+from serialgen.dag import config_hash
+from serialgen.runtime import actor_cpus, init_ray
 from serialgen.sources import list_files, read_bytes
-from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
-from serialgen.storage.runs import StageRun, errors_of, require_input
+from serialgen.storage.runs import StageRun, require_input
 from serialgen.storage.schemas import BACKGROUNDS
+from serialgen.storage.sink import Sink
 
 log = logging.getLogger(__name__)
 
-#: CPUs left beside the actor pool for Ray Data's own (light) tasks.
-READ_CPUS = 0.5
 #: Batches per Ray Data block (streaming granularity of the pipeline).
 BLOCK_BATCHES = 4
 PROCEDURAL = "procedural://"
@@ -92,7 +91,7 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     require_input(lake, "renders", "composite", "render")
     with StageRun(lake, "composite", config_hash(settings, "composite"), inputs=["renders", "standards"],
                   flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
-        sink = _Sink(lake, run)
+        sink = Sink(lake, run)
         init_ray(settings.ray)
         ingested, generated = _ingest_backgrounds(sink, settings, source or cfg.background_source)
         background_ids = sorted(k for (k,) in lake.keys("backgrounds"))
@@ -133,30 +132,9 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     )
 
 
-class _Sink:
-    """Commits stage output: rows without ``error`` are upserted, the others reported to `errors`."""
-
-    def __init__(self, lake: Lake, run: StageRun) -> None:
-        self.lake, self.run = lake, run
-        # Only items that failed before need their error cleared (a delete per commit is costly).
-        self.prior_errors = set(errors_of(lake, run.stage).column("key").to_pylist())
-
-    def commit(self, table_name: str, error_key: str, table: pa.Table) -> pa.Table:
-        """Upsert the good rows of ``table`` (``error`` null); returns them."""
-        failed = pc.is_valid(table.column("error"))
-        good, bad = table.filter(pc.invert(failed)).drop_columns(["error"]), table.filter(failed)
-        self.run.errors(zip(bad.column(error_key).to_pylist(), bad.column("error").to_pylist()))
-        if good.num_rows:
-            self.lake.upsert(table_name, good, self.run.run_id)
-            recovered = self.prior_errors & set(good.column(error_key).to_pylist())
-            self.run.clear_errors(recovered)
-            self.prior_errors -= recovered
-        return good
-
-
 # -- backgrounds ----------------------------------------------------------------------------
 
-def _ingest_backgrounds(sink: _Sink, settings: Settings, source: str | None) -> tuple[int, int]:
+def _ingest_backgrounds(sink: Sink, settings: Settings, source: str | None) -> tuple[int, int]:
     """Add the missing procedural backgrounds and the images under ``source``; returns (ingested, generated).
 
     Decoding runs as Ray tasks; unreadable, truncated or oversized files go to `errors`.
@@ -208,11 +186,6 @@ def _background_batch(batch: pa.Table, cfg: CompositeSettings, procedural_size: 
 
 # -- pairs ----------------------------------------------------------------------------------
 
-def actor_cpus(workers: int, cpus: float) -> float:
-    """CPUs per compositing actor: 1, unless the pool would leave no room for a Ray Data task beside it."""
-    return min(1.0, (cpus - READ_CPUS) / workers)
-
-
 class _CompositeActor:
     """One compositing worker: a :class:`PairComposer` (with its caches) per actor, one torch thread.
 
@@ -238,7 +211,7 @@ class _CompositeActor:
         return self.composer(renders, planned)
 
 
-def _composite_pairs(sink: _Sink, cfg: CompositeSettings, background_ids: list[str], todo: pa.Table,
+def _composite_pairs(sink: Sink, cfg: CompositeSettings, background_ids: list[str], todo: pa.Table,
                      renders_version: int, progress: Callable[[int, int], None] | None) -> int:
     """Composite the planned (``row``, ``k``) pairs with a Ray Data actor pool and commit them; returns
     the number written."""

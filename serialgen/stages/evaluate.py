@@ -1,7 +1,7 @@
 """Stage driver: the paper's evaluation (section 4) of every trained model in the lake (no Prefect).
 
-For each personalizer mode with a checkpoint in ``<lake>/_checkpoints/personalizer/<mode>/``, the test
-set goes through :func:`serialgen.stages.generate.generate_images` (contract C3) and is scored
+For each personalizer mode with an adapter in its folder (:func:`serialgen.checkpoints.personalizer_dir`), the test
+set goes through :func:`serialgen.inference.generate.generate_images` and is scored
 (:mod:`serialgen.evaluation.scoring`); each standardizer variant (FBDM x RPIM) trained into the lake is
 scored by PSNR/SSIM on held-out `pairs` (Table 3). Everything lands in `evaluations`, then the report
 (:mod:`serialgen.evaluation.report`) is written. A rerun with unchanged models, test set, evaluation
@@ -10,7 +10,6 @@ models and config does nothing (lineage in the `runs` row).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -18,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serialgen.checkpoints import NoModelFolder, content_version, personalizer_dir, preprocessors_dir, probes_dir
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import OFFLINE_PROFILES, config_hash
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder
 from serialgen.evaluation.evaluators import ClipFaceEvaluator, Evaluator, ProbeEvaluator
@@ -26,8 +27,6 @@ from serialgen.evaluation.report import ReportFiles, build_tables, write_report
 from serialgen.evaluation.scoring import Group, aggregate_items, evaluation_row, score_generations
 from serialgen.evaluation.testset import TestSet, load_test_set
 from serialgen.probes import load_probes
-from serialgen.stages.registry import OFFLINE_PROFILES, config_hash
-from serialgen.stages.train_probes import probes_dir
 from serialgen.storage import Lake
 from serialgen.storage.runs import StageRun, last_completed
 
@@ -38,7 +37,7 @@ PERSONALIZER_MODES = ("two_stage", "paired_one_stage", "unpaired")
 ADAPTER_FILE = "ip_adapter.safetensors"
 #: Modes whose adapter was trained on standardized references, so inference standardizes too.
 STANDARDIZED_MODES = frozenset({"two_stage"})
-#: (prompt, category) pairs and seeds in, `generations` rows out (contract C3 with the settings bound).
+#: (prompt, category) pairs and seeds in, `generations` rows out (:func:`serialgen.inference.generate.generate_images`).
 GenerateFn = Callable[..., list[dict[str, Any]]]
 
 
@@ -68,24 +67,24 @@ class EvaluateReport:
 
 def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool = False,
                  evaluator: Evaluator | None = None, generate: GenerateFn | None = None) -> EvaluateReport:
-    """Generate, score and report; ``evaluator`` / ``generate`` default to the lake's models (C1) and C3."""
+    """Generate, score and report; ``evaluator`` / ``generate`` default to the lake's models and :func:`generate_images`."""
     lake = settings.open_lake()
     test_set_errors: list[tuple[str, str]] = []
     test_set = load_test_set(lake, settings.evaluate.test_set, lambda k, r: test_set_errors.append((k, r)))
-    personalizers = personalizer_checkpoints(lake)
+    personalizers = personalizer_checkpoints(settings)
     standardizers = standardizer_variants(lake, settings)
     models = evaluation_models(settings)
     if not test_set.characters:
         raise FileNotFoundError(f"the test set {settings.evaluate.test_set or '(default)'} has no readable "
                                 "reference image")
     if not personalizers and not standardizers:
-        raise FileNotFoundError(f"no trained personalizer (<lake>/_checkpoints/personalizer/<mode>/) or standardizer "
+        raise FileNotFoundError(f"no trained personalizer ({personalizer_dir(settings, '<mode>')}) or standardizer "
                                 f"in lake {lake.uri}: run `serialgen train-personalizer` or `train-standardizer`")
     lineage = {"test_set": test_set.fingerprint,
-               "personalizers": {mode: _folder_version(folder) for mode, folder in personalizers.items()},
-               "standardizers": {v.label: v.run_id for v in standardizers},
-               "evaluator": {**{role: _folder_version(path) for role, path in models.items()},
-                             "preprocessors": _preprocessors_version(lake)}}
+               "personalizers": {mode: content_version(folder / ADAPTER_FILE) for mode, folder in personalizers.items()},
+               "standardizers": {v.label: content_version(v.folder) for v in standardizers},
+               "evaluator": {**{role: content_version(path) if path.exists() else None for role, path in models.items()},
+                             "preprocessors": _preprocessors_version(settings)}}
     digest = config_hash(settings, STAGE)
     if not force:
         skip, why = _unchanged(lake, digest, lineage)
@@ -97,7 +96,9 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         if evaluator is None:
             evaluator = load_evaluator(settings, models)
         if generate is None and personalizers:
-            from serialgen.stages.generate import generate_images as generate  # contract C3
+            from serialgen.inference.generate import generate_images
+
+            generate = generate_images
         generations = generate_test_set(settings, test_set, personalizers, generate, run)
         rows = score_generations(evaluator, generations, {c.character_id: c for c in test_set.characters},
                                  test_set.fingerprint) if generations else []
@@ -183,12 +184,14 @@ def _pair_rows(test_set: str, group: Group, pair_ids: Sequence[str], character_i
     return per_pair + aggregate_items(per_pair, test_set, group, "standardizer", {"data_range": 1.0})
 
 
-def personalizer_checkpoints(lake: Lake) -> dict[str, Path]:
-    """{mode: folder} of the trained personalizer adapters in ``<lake>/_checkpoints/personalizer/<mode>/``."""
-    if not lake.is_local:
+def personalizer_checkpoints(settings: Settings) -> dict[str, Path]:
+    """{mode: folder} of the trained personalizer adapters, where train-personalizer writes them
+    (:func:`serialgen.checkpoints.personalizer_dir`); none on an object-store lake without a configured folder."""
+    try:
+        folders = {mode: personalizer_dir(settings, mode) for mode in PERSONALIZER_MODES}
+    except NoModelFolder:
         return {}
-    root = Path(lake.uri) / "_checkpoints" / "personalizer"
-    return {mode: root / mode for mode in PERSONALIZER_MODES if (root / mode / ADAPTER_FILE).is_file()}
+    return {mode: folder for mode, folder in folders.items() if (folder / ADAPTER_FILE).is_file()}
 
 
 def standardizer_variants(lake: Lake, settings: Settings) -> list[StandardizerVariant]:
@@ -248,20 +251,14 @@ def _trained_settings(model_folder: Path) -> dict[str, Any]:
     return json.loads(marker.read_text()) if marker.is_file() else {}
 
 
-def _preprocessors_version(lake: Lake) -> str | None:
-    """The mask/pose models (contract C1) trained into the lake: they decide backgrounds and faces."""
-    folder = Path(lake.uri) / "_checkpoints" / "preprocessors" if lake.is_local else None
-    return _folder_version(folder) if folder is not None and folder.is_dir() else None
-
-
-def _folder_version(path: Path) -> str:
-    """A cheap version of a checkpoint file or folder: names, sizes and modification times of its files."""
-    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
-    digest = hashlib.sha256()
-    for p in files:
-        stat = p.stat()
-        digest.update(f"{p.relative_to(path.parent)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+def _preprocessors_version(settings: Settings) -> str | None:
+    """The mask/pose models trained for the lake (:func:`serialgen.checkpoints.preprocessors_dir`): they decide
+    backgrounds and faces."""
+    try:
+        folder = preprocessors_dir(settings)
+    except NoModelFolder:
+        return None
+    return content_version(folder) if folder.is_dir() else None
 
 
 def _unchanged(lake: Lake, digest: str, lineage: dict[str, Any]) -> tuple[bool, str]:

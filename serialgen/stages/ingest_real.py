@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from serialgen.compositing.backgrounds import IMAGE_SUFFIXES
 from serialgen.compositing.split import split_of
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import config_hash
 from serialgen.real_images import UnusableImage, pixel_id, read_real_image
 from serialgen.sources import list_sources
-from serialgen.stages.registry import config_hash
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
 

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from serialgen.config import RenderSettings, Settings
+from serialgen.dag import config_hash
 from serialgen.pose_drawing import overlay_pose
-from serialgen.stages.registry import config_hash
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun, require_input

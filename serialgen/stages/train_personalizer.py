@@ -12,18 +12,19 @@ trains; only the main one writes to the lake:
 
 from __future__ import annotations
 
-import argparse
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from serialgen.config import ConfigError, Settings, load_settings
+from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
+from serialgen.config import ConfigError, Settings
+from serialgen.dag import config_hash
 from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
-from serialgen.models.sdxl import load_sdxl_parts, write_sdxl_folders
-from serialgen.stages.registry import config_hash
+from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.storage.images import decode_image
-from serialgen.storage.runs import StageRun
+from serialgen.storage.runs import MODEL_VERSION, StageRun
+from serialgen.training.launch import launch_parser, launch_settings, with_values
 from serialgen.training.loop import make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.personalizer import Personalizer, heldout_loss, train_personalizer
 from serialgen.training.personalizer_data import MODES, PersonalizerPairs, build_pairs
@@ -57,33 +58,11 @@ class TrainPersonalizerReport:
     losses: list[float]
 
 
-def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
-    """The SDXL base and image-encoder folders: as configured, or for the tiny profile (when unset) the
-    tiny SDXL-shaped set in ``<lake>/_models/tiny-sdxl/``, written offline on first use."""
-    cfg = settings.personalizer
-    if settings.profile != "tiny" or (cfg.model_dir is not None and cfg.image_encoder_dir is not None):
-        return cfg.model_dir, cfg.image_encoder_dir
-    root = _lake_folder(settings, "personalizer.model_dir") / "_models" / "tiny-sdxl"
-    if not (root / "image_encoder" / "model.safetensors").is_file():
-        write_sdxl_folders(root, seed=cfg.seed)
-    return cfg.model_dir or root / "base", cfg.image_encoder_dir or root / "image_encoder"
-
-
-def training_dir(settings: Settings, mode: str | None = None) -> Path:
-    """``personalizer.checkpoint_dir`` (default ``<lake>/_checkpoints/personalizer``) / ``<mode>``."""
-    cfg = settings.personalizer
-    base = (Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None
-            else _lake_folder(settings, "personalizer.checkpoint_dir") / "_checkpoints" / "personalizer")
-    return base / (mode or cfg.mode)
-
-
 def with_overrides(settings: Settings, mode: str | None = None, steps: int | None = None) -> Settings:
-    update = {k: v for k, v in (("mode", mode), ("steps", steps)) if v is not None}
+    """The settings with a run's mode and total steps (None: as configured)."""
     if mode is not None and mode not in MODES:
         raise ConfigError(f"unknown personalizer mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if not update:
-        return settings
-    return settings.model_copy(update={"personalizer": settings.personalizer.model_copy(update=update)})
+    return with_values(settings, "personalizer", mode=mode, steps=steps)
 
 
 def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
@@ -91,7 +70,7 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
     """Build the mode's pairs, train (or continue) the adapter, score and export it; one `runs` row."""
     cfg = settings.personalizer
     lake = settings.open_lake()
-    output_dir = training_dir(settings)
+    output_dir = personalizer_dir(settings)
     model_dir, encoder_dir = sdxl_folders(settings)
     parts = load_sdxl_parts(model_dir, encoder_dir)
     accelerator = make_accelerator(cfg, output_dir)
@@ -149,7 +128,8 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
                            "heldout_loss": trained, "heldout_loss_scale0": base, "data_share": result.data_share,
                            "final_loss": result.losses[-1] if result.losses else None,
                            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                           "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout}}
+                           "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout},
+                           MODEL_VERSION: content_version(adapter_dir / WEIGHTS_NAME) if adapter_dir else None}
             run.checkpoint = str(adapter_dir or result.checkpoint)
     return report
 
@@ -159,7 +139,7 @@ def make_one_stage_targets(settings: Settings, flow_run_id: str | None = None) -
     real image that has no two-stage generation yet with one prompt of :data:`ONE_STAGE_PROMPTS` (rotating).
     Returns the (key, reason) of images it could not render (e.g. no figure found to standardize)."""
     from serialgen.real_images import pixel_id
-    from serialgen.stages.generate import generate_images
+    from serialgen.inference.generate import generate_images
 
     lake = settings.open_lake()
     done = {tuple(ids or ()) for ids in lake.read("generations", columns=["reference_ids"],
@@ -186,7 +166,7 @@ def _export(model: Personalizer, settings: Settings, folder: Path, run_id: str, 
     lake = settings.open_lake()
     pairs = lake.read("personalizer_pairs", columns=["standardizer_version"], filter=f"mode = '{cfg.mode}'")
     standardizer_versions = sorted({v for v in pairs.column("standardizer_version").to_pylist() if v})
-    metadata = {"version": f"{run_id}@{step}", "run_id": run_id, "mode": cfg.mode, "step": step,
+    metadata = {"run_id": run_id, "mode": cfg.mode, "step": step,
                 "image_tokens": model.adapter.tokens, "layout": "full" if model.adapter.full else "plain",
                 "standardizer_versions": standardizer_versions, "inputs": inputs, "metrics": metrics,
                 "sdxl": str(sources[0]), "image_encoder": str(sources[1]),
@@ -238,24 +218,12 @@ def _drop_stale_pairs(lake, mode: str, keep: set[str]) -> None:
         lake.delete("personalizer_pairs", f"mode = '{mode}' AND pair_id IN ({quoted})")
 
 
-def _lake_folder(settings: Settings, setting: str) -> Path:
-    lake = settings.open_lake()
-    if not lake.is_local:
-        raise ConfigError(f"lake {lake.uri} is not a local folder: set {setting}")
-    return Path(lake.uri).resolve()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``accelerate launch -m serialgen.stages.train_personalizer`` (one process per GPU)."""
-    parser = argparse.ArgumentParser(description="Train the personalizer (every process; rank 0 records the run).")
-    parser.add_argument("--lake")
-    parser.add_argument("--profile")
-    parser.add_argument("--config")
+    parser = launch_parser("Train the personalizer (every process; rank 0 records the run).")
     parser.add_argument("--mode", choices=MODES)
-    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
-    parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.mode, args.steps)
+    settings = with_overrides(launch_settings(args), args.mode, args.steps)
     report = run_train_personalizer(settings, resume=not args.no_resume)
     if report.run_id is not None:
         print(json.dumps({"run_id": report.run_id, "step": report.step, "heldout_loss": report.heldout_loss,

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from serialgen.checkpoints import content_version, preprocessors_dir
 from serialgen.config import Settings
-from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE, load_preprocessors, preprocessors_dir
+from serialgen.dag import config_hash
+from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE, load_preprocessors
 from serialgen.preprocessing.evaluation import evaluate
 from serialgen.preprocessing.training import LabelledImages, train_and_export
-from serialgen.stages.registry import config_hash
 from serialgen.storage.images import decode_image, decode_mask
-from serialgen.storage.runs import StageRun
+from serialgen.storage.runs import MODEL_VERSION, StageRun
 
 STAGE = "train-preprocessors"
 
@@ -66,6 +67,6 @@ def run_train_preprocessors(settings: Settings, flow_run_id: str | None = None) 
         if len(test):
             metrics.update(evaluate(loaded, test, train, cfg.pck_threshold, cfg.keypoint_threshold))
         metrics.update(train_images=len(train), seconds=round(time.perf_counter() - start, 2), **loaded.versions)
-        run.metrics = metrics
+        run.metrics = {**metrics, MODEL_VERSION: content_version(folder)}
         run.checkpoint = str(folder)
     return TrainPreprocessorsReport(run.run_id, folder, len(train), metrics)

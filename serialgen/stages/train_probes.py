@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from serialgen.checkpoints import probes_dir
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import config_hash
 from serialgen.probes.data import read_probe_images
 from serialgen.probes.model import Probes, probe_config
 from serialgen.probes.training import train_attributes, train_identity
 from serialgen.probes.validation import attribute_validation, identity_validation
 from serialgen.runtime import torch_threads
-from serialgen.stages.registry import config_hash
 from serialgen.storage.runs import StageRun, require_input
 
 STAGE = "train-probes"
@@ -35,16 +36,6 @@ class TrainProbesReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "folder": str(self.folder)}
-
-
-def probes_dir(settings: Settings) -> Path:
-    """``probes.checkpoint_dir``, else ``<lake>/_checkpoints/probes`` (local lakes only)."""
-    if settings.probes.checkpoint_dir is not None:
-        return Path(settings.probes.checkpoint_dir)
-    lake = settings.open_lake()
-    if not lake.is_local:
-        raise ConfigError(f"lake {lake.uri} is not a local folder: set probes.checkpoint_dir")
-    return Path(lake.uri).resolve() / "_checkpoints" / "probes"
 
 
 def headline(validation: dict[str, Any]) -> dict[str, float]:

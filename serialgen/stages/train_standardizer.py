@@ -11,32 +11,26 @@ writes to the lake:
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from serialgen.compositing.split import TRAIN, split_of
-from serialgen.config import ConfigError, Settings, load_settings
-from serialgen.models.components import load_sd15_components, require_sd15_files, scratch_components
-from serialgen.models.standardizer import Standardizer
-from serialgen.stages.registry import config_hash
-from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
-from serialgen.storage.runs import StageRun
-from serialgen.training.loop import prepare_run_folder, training_recipe
+from serialgen.checkpoints import content_version, standardizer_dir
+from serialgen.config import Settings
+from serialgen.dag import config_hash
+from serialgen.models.components import require_sd15_files
+from serialgen.storage.runs import MODEL_VERSION, StageRun
+from serialgen.training.launch import launch_parser, launch_settings, with_values
 from serialgen.training.standardizer import (
     TrainResult,
     Validation,
+    build_standardizer,
     make_accelerator,
+    prepare_run_folder_for,
     train_standardizer,
 )
 
 STAGE = "train-standardizer"
-#: Settings that define the model: a run folder trained with others cannot be resumed.
-MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir", "patch_size", "unet_channels",
-                "layers_per_block", "prediction_type")
 
 
 @dataclass
@@ -54,52 +48,10 @@ class TrainStandardizerReport:
     losses: list[float]
 
 
-def build_standardizer(settings: Settings) -> Standardizer:
-    """A fresh model for the profile (SD-1.5 from local folders, or from-scratch pixel-space components) whose
-    target is one standard skeleton: the mean of the training characters' rendered standard views (the canonical
-    skeleton at the render stage's standard-view rows when the lake has none)."""
-    cfg, view = settings.standardizer, settings.render
-    parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
-             else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
-                                     prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
-    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
-                                         frame_reference=cfg.frame_reference)
-    standards = settings.open_lake().read("standards", columns=["character_id", "keypoints", "width", "height"])
-    train = [i for i, c in enumerate(standards["character_id"].to_pylist())
-             if split_of(c, settings.composite.test_fraction) == TRAIN]
-    if train:
-        rows = standards.take(train)
-        skeleton = mean_skeleton(np.asarray(rows["keypoints"].to_pylist(), np.float32),
-                                 np.stack([rows["width"].to_numpy(), rows["height"].to_numpy()], 1),
-                                 cfg.width, cfg.height)
-    else:
-        skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
-                                      view.standard_arm_angle)
-    model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
-    return model
-
-
-def training_dir(settings: Settings) -> Path:
-    """``standardizer.checkpoint_dir`` (default ``<lake>/_checkpoints``) / ``run_name``.
-
-    Inside the lake by default, so two lakes never resume each other's training."""
-    cfg = settings.standardizer
-    if cfg.checkpoint_dir is not None:
-        return Path(cfg.checkpoint_dir) / cfg.run_name
-    lake = settings.open_lake()
-    if not lake.is_local:
-        raise ConfigError(f"lake {lake.uri} is not a local folder: set standardizer.checkpoint_dir")
-    return Path(lake.uri).resolve() / "_checkpoints" / cfg.run_name
-
-
 def with_overrides(settings: Settings, dynamic: bool = False, steps: int | None = None) -> Settings:
-    """The settings with the command-line options applied (on-the-fly compositing, total steps)."""
-    if dynamic:
-        settings = settings.model_copy(update={"composite": settings.composite.model_copy(update={"dynamic": True})})
-    if steps is not None:
-        standardizer = settings.standardizer.model_copy(update={"steps": steps})
-        settings = settings.model_copy(update={"standardizer": standardizer})
-    return settings
+    """The settings with a run's options applied (on-the-fly compositing, total steps; None: as configured)."""
+    settings = with_values(settings, "composite", dynamic=True if dynamic else None)
+    return with_values(settings, "standardizer", steps=steps)
 
 
 def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int | None = None,
@@ -110,7 +62,7 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
     cfg = settings.standardizer
     if settings.profile == "sd15":   # a configuration error is reported before any data is read
         require_sd15_files(cfg.model_dir, cfg.vae_dir)
-    output_dir = training_dir(settings)
+    output_dir = standardizer_dir(settings)
     size = (cfg.height, cfg.width)
     train_data = pairs_dataset(settings, "train", size)
     if len(train_data) == 0:
@@ -134,7 +86,8 @@ def run_train_standardizer(settings: Settings, resume: bool = True, stop_at: int
                            "final_loss": result.losses[-1] if result.losses else None,
                            "data_share": result.data_share,
                            **(result.validation or Validation(0, None, None)).metrics(),
-                           "checkpoint": str(report.checkpoint) if report.checkpoint else None}
+                           "checkpoint": str(report.checkpoint) if report.checkpoint else None,
+                           MODEL_VERSION: content_version(report.model_dir) if report.model_dir else None}
             run.checkpoint = str(report.model_dir or report.checkpoint)
     return report
 
@@ -149,26 +102,12 @@ def _report(run: StageRun | None, result: TrainResult, train_pairs: int, output_
         losses=result.losses)
 
 
-def prepare_run_folder_for(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
-    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this standardizer definition."""
-    model = {"profile": settings.profile,
-             **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
-    lake = settings.open_lake()
-    recipe = training_recipe(settings.standardizer)
-    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume, recipe)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``accelerate launch -m serialgen.stages.train_standardizer`` (one process per GPU)."""
-    parser = argparse.ArgumentParser(description="Train the standardizer (every process; rank 0 records the run).")
-    parser.add_argument("--lake")
-    parser.add_argument("--profile")
-    parser.add_argument("--config")
+    parser = launch_parser("Train the standardizer (every process; rank 0 records the run).")
     parser.add_argument("--dynamic", action="store_true", help="composite pairs on the fly")
-    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
-    parser.add_argument("--steps", type=int)
     args = parser.parse_args(argv)
-    settings = with_overrides(load_settings(args.config, args.profile, lake=args.lake), args.dynamic, args.steps)
+    settings = with_overrides(launch_settings(args), args.dynamic, args.steps)
     report = run_train_standardizer(settings, resume=not args.no_resume)
     if report.run_id is not None:
         print(f"{report.run_id}: step {report.step}, PSNR {report.psnr}, SSIM {report.ssim}, model {report.model_dir}")

@@ -1,4 +1,4 @@
-"""Lake storage: table schemas, the upsert primitive, image codecs, errors and readers."""
+"""The lake: every table read and write goes through here, so schemas, keys, upserts and lineage are defined once."""
 
 from serialgen.storage.lake import Lake, LakeError, SchemaMismatchError
 from serialgen.storage.schemas import TABLES, TableSpec, spec

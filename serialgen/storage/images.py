@@ -54,6 +54,16 @@ def decode_image(data: bytes, mode: str | None = None, max_pixels: int = MAX_PIX
         raise ImageDecodeError(f"not a readable image: {exc}") from exc
 
 
+def on_white(image: np.ndarray) -> np.ndarray:
+    """uint8 HxW, HxWx3 or HxWx4 -> HxWx3; transparent pixels become white (what lies under them is arbitrary)."""
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255
+        return np.rint(image[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
 def encode_mask(mask: np.ndarray) -> bytes:
     """Bool or [0, 1] float or uint8 HxW mask -> 8-bit greyscale PNG."""
     if mask.dtype == bool:

@@ -19,6 +19,10 @@ from serialgen.storage.lake import Lake
 from serialgen.storage.schemas import spec
 
 
+#: The key under a training run's ``metrics`` that holds its model's content version.
+MODEL_VERSION = "model_version"
+
+
 class MissingInputError(FileNotFoundError):
     """A stage's input table is missing or empty: the message names the stage to run first."""
 
@@ -144,6 +148,22 @@ def last_completed(lake: Lake, stage: str) -> Mapping[str, Any] | None:
     for field in ("inputs", "outputs", "metrics"):
         row[field] = json.loads(row[field] or "{}")
     return row
+
+
+def new_model_since(lake: Lake, producer: str, started: dt.datetime) -> Mapping[str, Any] | None:
+    """The first completed run of the training stage ``producer`` that finished after ``started`` with a new
+    model: its ``metrics.model_version`` (a content version, recorded by training stages) differs from the
+    last one recorded for the same model folder (``checkpoint``) before ``started``. A run that resumed a
+    finished training and exported the same weights is not new; a run that records no version always is."""
+    runs = lake.read("runs", filter=f"stage = '{producer}' AND status = 'completed'").sort_by("finished_at").to_pylist()
+    known: dict[str | None, str | None] = {}
+    for run in runs:
+        version = json.loads(run["metrics"] or "{}").get(MODEL_VERSION)
+        if run["finished_at"] > started and (version is None or known.get(run["checkpoint"]) != version):
+            return run
+        if run["finished_at"] <= started:
+            known[run["checkpoint"]] = version
+    return None
 
 
 def errors_of(lake: Lake, stage: str) -> pa.Table:

@@ -1,2 +1,2 @@
-"""The synthetic data's Blender-free side: canonical skeleton, rotations, poses and motion clips, procedural
-character specs and body meshes, the character filter's rules and the render plan (numpy only, never bpy)."""
+"""The synthetic data's Blender-free side: the rules of skeletons, poses, characters and render plans in plain
+numpy (never bpy), shared by the Blender processes and the drivers that plan their work."""

@@ -19,7 +19,6 @@ TOO_FEW_BONES = "too_few_canonical_bones"
 NOT_SKINNED = "not_skinned"
 TEXTURE = "texture_defect"
 DUPLICATE = "duplicate"
-REASONS = (UNREADABLE, NO_ARMATURE, TOO_FEW_BONES, NOT_SKINNED, TEXTURE, DUPLICATE)
 
 #: Bones a character needs to be posed at all, whatever ``min_canonical_bones`` says.
 REQUIRED = ("Hips", "Spine", "Head", "LeftArm", "RightArm", "LeftForeArm", "RightForeArm",

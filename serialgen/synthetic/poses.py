@@ -12,12 +12,6 @@ import hashlib
 import numpy as np
 
 
-def pose_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest joint angle (radians) between poses ``a`` and ``b`` (bones, 4)."""
-    dots = np.clip(np.abs(np.sum(np.asarray(a, float) * np.asarray(b, float), axis=-1)), 0.0, 1.0)
-    return float(2 * np.arccos(dots.min()))
-
-
 def dedup(candidates: np.ndarray, threshold: float, library: np.ndarray | None = None) -> np.ndarray:
     """Mask of ``candidates`` (N, bones, 4) to keep: farther than ``threshold`` from the library and earlier keeps."""
     cos_half = np.cos(threshold / 2)

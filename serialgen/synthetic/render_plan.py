@@ -67,13 +67,6 @@ def plan_by_character(character_ids: Iterable[str], pose_ids: Sequence[str], pos
         yield character_id, items
 
 
-def plan_items(character_ids: Iterable[str], pose_ids: Sequence[str], poses_per_character: int,
-               views_per_pose: int, seed: int, limit: int | None = None) -> Iterator[RenderItem]:
-    """The planned items, character-major; ``limit`` keeps the first ``limit`` items."""
-    for _, items in plan_by_character(character_ids, pose_ids, poses_per_character, views_per_pose, seed, limit):
-        yield from items
-
-
 @dataclass
 class ChunkResult:
     """What a worker returns for a chunk of one character's items: rows, failed items, timings."""

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from serialgen.config import Settings
-from serialgen.stages.generate import Generated, generate, read_reference
+from serialgen.inference.generate import Generated, generate_with_references, read_reference
 from serialgen.stages.train_personalizer import TrainPersonalizerReport, run_train_personalizer
 from serialgen.storage.images import decode_image, encode_png
 from serialgen.tasks.artifacts import artifact_path, publish_png
@@ -41,8 +41,9 @@ def generate_task(settings: Settings, references: list[str], prompts: list[tuple
                   scale: float | None, standardize: bool, method: str | None, character_id: str | None,
                   out: str | None) -> dict:
     """Generate, write one PNG per image to ``out`` (default ``<lake>/_artifacts/generations``) and publish a grid."""
-    result = generate(settings, [read_reference(p) for p in references], prompts, seeds, scale, standardize,
-                      character_id=character_id, method=method, flow_run_id=flow_run.id)
+    result = generate_with_references(settings, [read_reference(p) for p in references], prompts, seeds, scale,
+                                      standardize, character_id=character_id, method=method,
+                                      flow_run_id=flow_run.id)
     folder = Path(out) if out else artifact_path(settings, "generations")
     folder.mkdir(parents=True, exist_ok=True)
     files = []

@@ -1,1 +1,1 @@
-"""Training loops (accelerate) and their validation metrics."""
+"""Training: one accelerate loop with exact resume, and what each model adds to it (loss, data, validation)."""

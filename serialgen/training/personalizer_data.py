@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from serialgen.models.ip_adapter import reference_pixels
-from serialgen.storage.images import decode_image
+from serialgen.storage.images import decode_image, on_white
 from serialgen.storage.lake import Lake
 
 MODES = ("two_stage", "paired_one_stage", "unpaired")
@@ -116,18 +116,8 @@ def _quote(value: str) -> str:
     return value.replace("'", "''")
 
 
-def on_white(image: np.ndarray) -> np.ndarray:
-    """uint8 HxW, HxWx3 or HxWx4 -> HxWx3; a transparent background becomes white."""
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.shape[2] == 4:
-        alpha = image[..., 3:].astype(np.float32) / 255
-        return np.rint(image[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
-    return image
-
-
 def rgb_on_white(data: bytes) -> np.ndarray:
-    """Encoded image -> HxWx3 uint8 (see :func:`on_white`)."""
+    """Encoded image -> HxWx3 uint8 (see :func:`serialgen.storage.images.on_white`)."""
     return on_white(decode_image(data))
 
 

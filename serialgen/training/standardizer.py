@@ -25,13 +25,54 @@ from diffusers.training_utils import EMAModel, compute_snr
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from serialgen.config import StandardizerSettings
+from serialgen.compositing.split import TRAIN, split_of
+from serialgen.config import Settings, StandardizerSettings
+from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
-from serialgen.standard_skeleton import canonical_skeleton
-from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator
+from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
+from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.loop import ema_weights as _ema_weights
 from serialgen.training.metrics import psnr, ssim
+
+
+#: Settings that define the model: a run folder trained with others cannot be resumed.
+MODEL_FIELDS = ("fbdm", "rpim", "width", "height", "model_dir", "vae_dir", "patch_size", "unet_channels",
+                "layers_per_block", "prediction_type")
+
+
+def build_standardizer(settings: Settings) -> Standardizer:
+    """A fresh model for the profile (SD-1.5 from local folders, or from-scratch pixel-space components) whose
+    target is one standard skeleton: the mean of the training characters' rendered standard views (the canonical
+    skeleton at the render stage's standard-view rows when the lake has none)."""
+    cfg, view = settings.standardizer, settings.render
+    parts = (load_sd15_components(cfg.model_dir, cfg.vae_dir) if settings.profile == "sd15"
+             else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
+                                     prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
+    model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
+                                         frame_reference=cfg.frame_reference)
+    standards = settings.open_lake().read("standards", columns=["character_id", "keypoints", "width", "height"])
+    train = [i for i, c in enumerate(standards["character_id"].to_pylist())
+             if split_of(c, settings.composite.test_fraction) == TRAIN]
+    if train:
+        rows = standards.take(train)
+        skeleton = mean_skeleton(np.asarray(rows["keypoints"].to_pylist(), np.float32),
+                                 np.stack([rows["width"].to_numpy(), rows["height"].to_numpy()], 1),
+                                 cfg.width, cfg.height)
+    else:
+        skeleton = canonical_skeleton(cfg.width, cfg.height, view.standard_head_top, view.standard_chin,
+                                      view.standard_arm_angle)
+    model.set_standard_skeleton(skeleton, cfg.width, cfg.height)
+    return model
+
+
+def prepare_run_folder_for(settings: Settings, output_dir: Path, resume: bool, inputs: list[str]) -> None:
+    """Resume rules of :func:`serialgen.training.loop.prepare_run_folder` for this standardizer definition."""
+    model = {"profile": settings.profile,
+             **settings.standardizer.model_dump(mode="json", include=set(MODEL_FIELDS))}
+    lake = settings.open_lake()
+    recipe = training_recipe(settings.standardizer)
+    prepare_run_folder(output_dir, model, {name: lake.version(name) for name in inputs}, resume, recipe)
 
 
 @dataclass

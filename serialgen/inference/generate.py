@@ -1,8 +1,10 @@
-"""Stage driver: serial generation, standardize -> personalize (contract C3; no Prefect).
+"""Serial generation: standardize a reference (two-stage modes), then personalize it with a trained adapter
+into one image per (prompt, seed), upserted into `generations` with a `runs` row of stage ``generate``.
 
-Every input is checked before anything is computed or written (references, prompts, seeds, scale,
-the adapter, the SDXL and encoder files); all images are generated before the one upsert into
-`generations`, so a failure never leaves part of a request written.
+The `generate` command and deployment call it, and so do evaluate (the test set) and train-personalizer
+(paired_one_stage targets). Every input is checked before anything is computed or written (references,
+prompts, seeds, scale, the adapter, the SDXL and encoder files); all images are generated before the one
+upsert into `generations`, so a failure never leaves part of a request written.
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import config_hash
+from serialgen.inference.standardize import standardize_images
 from serialgen.models.ip_adapter import WEIGHTS_NAME
 from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.real_images import pixel_id
-from serialgen.stages.registry import config_hash
-from serialgen.stages.train_personalizer import sdxl_folders, training_dir
-from serialgen.storage.images import ImageDecodeError, decode_image, encode_png
+from serialgen.storage.images import ImageDecodeError, decode_image, encode_png, on_white
 from serialgen.storage.runs import StageRun
-from serialgen.training.personalizer_data import MODES, on_white
+from serialgen.training.personalizer_data import MODES
 
 STAGE = "generate"
 SCALE_RANGE = (0.0, 2.0)
-PROMPT_CATEGORIES = ("action", "background", "viewpoint", "expression", "other")
 
 
 class GenerateInputError(ConfigError):
@@ -72,15 +74,16 @@ def generate_images(settings: Settings, references: Sequence[np.ndarray], prompt
                     seeds: Sequence[int], scale: float | None = None, standardize: bool = True,
                     adapter_dir: Path | None = None, character_id: str | None = None, method: str | None = None,
                     flow_run_id: str | None = None) -> list[dict]:
-    """Contract C3: the `generations` rows upserted, one per (prompt, seed), all sharing one reference."""
-    return generate(settings, references, prompts, seeds, scale, standardize, adapter_dir, character_id, method,
-                    flow_run_id).rows
+    """The `generations` rows upserted, one per (prompt, seed), all sharing one reference."""
+    return generate_with_references(settings, references, prompts, seeds, scale, standardize, adapter_dir,
+                                    character_id, method, flow_run_id).rows
 
 
-def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequence[tuple[str, str]],
-             seeds: Sequence[int], scale: float | None = None, standardize: bool = True,
-             adapter_dir: Path | None = None, character_id: str | None = None, method: str | None = None,
-             flow_run_id: str | None = None) -> Generated:
+def generate_with_references(settings: Settings, references: Sequence[np.ndarray],
+                             prompts: Sequence[tuple[str, str]], seeds: Sequence[int], scale: float | None = None,
+                             standardize: bool = True, adapter_dir: Path | None = None,
+                             character_id: str | None = None, method: str | None = None,
+                             flow_run_id: str | None = None) -> Generated:
     """:func:`generate_images`, also returning the references and standardized references (for grids)."""
     from serialgen.pipelines.personalization import SAMPLER, PersonalizationPipeline
 
@@ -90,24 +93,21 @@ def generate(settings: Settings, references: Sequence[np.ndarray], prompts: Sequ
     reference_ids = [pixel_id(np.asarray(r)) for r in references]
     references = [_rgb(np.asarray(r)) for r in references]
     _check_request(references, prompts, seeds, scale, method)
-    adapter_dir = Path(adapter_dir) if adapter_dir is not None else training_dir(settings, method)
+    adapter_dir = Path(adapter_dir) if adapter_dir is not None else personalizer_dir(settings, method)
     adapter_file = adapter_dir / WEIGHTS_NAME
     if not adapter_file.is_file():
         raise FileNotFoundError(f"missing {WEIGHTS_NAME} in {adapter_dir}: expected the trained personalizer adapter "
                                 f"({method}) there; run `serialgen train-personalizer --mode {method}`")
-    adapter_meta = _adapter_metadata(adapter_dir)
     parts = load_sdxl_parts(*sdxl_folders(settings))
 
     standardizer_version, shown = None, None
     if standardize:
-        from serialgen.stages.standardize import standardize_images  # contract C2 (the standardize stage)
-
         standardized = standardize_images(settings, references, seed=0)
         shown = [s.image for s in standardized]
         standardizer_version = standardized[0].model_version
     pipeline = PersonalizationPipeline(parts, adapter_file)
     embeds = pipeline.embed(shown if shown is not None else references)
-    personalizer_version = adapter_meta.get("version") or _file_digest(adapter_file)
+    personalizer_version = content_version(adapter_file)
     standardized_png = encode_png(_stack(shown)) if shown is not None else None
     rows = []
     for prompt, category in prompts:
@@ -161,12 +161,3 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
     height = max(i.shape[0] for i in images)
     padded = [np.pad(i, ((0, height - i.shape[0]), (0, 0), (0, 0)), constant_values=255) for i in images]
     return np.concatenate(padded, axis=1)
-
-
-def _adapter_metadata(folder: Path) -> dict:
-    path = folder / "adapter.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

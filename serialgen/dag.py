@@ -1,8 +1,10 @@
-"""The DAG's stages: what each depends on, which settings key it, and where its flow lives (no Prefect here).
+"""The DAG's stages: what each depends on, which settings key it, where its flow lives, and whether it must
+run (no Prefect here; below the stages, which record their config hash with :func:`config_hash`).
 
 A stage is skipped when its last completed run used the same config hash and read the input
-table versions that are still current (see :func:`serialgen.storage.runs.up_to_date`); a rerun
-upstream writes new versions, so everything downstream of a change reruns and nothing else.
+table versions that are still current (see :func:`serialgen.storage.runs.up_to_date`), and no model it
+loads has a new version since; a rerun upstream writes new versions, so everything downstream of a
+change reruns and nothing else. One :func:`should_run`, so the DAG and ``serialgen info`` agree.
 Flows are named by module path so that deciding to skip imports neither torch, bpy nor Ray.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serialgen.config import Settings
+from serialgen.storage.runs import last_completed, new_model_since, up_to_date
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,26 @@ def config_hash(settings: Settings, stage: str) -> str:
     spec = BY_NAME[stage]
     dynamic = spec.dynamic_sections if settings.composite.dynamic else ()
     return settings.section_hash(*spec.sections, *dynamic)
+
+
+def should_run(settings: Settings, stage: str, force: bool = False) -> tuple[bool, str]:
+    """(run?, why) for ``stage`` over the settings' lake."""
+    spec = BY_NAME[stage]
+    if spec.profiles and settings.profile not in spec.profiles:
+        return False, f"not used by the {settings.profile} profile"
+    if force:
+        return True, "forced"
+    lake = settings.open_lake()
+    skip, why = up_to_date(lake, stage, config_hash(settings, stage))
+    if not skip:
+        return True, why
+    # A model is a lineage input: a training run that finished after this stage last started may have made a new one.
+    started = last_completed(lake, stage)["started_at"]
+    for producer in spec.checkpoints_of:
+        trained = new_model_since(lake, producer, started)
+        if trained is not None:
+            return True, f"new checkpoint from {trained['run_id']}"
+    external = external_inputs(settings, stage)
+    if external:
+        return True, external
+    return False, why

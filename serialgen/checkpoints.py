@@ -1,0 +1,97 @@
+"""Where the pipeline's model folders live, and which version a model is.
+
+One rule places every folder a stage trains into or builds models in: the directory the settings name,
+else a folder under the lake when the lake is a local folder. Training writes plain files, so a lake on
+object storage needs the directory configured; readers and writers resolve the folder through the same
+function, so a configured directory is honoured by both.
+
+A model's version follows its bytes, not the run that wrote it: a run that resumed a finished training
+and exported the same weights again leaves the version unchanged, so nothing downstream reruns for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from serialgen.config import ConfigError, Settings
+
+#: The lake's folder for models trained or built into it.
+CHECKPOINTS = "_checkpoints"
+
+
+class NoModelFolder(ConfigError):
+    """The lake is on object storage and the setting that names a model folder is not set."""
+
+
+def lake_folder(settings: Settings, setting: str, *parts: str) -> Path:
+    """``<lake>/<parts...>`` of a local lake; on object storage, a :class:`NoModelFolder` naming ``setting``."""
+    lake = settings.open_lake()
+    if not lake.is_local:
+        raise NoModelFolder(f"lake {lake.uri} is not a local folder: set {setting}")
+    return Path(lake.uri).resolve().joinpath(*parts)
+
+
+def standardizer_dir(settings: Settings) -> Path:
+    """``standardizer.checkpoint_dir`` (default ``<lake>/_checkpoints``) / ``standardizer.run_name``: the
+    training folder (resumable ``checkpoint-*``, ``logs/``, the exported ``model/``)."""
+    return _checkpoints_dir(settings, settings.standardizer.checkpoint_dir, "standardizer.checkpoint_dir") \
+        / settings.standardizer.run_name
+
+
+def preprocessors_dir(settings: Settings) -> Path:
+    """``<standardizer.checkpoint_dir or <lake>/_checkpoints>/preprocessors``: the mask and pose models that
+    ``train-preprocessors`` exports live beside the standardizer whose inputs they prepare."""
+    return _checkpoints_dir(settings, settings.standardizer.checkpoint_dir, "standardizer.checkpoint_dir") \
+        / "preprocessors"
+
+
+def probes_dir(settings: Settings) -> Path:
+    """``probes.checkpoint_dir`` (default ``<lake>/_checkpoints/probes``): the evaluation probes of the offline
+    profiles, written by ``train-probes`` and read by evaluate and the standardizer ablation."""
+    configured = settings.probes.checkpoint_dir
+    return Path(configured).expanduser() if configured is not None else \
+        lake_folder(settings, "probes.checkpoint_dir", CHECKPOINTS, "probes")
+
+
+def personalizer_dir(settings: Settings, mode: str | None = None) -> Path:
+    """``personalizer.checkpoint_dir`` (default ``<lake>/_checkpoints/personalizer``) / ``<mode>``: one
+    adapter's training folder and its export."""
+    configured = settings.personalizer.checkpoint_dir
+    base = (Path(configured).expanduser() if configured is not None
+            else lake_folder(settings, "personalizer.checkpoint_dir", CHECKPOINTS, "personalizer"))
+    return base / (mode or settings.personalizer.mode)
+
+
+def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
+    """The SDXL base and image-encoder folders: as configured, or for the tiny profile (when unset) the
+    tiny SDXL-shaped set in ``<lake>/_models/tiny-sdxl/``, written offline on first use."""
+    cfg = settings.personalizer
+    if settings.profile != "tiny" or (cfg.model_dir is not None and cfg.image_encoder_dir is not None):
+        return cfg.model_dir, cfg.image_encoder_dir
+    root = lake_folder(settings, "personalizer.model_dir", "_models", "tiny-sdxl")
+    if not (root / "image_encoder" / "model.safetensors").is_file():
+        from serialgen.models.sdxl import write_sdxl_folders
+
+        write_sdxl_folders(root, seed=cfg.seed)
+    return cfg.model_dir or root / "base", cfg.image_encoder_dir or root / "image_encoder"
+
+
+def _checkpoints_dir(settings: Settings, configured: Path | None, setting: str) -> Path:
+    return Path(configured).expanduser() if configured is not None else lake_folder(settings, setting, CHECKPOINTS)
+
+
+def content_version(path: Path) -> str:
+    """A version of a file, or of a folder's files, from their contents: sha256 over each file's path
+    (relative to the folder, or its name) and bytes. Rewriting the same bytes keeps it; names, sizes and
+    modification times alone never decide it."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    root = path.parent if path.is_file() else path
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(root).as_posix()}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
