@@ -281,6 +281,7 @@ class ProbesSettings(Section):
     batch_size: int = 32
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
+    close_ups: float = 0.3              # share of identity samples cropped to the figure's top (synthetic bust/head)
     seed: int = 0
     checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/probes (local lakes only)
 
@@ -360,7 +361,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "checkpoint_every": 500, "validate_every": 1000,
                          "validation_pairs": 8, "num_workers": 0, "log_every": 25},
         # About 23 epochs of the identity probe over the train split's 6 k images, one torch thread.
-        "probes": {"identity_steps": 3000, "attribute_steps": 1500, "batch_size": 48},
+        "probes": {"identity_steps": 3000, "attribute_steps": 3000, "batch_size": 48},
     },
     "sd15": {
         "render": {"width": 512, "height": 768, "samples": 64, "denoise": True,

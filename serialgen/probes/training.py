@@ -22,16 +22,22 @@ log = logging.getLogger(__name__)
 LOG_EVERY = 250
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float in [0, 1]: random scale 0.9-1.1, shift +-6 %, mirror, exposure +-10 %."""
+def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool, close_ups: float = 0.0) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float in [0, 1]: random scale 0.9-1.1, shift +-6 %, mirror, exposure +-10 %; and, for a
+    ``close_ups`` share, only the top 20-60 % of the framed figure enlarged to the frame (a synthetic bust or head
+    shot of the same character, which the renders hold few of)."""
     x = batch.float() / 255
     b = x.shape[0]
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     scale = 0.9 + 0.2 * rand(b)
+    close_up = rand(b) < close_ups
+    top = 0.2 + 0.4 * rand(b)
+    scale = torch.where(close_up, top, scale)
     flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
-    theta[:, :, 2] = (rand(b, 2) - 0.5) * 0.12
+    theta[:, :, 2] = (rand(b, 2) - 0.5) * 0.12 * scale[:, None]
+    theta[:, 1, 2] += torch.where(close_up, top - 1, torch.zeros(b))  # the crop's top edge on the figure's
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if pad_white:
         x = 1 - F.grid_sample(1 - x, grid, align_corners=False)
@@ -73,7 +79,7 @@ def train_identity(train: ProbeImages, cfg: ProbesSettings) -> tuple[IdentityEmb
 
     def loss_fn(index: np.ndarray) -> torch.Tensor:
         pick = torch.from_numpy(index)
-        return head(model(augment(train.identity[pick], generator, pad_white=True)), labels[pick])
+        return head(model(augment(train.identity[pick], generator, True, cfg.close_ups)), labels[pick])
 
     stats = _fit([*model.parameters(), *head.parameters()], loss_fn, len(train), cfg, cfg.identity_steps, "identity")
     return model.eval(), {**stats, "characters": len(characters)}

@@ -60,7 +60,8 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
     folder = probes_dir(settings)
     start = time.perf_counter()
     with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=INPUTS, flow_run_id=flow_run_id) as run:
-        images = read_probe_images(lake, (cfg.height, cfg.width), settings.composite.test_fraction)
+        with torch_threads(1):  # thousands of one-image ops: threads only spin against each other
+            images = read_probe_images(lake, (cfg.height, cfg.width), settings.composite.test_fraction)
         train, held_out = images.where("train"), images.where("test")
         if not len(train) or not len(held_out):
             raise ConfigError(f"{STAGE}: needs characters on both sides of the split (train {len(train)}, "
