@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serialgen.storage import Lake, LakeError
@@ -85,7 +85,11 @@ class RenderSettings(Section):
     device: Literal["CPU", "GPU"] = "CPU"
     samples: int = 8
     adaptive_threshold: float = 0.05
-    denoise: bool = False
+    denoise: bool = False               # OpenImageDenoise on the final frame (Cycles)
+    # OIDN's network size and how its albedo/normal guides are cleaned first (Blender's defaults: HIGH, ACCURATE).
+    denoise_quality: Literal["HIGH", "BALANCED", "FAST"] = "HIGH"
+    denoise_prefilter: Literal["ACCURATE", "FAST", "NONE"] = "ACCURATE"
+    max_bounces: int = 12               # Cycles light-path bounces in all (Blender's default)
     threads_per_worker: int = runtime(1)
     workers: int = runtime(2)
     gpus_per_worker: float = runtime(0.0)
@@ -106,6 +110,15 @@ class RenderSettings(Section):
     expression_share: float = 0.7       # renders with an expression (the standard view never has one)
     expression_keys: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_KEYS))
     expression_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXPRESSION_PREFIXES))
+
+    @model_validator(mode="after")
+    def _gpu_actors_render_on_their_gpus(self) -> RenderSettings:
+        """A GPU render actor renders on the GPUs Ray reserved for it and on nothing else: a GPU reserved for a
+        CPU render would idle, and a GPU render without a reservation has no GPU of its own to use."""
+        if (self.device == "GPU") != (self.gpus_per_worker > 0):
+            raise ValueError("render.device GPU and render.gpus_per_worker > 0 go together "
+                             "(Cycles renders on the GPUs Ray assigns to each actor)")
+        return self
 
 
 class CompositeSettings(Section):
