@@ -1,6 +1,7 @@
 """Render stage speed: per-image overhead, 1 vs 2 long-lived Ray workers, vs one Blender process per image.
 
-    python benchmarks/bench_render.py [--characters 2] [--poses 8] [--baseline-images 6] [--paper]
+    python benchmarks/bench_render.py [--characters 2] [--poses 8] [--baseline-images 6] [--paper] [--paper-only]
+        [--paper-images 2] [--device CPU|GPU]
 
 All figures come from one run on the same machine and the same plan (tiny profile: 128x192,
 Cycles CPU, 8 samples, 1 thread per worker):
@@ -10,7 +11,8 @@ Cycles CPU, 8 samples, 1 thread per worker):
 - throughput of the stage with 1 and with 2 workers (2 cores);
 - the common script approach: a fresh ``python`` that imports bpy, loads the character and renders
   one image (the same worker code), once per image; sequentially, and two at a time.
-``--paper`` adds the worker overhead ratio at the paper profile (512x768, 64 samples, denoising).
+``--paper`` adds the worker overhead ratio and images per hour at the ``sd15`` profile's render settings
+(512x768); ``--paper-only`` runs just that, ``--device GPU`` on one GPU (images per GPU-hour).
 """
 
 from __future__ import annotations
@@ -79,18 +81,29 @@ def script_approach(lake: str, keys: list[tuple[str, str, int]], parallel: int, 
     return {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds}
 
 
-def paper_ratio(n: int = 2) -> dict:
-    from serialgen.synthetic.render_plan import plan_character
-    from serialgen.render.worker import RenderWorker
+def paper_ratio(device: str, n: int) -> dict:
+    """The sd15 profile's renders in this process: render time, overhead ratio and images per device-hour.
 
-    settings = load_settings(profile="sd15").render
+    On a GPU (``--device GPU``) the worker renders on the GPU Ray would assign an actor with one GPU:
+    the first of ``CUDA_VISIBLE_DEVICES``, else GPU 0.
+    """
+    from serialgen.render.worker import RenderWorker
+    from serialgen.synthetic.render_plan import plan_character
+
+    gpu = device == "GPU"
+    settings = load_settings(profile="sd15", render={"device": device, "gpus_per_worker": float(gpu)}).render
+    gpu_ids = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[:1] if gpu else []
     glbs = character_glbs([11])
     cid = next(iter(glbs))
     poses = {r["pose_id"]: (r["bones"], r["rotations"]) for r in pose_rows(n)}
-    worker = RenderWorker(settings)
+    worker = RenderWorker(settings, gpu_ids)
     result = worker.render_chunk(cid, glbs[cid], plan_character(cid, sorted(poses), n, 1, 0), poses, standard=False)
-    return {"images": n, "render_s_per_image": sum(result.render_seconds) / n,
-            "overhead_ratio": sum(result.item_seconds) / sum(result.render_seconds)}
+    if result.errors:
+        raise RuntimeError(f"paper renders failed: {result.errors}")
+    return {"images": n, "device": device, "samples": settings.samples, "denoise": settings.denoise,
+            "render_s_per_image": sum(result.render_seconds) / n,
+            "overhead_ratio": sum(result.item_seconds) / sum(result.render_seconds),
+            f"images_per_{'gpu' if gpu else 'core'}_hour": 3600 * n / sum(result.item_seconds)}
 
 
 def main() -> None:
@@ -98,13 +111,18 @@ def main() -> None:
     parser.add_argument("--characters", type=int, default=2)
     parser.add_argument("--poses", type=int, default=24)
     parser.add_argument("--baseline-images", type=int, default=6)
-    parser.add_argument("--paper", action="store_true")
+    parser.add_argument("--paper", action="store_true", help="add the sd15 profile's renders (512x768)")
+    parser.add_argument("--paper-only", action="store_true", help="only --paper, without the stage runs")
+    parser.add_argument("--paper-images", type=int, default=2)
+    parser.add_argument("--device", choices=("CPU", "GPU"), default="CPU", help="device of the --paper renders")
     parser.add_argument("--one", nargs=5, metavar=("LAKE", "CHARACTER", "POSE", "VIEW", "OUT"))
     args = parser.parse_args()
     if args.one:
         lake, cid, pid, vid, out = args.one
         return one_image(lake, cid, pid, int(vid), out)
 
+    if args.paper_only:
+        return print(json.dumps(paper_ratio(args.device, args.paper_images), indent=2))
     from serialgen.runtime import init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-render-"))
@@ -119,7 +137,7 @@ def main() -> None:
     for parallel in (1, 2):
         figures[f"one process per image, {parallel} at a time"] = script_approach(lakes[1], keys, parallel, tmp)
     if args.paper:
-        figures["paper profile 512x768, 1 worker (in process)"] = paper_ratio()
+        figures["paper profile 512x768, 1 worker (in process)"] = paper_ratio(args.device, args.paper_images)
     figures["load average (1 min) at the end"] = os.getloadavg()[0]
     print(json.dumps(figures, indent=2))
     best = figures["stage, 2 workers"]["images_per_s"]

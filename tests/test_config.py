@@ -51,6 +51,8 @@ def test_section_hash_changes_with_its_section_only():
     ({"lake": "ftp://x/y"}, "invalid lake URI"),
     ({"render": {"samples": "many"}}, "invalid setting render.samples"),
     ({"render": {"colour": 1}}, "invalid setting render.colour"),
+    ({"render": {"device": "GPU"}}, "invalid setting render: .*GPU and render.gpus_per_worker > 0 go together"),
+    ({"render": {"gpus_per_worker": 0.25}}, "invalid setting render: .*go together"),
 ])
 def test_bad_settings_are_one_clear_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):

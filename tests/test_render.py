@@ -7,6 +7,7 @@ import pytest
 
 from serialgen.config import RenderSettings
 from serialgen.pose_drawing import draw_pose
+from serialgen.render.devices import CyclesDevice, DeviceChoiceError, assigned_devices
 from serialgen.storage.images import decode_image, decode_mask
 from serialgen.synthetic.render_plan import plan_character, stable_seed
 from serialgen.synthetic.skeleton import COLORS
@@ -232,3 +233,38 @@ def test_expression_allow_list_skips_body_and_clothing_morphs():
     draws = [sample_expression(rng, found, 0.7) for _ in range(400)]
     assert 0.62 < np.mean([bool(d) for d in draws]) < 0.78
     assert max(len(d) for d in draws) == 3 and all(0.2 <= v <= 1 for d in draws for v in d.values())
+
+
+# -- GPU device choice (no bpy, no GPU) ------------------------------------------------------
+def _card(backend: str, bus: int) -> CyclesDevice:
+    suffix = "_OptiX" if backend == "OPTIX" else ""
+    return CyclesDevice(backend, f"CUDA_NVIDIA H100 80GB HBM3_0000:{bus:02x}:00{suffix}")
+
+
+#: A 4-GPU node as Cycles lists it: per backend, the card with a display last (bus 0x19 is card 0 by PCI order).
+NODE = [_card(b, bus) for b in ("CUDA", "OPTIX") for bus in (0x3b, 0x5d, 0xbb, 0x19)] + [CyclesDevice("CPU", "CPU")]
+
+
+@pytest.mark.parametrize(("gpu_ids", "listed", "visible", "buses"), [
+    (["2"], [_card("CUDA", 0xbb), _card("OPTIX", 0xbb)], "2", [0xbb]),   # Ray's usual case: CUDA sees one card
+    ([1], [_card("OPTIX", 0x3b), _card("OPTIX", 0xbb)], "3,1", [0x3b]),  # two visible cards: rank by id, not list order
+    (["3"], NODE, "3", [0xbb]),                                         # Blender ignored CUDA_VISIBLE_DEVICES
+    (["0", "2"], NODE, None, [0x19, 0x5d]),                            # no CUDA_VISIBLE_DEVICES: PCI order
+])
+def test_device_choice_enables_only_the_gpus_ray_assigned(gpu_ids, listed, visible, buses):
+    assert assigned_devices(gpu_ids, listed, "OPTIX", visible) == [_card("OPTIX", b) for b in buses]
+
+
+@pytest.mark.parametrize(("gpu_ids", "listed", "visible"), [
+    ([], NODE, None),                                     # device GPU without a Ray GPU
+    (["1"], [_card("CUDA", 0x19)], "2"),                   # the assigned GPU is not the visible one
+    (["0"], [_card("CUDA", 0x19), _card("CUDA", 0x3b)], "0,1,2"),   # Cycles lists fewer cards than visible
+    (["5"], NODE, None),                                  # more GPUs assigned than the node has
+])
+def test_device_choice_refuses_to_guess(gpu_ids, listed, visible):
+    with pytest.raises(DeviceChoiceError):
+        assigned_devices(gpu_ids, listed, "CUDA", visible)
+
+
+def test_device_choice_skips_a_backend_cycles_does_not_list():
+    assert assigned_devices(["0"], [_card("CUDA", 0x19)], "OPTIX", "0") == []

@@ -42,10 +42,17 @@ class RenderActor:
     """Wraps :class:`serialgen.render.worker.RenderWorker`; create with ``ray.remote(...)(RenderActor)``."""
 
     def __init__(self, settings: RenderSettings) -> None:
+        gpu_ids: list[str] = []
+        if settings.gpus_per_worker > 0:
+            import ray
+
+            gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+            # CUDA numbers CUDA_VISIBLE_DEVICES as Ray (NVML) does; read when Blender first starts CUDA.
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         with blender_sized_for(settings.threads_per_worker):
             from serialgen.render.worker import RenderWorker
 
-        self.worker = RenderWorker(settings)
+        self.worker = RenderWorker(settings, gpu_ids)
 
     def render_chunk(self, character_id: str, glb: bytes, items: Sequence[RenderItem],
                      poses: Mapping[str, tuple[list[str], list[list[float]]]], standard: bool) -> ChunkResult:

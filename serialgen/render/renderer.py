@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import bpy
@@ -18,33 +19,36 @@ import numpy as np
 from PIL import Image
 
 from serialgen.config import RenderSettings
-
-#: Cycles GPU backends, best first.
-GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
+from serialgen.render.devices import NVIDIA_BACKENDS, CyclesDevice, assigned_devices
 
 
 class RenderEngineError(RuntimeError):
     """The configured engine or device is not available on this machine."""
 
 
-def _enable_gpu() -> None:
+def _enable_gpus(gpu_ids: Sequence[str]) -> None:
+    """Enable exactly the Cycles devices of Ray's ``gpu_ids`` (:func:`serialgen.render.devices.assigned_devices`)."""
     prefs = bpy.context.preferences.addons["cycles"].preferences
-    for backend in GPU_BACKENDS:
+    for backend in NVIDIA_BACKENDS:
         try:
             prefs.compute_device_type = backend
-        except TypeError:
+        except TypeError:   # a backend this build lacks
             continue
         prefs.refresh_devices()
-        gpus = [d for d in prefs.devices if d.type == backend]
-        if gpus:
+        listed = [CyclesDevice(d.type, d.id) for d in prefs.devices]
+        chosen = {d.id for d in assigned_devices(gpu_ids, listed, backend, os.environ.get("CUDA_VISIBLE_DEVICES"))}
+        if chosen:
             for device in prefs.devices:
-                device.use = device.type == backend
+                device.use = device.type == backend and device.id in chosen
             return
-    raise RenderEngineError("render.device is GPU but Cycles finds no GPU (tried " + ", ".join(GPU_BACKENDS) + ")")
+    raise RenderEngineError("render.device is GPU but Cycles finds no GPU (tried " + ", ".join(NVIDIA_BACKENDS) + ")")
 
 
-def configure(settings: RenderSettings, width: int, height: int) -> None:
-    """Apply engine, sampling, threads, colour and output settings to the current scene."""
+def configure(settings: RenderSettings, width: int, height: int, gpu_ids: Sequence[str] = ()) -> None:
+    """Apply engine, sampling, threads, colour and output settings to the current scene.
+
+    ``gpu_ids``: the GPUs Ray assigned to this process (``device: GPU`` renders on those only).
+    """
     scene = bpy.context.scene
     render = scene.render
     render.engine = settings.engine
@@ -62,9 +66,13 @@ def configure(settings: RenderSettings, width: int, height: int) -> None:
         cycles.use_adaptive_sampling = settings.adaptive_threshold > 0
         cycles.adaptive_threshold = settings.adaptive_threshold
         cycles.use_denoising = settings.denoise
+        cycles.denoiser = "OPENIMAGEDENOISE"
+        cycles.denoising_quality = settings.denoise_quality
+        cycles.denoising_prefilter = settings.denoise_prefilter
+        cycles.max_bounces = settings.max_bounces
         cycles.device = settings.device
         if settings.device == "GPU":
-            _enable_gpu()
+            _enable_gpus(gpu_ids)
     elif settings.engine == "BLENDER_EEVEE":
         scene.eevee.taa_render_samples = settings.samples
 

@@ -38,8 +38,9 @@ def _reason(exc: BaseException) -> str:
 class RenderWorker:
     """Renders items of one character at a time; loads the next character only when it changes."""
 
-    def __init__(self, settings: RenderSettings) -> None:
+    def __init__(self, settings: RenderSettings, gpu_ids: Sequence[str] = ()) -> None:
         self.settings = settings
+        self.gpu_ids = list(gpu_ids)   # the GPUs Ray assigned to this process (device: GPU)
         self.character_id: str | None = None
         self.character: Character | None = None
         self.renderer = Renderer()
@@ -52,7 +53,7 @@ class RenderWorker:
         self.character_id, self.character = None, None
         self.character = scene.load_character(glb)
         self.character_id = character_id
-        configure(self.settings, self.settings.width, self.settings.height)
+        configure(self.settings, self.settings.width, self.settings.height, self.gpu_ids)
         self.camera = camera.ensure_camera()
         self.expressions = posing.expressions(self.character, self.settings.expression_keys,
                                               self.settings.expression_prefixes)
@@ -95,8 +96,13 @@ class RenderWorker:
         return (joints[:, None, :] + pad[None]).reshape(-1, 3)
 
     # -- items --------------------------------------------------------------------------
-    def render_item(self, item: RenderItem, bones: Sequence[str], rotations: Sequence[Sequence[float]]) -> dict[str, Any]:
-        """One non-standard render -> its ``renders`` row (``render_seconds``: time inside the render call)."""
+    def stage_item(self, item: RenderItem, bones: Sequence[str],
+                   rotations: Sequence[Sequence[float]]) -> tuple[dict[str, float], camera.Framing, np.ndarray]:
+        """Pose, frame and light the scene for ``item``, everything but the render call.
+
+        Returns (expression, framing, keypoints). Split from :meth:`render_item` so the same scene can be
+        rendered at several engine settings (``benchmarks/bench_render_quality.py``).
+        """
         rng = np.random.default_rng(item.seed)
         cfg = self.settings
         expression = sample_expression(rng, self.expressions, cfg.expression_share)
@@ -113,7 +119,11 @@ class RenderWorker:
         framing = camera.measured_cut(self.camera, framing, self._joints())
         scene.random_lighting(rng, centre, self.height, view.azimuth_deg)
         bpy.context.view_layer.update()
-        kps = keypoints.project(self.character, self.parts, self.camera, self.height)
+        return expression, framing, keypoints.project(self.character, self.parts, self.camera, self.height)
+
+    def render_item(self, item: RenderItem, bones: Sequence[str], rotations: Sequence[Sequence[float]]) -> dict[str, Any]:
+        """One non-standard render -> its ``renders`` row (``render_seconds``: time inside the render call)."""
+        expression, framing, kps = self.stage_item(item, bones, rotations)
         rgba, seconds = self.renderer.render(item.seed)
         width, height = self.settings.width, self.settings.height
         return {
