@@ -353,15 +353,14 @@ class Settings(BaseSettings):
 #: Named profiles, as overrides of the defaults above.
 PROFILES: dict[str, dict[str, Any]] = {
     # Pixel-space x0-prediction models from scratch: plain MSE (Min-SNR would mute the high-noise steps
-    # that place the figure), no noise offset (meant for SD latents), and a high learning rate so the
-    # demo's 60 steps already draw the standard figure (val PSNR 19.5 dB vs 15.8 at 1e-4; 6.8 with a random VAE).
+    # that place the figure), no noise offset (meant for SD latents), and a high learning rate for the demo's
+    # 60 steps (which learn a template figure, not the character).
     "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3}},
-    # From scratch on CPU: 600 procedural characters, a pixel-space standardizer at 64x96, scored on the
-    # held-out 20 % of characters (docs/standardizer_table3.md). More noisy timesteps (where the reference
-    # decides the output) and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect); the
-    # reference is cropped to its figure, which a wide shot leaves on a few of the ReferenceNet's tokens.
-    # One (trailing) DDIM step, the x0 estimate from pure noise: chosen on held-out characters outside the
-    # scored ones, where it beat 2-20 steps on PSNR and SSIM (benchmarks/README.md, Table 3).
+    # From scratch on CPU: 600 procedural characters, a pixel-space standardizer at 64x96, scored on
+    # held-out characters (docs/standardizer_table3.md: as inference runs it does not yet keep the character).
+    # More noisy timesteps and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect); the
+    # reference is cropped to its figure. One (trailing) DDIM step, the x0 estimate from pure noise: chosen
+    # (before the one-target fix) over 2-20 steps on PSNR and SSIM (benchmarks/README.md, Table 3).
     "small": {
         "assets": {"procedural_characters": 600},
         "render": {"poses_per_character": 6, "views_per_pose": 1, "chunk_size": 32},
