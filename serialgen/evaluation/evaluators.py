@@ -106,8 +106,8 @@ class ProbeEvaluator:
                 f"characters): identity probe of {self.probes.label}, held-out retrieval top-1 "
                 f"{identity.get('top1', float('nan')):.2f} vs pixels {identity.get('pixels_top1', float('nan')):.2f}. "
                 f"Prompt accuracy (share of the attributes a prompt names that the output shows): attribute probes, "
-                f"held-out accuracy {accuracy}. Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T: not on the "
-                "paper's scale.")
+                f"held-out accuracy {accuracy}. Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the "
+                "paper's scale")
 
     def _foregrounds(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [self.mask_fn(image) for image in images]
