@@ -233,10 +233,10 @@ def train_probes_command(ctx: typer.Context) -> None:
     """Train the evaluation probes of the offline profiles on the lake's synthetic images (flow `train-probes`)."""
     r = run_flow(ctx, "train_probes", "train_probes")
     m = r["metrics"]
-    console.print(f"saved to {r['folder']}; held-out identity retrieval top-1 {m.get('vs_standard_all_top1', float('nan')):.3f}"
-                  f" (pixels {m.get('vs_standard_all_pixels_top1', float('nan')):.3f}), framing accuracy "
-                  f"{m.get('framing_accuracy', float('nan')):.3f}, view {m.get('view_accuracy', float('nan')):.3f}",
-                  highlight=False, soft_wrap=True)
+    figures = {"identity top-1": "vs_standard_all_top1", "pixels top-1": "vs_standard_all_pixels_top1",
+               "framing": "framing_accuracy", "view": "view_accuracy"}
+    shown = ", ".join(f"{name} {m[key]:.3f}" for name, key in figures.items() if key in m)
+    console.print(f"held-out: {shown}; probes in {r['folder']}", highlight=False, soft_wrap=True)
 
 
 @app.command("ingest-real")
