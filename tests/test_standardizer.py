@@ -248,7 +248,7 @@ def test_training_validation_and_inference_feed_the_one_standard_pose(settings, 
     own_skeleton = loss(batch)
     assert own_skeleton == loss({**batch, "target_pose_image": torch.rand_like(batch["target_pose_image"])})
     expected = model.target_pose(2)
-    assert torch.equal(expected[0], torch.from_numpy(model.standard_pose).permute(2, 0, 1).float() / 255)
+    assert torch.equal(expected[0], torch.from_numpy(np.array(model.standard_pose)).permute(2, 0, 1).float() / 255)
     # Inference's default target is the same tensor (the standardize stage passes none).
     images = [((batch["input_image"][i].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy() for i in range(2)]
     masks = [(batch["background_mask"][i, 0] * 255).byte().numpy() for i in range(2)]

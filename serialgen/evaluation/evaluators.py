@@ -98,16 +98,16 @@ class ProbeEvaluator:
     @property
     def note(self) -> str:
         v = self.probes.validation
-        identity = v.get("identity", {}).get("vs_standard", {}).get("all", {})
+        identity = v.get("identity", {}).get("vs_standard", {}).get("all")
         attributes = v.get("attributes", {})
+        retrieval = (f"held-out retrieval top-1 {identity['top1']:.2f} vs pixels {identity['pixels_top1']:.2f}"
+                     if identity else "not validated (the lake had no held-out character)")
         accuracy = ", ".join(f"{name} {s['accuracy']:.2f} (majority {s['majority']:.2f})"
-                             for name, s in attributes.items())
+                             for name, s in attributes.items()) or "not validated"
         return (f"ID-Sim (probe cosine, figure on white), AP-ID-Sim and ID top-1 (own character nearest among the test "
-                f"characters): identity probe of {self.probes.label}, held-out retrieval top-1 "
-                f"{identity.get('top1', float('nan')):.2f} vs pixels {identity.get('pixels_top1', float('nan')):.2f}. "
-                f"Prompt accuracy (share of the attributes a prompt names that the output shows): attribute probes, "
-                f"held-out accuracy {accuracy}. Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the "
-                "paper's scale")
+                f"characters): identity probe of {self.probes.label}, {retrieval}. Prompt accuracy (share of the "
+                f"attributes a prompt names that the output shows): attribute probes, held-out accuracy {accuracy}. "
+                "Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the paper's scale")
 
     def _foregrounds(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [self.mask_fn(image) for image in images]

@@ -78,7 +78,7 @@ def build_tables(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[
     def cell(method: str, stage: str, metric: str, domain: str = ALL, category: str = ALL) -> Any:
         row = agg.get((method, stage, metric, domain, category))
         return None if row is None or row["value"] is None else round(row["value"], 2 if metric in
-                                                                    ("clip_i", "clip_t", "ap_clip_i") else 4)
+                                                                    ("clip_i", "clip_t", "ap_clip_i", "psnr") else 4)
 
     def faces(method: str, stage: str, domain: str = ALL, category: str = ALL) -> list[str]:
         if not clip:

@@ -63,16 +63,17 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
         with torch_threads(1):  # thousands of one-image ops: threads only spin against each other
             images = read_probe_images(lake, (cfg.height, cfg.width), settings.composite.test_fraction)
         train, held_out = images.where("train"), images.where("test")
-        if not len(train) or not len(held_out):
-            raise ConfigError(f"{STAGE}: needs characters on both sides of the split (train {len(train)}, "
-                              f"test {len(held_out)} images): add characters")
+        if not len(train):
+            raise ConfigError(f"{STAGE}: no train-split images in lake {lake.uri} ({len(held_out)} held out): "
+                              "add characters")
         read_seconds = time.perf_counter() - start
         with torch_threads(1):
             identity, identity_stats = train_identity(train, cfg)
             attributes, attribute_stats = train_attributes(train, cfg)
         probes = Probes(identity, attributes, probe_config(cfg))
-        validation = {"identity": identity_validation(probes, held_out),
-                      "attributes": attribute_validation(probes, train, held_out)}
+        validation = ({"identity": identity_validation(probes, held_out),
+                       "attributes": attribute_validation(probes, train, held_out)} if len(held_out)
+                      else {"identity": {}, "attributes": {}})  # no held-out character: trained, not validated
         probes.config.update(validation=validation, train_characters=identity_stats["characters"],
                              train_images=len(train), test_images=len(held_out),
                              test_characters=len(set(held_out.character_ids)))
