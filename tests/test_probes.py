@@ -14,8 +14,14 @@ from serialgen.config import load_settings
 from serialgen.evaluation.evaluators import prompt_accuracy
 from serialgen.probes import load_probes
 from serialgen.probes.validation import ranks
-from serialgen.synthetic.vocabulary import (ATTRIBUTES, background_label, caption, framing_label, prompt_labels,
-                                            view_label)
+from serialgen.synthetic.vocabulary import (
+    ATTRIBUTES,
+    background_label,
+    caption,
+    framing_label,
+    prompt_labels,
+    view_label,
+)
 
 
 def _camera(azimuth_deg: float, distance: float = 3.0) -> list[float]:
@@ -138,11 +144,11 @@ def _white_background_mask(image: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_evaluate_scores_the_right_character_above_a_shuffled_one_and_tables_name_the_probes(probe_lake):
     from serialgen.evaluation.evaluators import ProbeEvaluator
+    from serialgen.evaluation.metrics import remove_background
     from serialgen.evaluation.report import build_tables
     from serialgen.evaluation.scoring import score_generations
     from serialgen.evaluation.testset import TestCharacter
     from serialgen.storage.images import decode_image, encode_png
-    from serialgen.evaluation.metrics import remove_background
 
     settings, report = probe_lake
     lake = settings.open_lake()

@@ -22,8 +22,7 @@ import torch
 
 from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder
-from serialgen.evaluation.metrics import (MaskFn, PoseFn, clip_embeddings, clip_i, clip_t, face_embeddings,
-                                          face_sim)
+from serialgen.evaluation.metrics import MaskFn, PoseFn, clip_embeddings, clip_i, clip_t, face_embeddings, face_sim
 from serialgen.probes import Probes
 from serialgen.synthetic.vocabulary import prompt_labels
 

@@ -20,8 +20,7 @@ from serialgen.evaluation.metrics import remove_background
 from serialgen.probes.inputs import attribute_input, identity_input, stack_uint8
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image, decode_mask
-from serialgen.synthetic.vocabulary import (ATTRIBUTES, action_label, background_label, framing_label,
-                                            view_label)
+from serialgen.synthetic.vocabulary import ATTRIBUTES, action_label, background_label, framing_label, view_label
 
 
 @dataclass

@@ -198,7 +198,7 @@ def standardizer_variants(lake: Lake, settings: Settings) -> list[StandardizerVa
     """The newest completed `train-standardizer` run's model folder for each FBDM x RPIM setting present."""
     from serialgen.models.standardizer import CONFIG_NAME
 
-    runs = lake.read("runs", filter=f"stage = 'train-standardizer' AND status = 'completed'")
+    runs = lake.read("runs", filter="stage = 'train-standardizer' AND status = 'completed'")
     newest: dict[tuple[bool, bool], StandardizerVariant] = {}
     for row in sorted(runs.to_pylist(), key=lambda r: r["finished_at"]):
         folder = Path(row["checkpoint"]) if row["checkpoint"] else None
