@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import OFFLINE_PROFILES
 
 #: The lake's folder for models trained or built into it.
 CHECKPOINTS = "_checkpoints"
@@ -63,18 +64,25 @@ def personalizer_dir(settings: Settings, mode: str | None = None) -> Path:
     return base / (mode or settings.personalizer.mode)
 
 
-def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
-    """The SDXL base and image-encoder folders: as configured, or for the tiny profile (when unset) the
-    tiny SDXL-shaped set in ``<lake>/_models/tiny-sdxl/``, written offline on first use."""
-    cfg = settings.personalizer
-    if settings.profile != "tiny" or (cfg.model_dir is not None and cfg.image_encoder_dir is not None):
-        return cfg.model_dir, cfg.image_encoder_dir
-    root = lake_folder(settings, "personalizer.model_dir", "_models", "tiny-sdxl")
-    if not (root / "image_encoder" / "model.safetensors").is_file():
-        from serialgen.models.sdxl import write_sdxl_folders
+def base_model_dir(settings: Settings) -> Path:
+    """``base_model.checkpoint_dir`` (default ``<lake>/_checkpoints/base``): the training folder of the base
+    text-to-image model the offline profiles train (``train-base``), its export in ``model/``."""
+    configured = settings.base_model.checkpoint_dir
+    return Path(configured).expanduser() if configured is not None else \
+        lake_folder(settings, "base_model.checkpoint_dir", CHECKPOINTS, "base")
 
-        write_sdxl_folders(root, seed=cfg.seed)
-    return cfg.model_dir or root / "base", cfg.image_encoder_dir or root / "image_encoder"
+
+def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
+    """The SDXL base and image-encoder folders: as configured, or in the offline profiles (when unset) the
+    base model ``train-base`` exported (``<base_model_dir>/model/base`` and ``model/image_encoder``)."""
+    cfg = settings.personalizer
+    if settings.profile not in OFFLINE_PROFILES or (cfg.model_dir is not None and cfg.image_encoder_dir is not None):
+        return cfg.model_dir, cfg.image_encoder_dir
+    model = base_model_dir(settings) / "model"
+    if not (model / "image_encoder" / "config.json").is_file() and (cfg.model_dir is None or cfg.image_encoder_dir is None):
+        raise FileNotFoundError(f"no base text-to-image model in {model}: run `serialgen train-base` (the {settings.profile} "
+                                "profile trains its own), or set personalizer.model_dir and personalizer.image_encoder_dir")
+    return cfg.model_dir or model / "base", cfg.image_encoder_dir or model / "image_encoder"
 
 
 def _checkpoints_dir(settings: Settings, configured: Path | None, setting: str) -> Path:

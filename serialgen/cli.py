@@ -239,6 +239,21 @@ def train_probes_command(ctx: typer.Context) -> None:
     console.print(f"held-out: {shown}; probes in {r['folder']}", highlight=False, soft_wrap=True)
 
 
+@app.command("train-base")
+@user_command
+def train_base_command(
+    ctx: typer.Context,
+    resume: bool = typer.Option(True, help="Continue the run folder's latest checkpoint."),
+    steps: Optional[int] = typer.Option(None, help="Total training steps (overrides base_model.steps)."),
+) -> None:
+    """Train the offline profiles' base text-to-image model on captioned renders (Prefect flow `train-base`)."""
+    r = run_flow(ctx, "train_base", "train_base", resume=resume, steps=steps)
+    held_out = r["metrics"].get("held_out") or {}
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in held_out.items()) or "not scored"
+    console.print(f"trained to step {r['step']} on {r['train_images']} images; held-out loss: {shown}; "
+                  f"model in {r['folder']}/model, samples {r['folder']}/samples.png", highlight=False, soft_wrap=True)
+
+
 @app.command("ingest-real")
 @user_command
 def ingest_real_command(
@@ -279,6 +294,23 @@ def ablate_standardizer_command(
                  variants=variant or None)
     console.print(r["table"], highlight=False, soft_wrap=True)
     console.print(f"{r['train_pairs']} train / {r['test_pairs']} held-out pairs; grid: {r['grid']}", highlight=False)
+
+
+@app.command("ablate-personalizer")
+@user_command
+def ablate_personalizer_command(
+    ctx: typer.Context,
+    steps: Optional[int] = typer.Option(None, help="Training steps of every mode (overrides personalizer.steps)."),
+    mode: Optional[list[str]] = typer.Option(None, help="Only this mode (repeatable): two_stage, paired_one_stage, "
+                                             "unpaired."),
+    characters: Optional[int] = typer.Option(None, help="Score only the first N scored held-out characters."),
+    role: str = typer.Option("scored", help="Held-out half scored: scored (the table) or validation (recipe choices)."),
+) -> None:
+    """The paper's Table 2: train the three modes on the base model, score them and controls on held-out characters."""
+    r = run_flow(ctx, "ablate_personalizer", "ablate_personalizer", steps=steps, modes=mode or None,
+                 characters=characters, role=role)
+    console.print(r["table"], highlight=False, soft_wrap=True)
+    console.print(f"{r['metrics']['scored_characters']} scored characters; grid: {r['grid']}", highlight=False)
 
 
 def _gpu_description() -> str:

@@ -271,6 +271,38 @@ class PersonalizerSettings(Section):
     scale: float = 1.0                  # adapter scale at generation, in [0, 2]
 
 
+class BaseModelSettings(Section):
+    """The personalizer's base text-to-image model when no pretrained base is configured (tiny, small):
+    trained by `train-base` from scratch on the train split's renders, pairs and standards, captioned
+    from their metadata, in pixel space with SDXL's conditioning (serialgen/models/sdxl.py: pixel_configs)."""
+
+    channels: tuple[int, ...] = (64, 128, 192)
+    layers_per_block: int = 1
+    patch_size: int = 4                 # pixel-unshuffle factor: the UNet runs at (height, width) / patch_size
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"  # x0: learns fastest from scratch
+    # Cosine: terminal SNR ~0. SDXL's scaled_linear ends at alpha_bar 0.0047, which at 16x24 still shows the
+    # image's coarse colours; the model learned to read them, so samples took their layout from the seed's
+    # noise and barely from the caption (measured: x0 at t=999 moved 0.19 with the noise, 0.03 with the caption).
+    beta_schedule: Literal["scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    text_dropout: float = 0.1           # captions dropped (zero text embeddings) for classifier-free guidance
+    noise_offset: float = 0.0
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = None
+    lr_warmup_steps: int = 0
+    lr_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"
+    max_grad_norm: float = 1.0
+    checkpoint_dir: Path | None = None  # None: <lake>/_checkpoints/base (local lakes only)
+    checkpoint_every: int = runtime(50)
+    checkpoints_total_limit: int = runtime(2)
+    num_workers: int = runtime(0)
+    log_every: int = runtime(10)
+
+
 class DagSettings(Section):
     # Independent branches (ingest-real beside the synthetic half, preprocessors beside the standardizer)
     # run side by side up to this many stages; 1 (default) runs them one after another, which is as fast
@@ -326,6 +358,7 @@ class Settings(BaseSettings):
     composite: CompositeSettings = Field(default_factory=CompositeSettings)
     standardizer: StandardizerSettings = Field(default_factory=StandardizerSettings)
     personalizer: PersonalizerSettings = Field(default_factory=PersonalizerSettings)
+    base_model: BaseModelSettings = Field(default_factory=BaseModelSettings)
     dag: DagSettings = Field(default_factory=DagSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
@@ -355,7 +388,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Pixel-space x0-prediction models from scratch: plain MSE (Min-SNR would mute the high-noise steps
     # that place the figure), no noise offset (meant for SD latents), and a high learning rate for the demo's
     # 60 steps (which learn a template figure, not the character).
-    "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3}},
+    "tiny": {"standardizer": {"snr_gamma": None, "noise_offset": 0.0, "learning_rate": 1e-3},
+             # An adapter trained from scratch on the base the pipeline trained (not a pretrained SDXL): a
+             # higher learning rate than IP-Adapter's 1e-4, batches of 8.
+             "personalizer": {"steps": 150, "batch_size": 8, "learning_rate": 1e-3}},
     # From scratch on CPU: 600 procedural characters, a pixel-space standardizer at 64x96, scored on
     # held-out characters (docs/standardizer_table3.md: as inference runs it does not yet keep the character).
     # More noisy timesteps and a cosine decay; FBDM/RPIM start at scale (nothing pretrained to protect); the
@@ -374,6 +410,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "validation_pairs": 8, "num_workers": 0, "log_every": 25},
         # About 23 epochs of the identity probe over the train split's 6 k images, one torch thread.
         "probes": {"identity_steps": 3000, "attribute_steps": 3000, "batch_size": 48},
+        # About 6 epochs of the 6.2 k captioned train images (~20 min on 2 cores).
+        "base_model": {"steps": 2500, "batch_size": 16, "lr_warmup_steps": 50, "lr_schedule": "cosine",
+                       "checkpoint_every": 500, "log_every": 50},
     },
     "sd15": {
         # Render settings from benchmarks/bench_render_quality.py (3 scenes at 512x768, 1 thread, against a

@@ -46,13 +46,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("standardize", ("standardize", "standardizer", "preprocessing"),
           ("ingest-real", "train-standardizer", "train-preprocessors"), "standardize:standardize",
           checkpoints_of=("train-standardizer", "train-preprocessors")),
-    Stage("train-personalizer", ("personalizer",), ("standardize",), "train_personalizer:train_personalizer"),
+    # The offline profiles' base text-to-image model (real profiles load SDXL).
+    Stage("train-base", ("base_model", "personalizer"), ("composite",), "train_base:train_base",
+          profiles=OFFLINE_PROFILES),
+    Stage("train-personalizer", ("personalizer", "base_model"), ("standardize", "train-base"),
+          "train_personalizer:train_personalizer", checkpoints_of=("train-base",)),
     Stage("evaluate", ("evaluate", "personalizer", "standardizer"), ("train-personalizer", "train-probes"),
           "evaluate:evaluate", checkpoints_of=("train-personalizer", "train-standardizer", "train-preprocessors",
                                                "train-probes")),
     # The paper's Table 3 at small scale (four FBDM x RPIM variants + baselines), on demand.
     Stage("ablate-standardizer", ("standardizer",), ("composite",), "ablate_standardizer:ablate_standardizer",
           in_dag=False, dynamic_sections=("composite",)),
+    # The paper's Table 2 at small scale (three training modes + controls on the base model), on demand.
+    Stage("ablate-personalizer", ("personalizer", "base_model", "standardizer", "standardize"),
+          ("train-base", "train-probes", "train-preprocessors"), "ablate_personalizer:ablate_personalizer",
+          in_dag=False, profiles=OFFLINE_PROFILES),
     # On demand (a deployment with parameters); the DAG's evaluation generations happen inside `evaluate`.
     Stage("generate", ("personalizer",), ("train-personalizer",), "generate:generate", in_dag=False),
 )

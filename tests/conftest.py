@@ -26,6 +26,36 @@ def lake(settings) -> Lake:
     return settings.open_lake()
 
 
+@pytest.fixture(scope="session")
+def synthetic_lake(tmp_path_factory, ray_local) -> Settings:
+    """A real tiny synthetic lake (bpy renders, Ray compositing): 12 procedural characters x 3 poses; the hash
+    split at 0.62 holds 5 of them out. Shared by the probes' and the base model's tests: each trains into its own
+    folder of the lake's _checkpoints and adds its own `runs` rows."""
+    from serialgen.stages.assets import run_assets
+    from serialgen.stages.composite import run_composite
+    from serialgen.stages.render import run_render
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    settings = load_settings(lake=str(folder / "lake"), **{
+        "assets": {"procedural_characters": 12, "motion_variants": 1},
+        "render": {"poses_per_character": 3, "views_per_pose": 1, "samples": 2},
+        "composite": {"backgrounds_procedural": 6, "test_fraction": 0.62},
+        "probes": {"identity_steps": 150, "attribute_steps": 150}})
+    run_assets(settings)
+    run_render(settings)
+    run_composite(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """A random SDXL-shaped set (SD VAE) in SDXL base's layout, for the loader and stock diffusers' IP-Adapter
+    path; the offline profiles generate with the base `train-base` trains, never with this."""
+    from serialgen.models.sdxl import write_sdxl_folders
+
+    return write_sdxl_folders(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models are op-overhead bound: one intra-op thread is faster, and immune to a busy machine."""

@@ -24,7 +24,8 @@ SMALL = {
     "preprocessing": {"mask_steps": 4, "pose_steps": 4, "detector_steps": 4},
     "probes": {"identity_steps": 4, "attribute_steps": 4},
     "ingest": {"procedural_images": 8},
-    "personalizer": {"steps": 2},
+    "personalizer": {"steps": 2, "batch_size": 2},
+    "base_model": {"steps": 2, "batch_size": 2},
     "ray": {"num_cpus": 2},
 }
 

@@ -28,12 +28,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_sdxl):
     """A lake with 4 train + 2 test characters, the tiny SDXL folders and a two_stage adapter (6 steps)."""
-    settings = with_overrides(load_settings(lake=str(tmp_path_factory.mktemp("p") / "lake")), "two_stage", 6)
+    settings = with_overrides(load_settings(lake=str(tmp_path_factory.mktemp("p") / "lake"),
+                                            personalizer=base_folders(tiny_sdxl)), "two_stage", 6)
     make_real_and_standardized(settings.open_lake())
     report = run_train_personalizer(settings)
     return settings, report
+
+
+def base_folders(folders) -> dict:
+    """The random tiny SDXL set as the personalizer's base, and the few-item lakes' batch of 2."""
+    return {"model_dir": str(folders[0]), "image_encoder_dir": str(folders[1]), "batch_size": 2}
 
 
 def _settings_with(settings, **personalizer):
@@ -239,14 +245,15 @@ def test_reference_is_padded_to_a_white_square_not_cropped():
     assert (padded[:, :10] == 255).all() and (padded[:, 20:] == 255).all()
 
 
-def test_accelerate_entry_point_trains_unpaired_and_records(trained, tmp_path, capsys):
+def test_accelerate_entry_point_trains_unpaired_and_records(trained, tmp_path, capsys, tiny_sdxl):
     import json
 
     from serialgen.stages.train_personalizer import main
 
     settings, _ = trained
     config = tmp_path / "config.yaml"
-    config.write_text(json.dumps({"personalizer": {"checkpoint_dir": str(tmp_path / "runs"), "eval_pairs": 2}}))
+    config.write_text(json.dumps({"personalizer": {"checkpoint_dir": str(tmp_path / "runs"), "eval_pairs": 2,
+                                                   **base_folders(tiny_sdxl)}}))
     main(["--lake", settings.lake, "--config", str(config), "--mode", "unpaired", "--steps", "2"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["step"] == 2 and printed["adapter"] == str(tmp_path / "runs" / "unpaired")
@@ -276,8 +283,9 @@ def test_ema_adapter_is_what_training_leaves_for_export(trained, tmp_path):
     assert 0 < moved(finals[0.99]) < moved(finals[None])
 
 
-def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_path):
-    settings = with_overrides(load_settings(lake=str(tmp_path / "lake")), "two_stage", 2)
+def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_path, tiny_sdxl):
+    settings = with_overrides(load_settings(lake=str(tmp_path / "lake"), personalizer=base_folders(tiny_sdxl)),
+                              "two_stage", 2)
     settings = _settings_with(settings, checkpoint_every=0, eval_pairs=1)
     lake = settings.open_lake()
     ids = make_real_and_standardized(lake, train=3, test=1)
@@ -294,14 +302,15 @@ def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_pa
 
 
 @pytest.mark.slow
-def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path):
+def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path, tiny_sdxl):
     """Standardize, then generate: the reference is standardized once; every prompt's row carries that standardized image."""
     from serialgen.inference.standardize import standardize_images
 
     model = standardize_data.save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
     settings = load_settings(lake=str(tmp_path / "lake"), standardizer={"inference_steps": 2},
                              standardize={"model_dir": str(model), "batch_size": 2},
-                             personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3})
+                             personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3,
+                                           **base_folders(tiny_sdxl)})
     standardize_data.train_tiny_preprocessors(tmp_path / "preprocessors")
     standardize_data.install_preprocessors(tmp_path / "preprocessors", settings)
     make_real_and_standardized(settings.open_lake(), train=2, test=1)

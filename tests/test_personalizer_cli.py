@@ -30,12 +30,13 @@ def test_generate_bad_input_is_one_line(case, message, settings, lake, tmp_path)
 
 
 @pytest.mark.slow
-def test_train_then_generate_through_the_flows(settings, lake, tmp_path, prefect_harness):
+def test_train_then_generate_through_the_flows(settings, lake, tmp_path, prefect_harness, tiny_sdxl):
     from prefect.client.orchestration import get_client
 
     make_real_and_standardized(lake, train=2, test=1)
     config = tmp_path / "fast.yaml"
-    config.write_text("personalizer: {inference_steps: 4, eval_pairs: 1}\n")
+    config.write_text(f"personalizer: {{inference_steps: 4, eval_pairs: 1, batch_size: 2, model_dir: '{tiny_sdxl[0]}', "
+                      f"image_encoder_dir: '{tiny_sdxl[1]}'}}\n")
     runner = CliRunner()
     base = ["--lake", settings.lake, "--config", str(config)]
     trained = runner.invoke(app, [*base, "train-personalizer", "--steps", "3"])

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from serialgen.config import load_settings
 from serialgen.evaluation.evaluators import prompt_accuracy
 from serialgen.probes import load_probes
 from serialgen.probes.validation import ranks
@@ -67,24 +66,11 @@ def test_ranks_put_the_own_character_first_only_when_it_is_nearest():
 
 
 @pytest.fixture(scope="module")
-def probe_lake(tmp_path_factory, ray_local):
-    """12 procedural characters x 3 poses, composited; the hash split at 0.62 holds 5 of them out (of this seed's
-    characters), the probes train on the other 7."""
-    from serialgen.stages.assets import run_assets
-    from serialgen.stages.composite import run_composite
-    from serialgen.stages.render import run_render
+def probe_lake(synthetic_lake):
+    """The probes trained on the shared synthetic lake: 7 characters train them, 5 are held out."""
     from serialgen.stages.train_probes import run_train_probes
 
-    folder = tmp_path_factory.mktemp("probes")
-    settings = load_settings(lake=str(folder / "lake"), **{
-        "assets": {"procedural_characters": 12, "motion_variants": 1},
-        "render": {"poses_per_character": 3, "views_per_pose": 1, "samples": 2},
-        "composite": {"backgrounds_procedural": 6, "test_fraction": 0.62},
-        "probes": {"identity_steps": 150, "attribute_steps": 150}})
-    run_assets(settings)
-    run_render(settings)
-    run_composite(settings)
-    return settings, run_train_probes(settings)
+    return synthetic_lake, run_train_probes(synthetic_lake)
 
 
 @pytest.mark.slow
@@ -185,3 +171,33 @@ def test_evaluate_scores_the_right_character_above_a_shuffled_one_and_tables_nam
     tables = build_tables(scored, scored, evaluator, [])
     assert tables["table1"].columns[1:4] == ["prompt accuracy", "ID-Sim", "ID top-1"]
     assert evaluator.probes.version in tables["table2"].note and "held-out retrieval top-1" in tables["table2"].note
+
+
+@pytest.mark.slow
+def test_table2_scores_name_the_right_character_and_catch_replication(probe_lake):
+    """Outputs that are the characters' own standard views score ID top-1 1 and ID-Sim 1; the same outputs
+    assigned to the next character score top-1 0; an output equal to its reference has replication 1."""
+    from serialgen.evaluation.personalizer_table import Outputs, score, summary
+    from serialgen.evaluation.standardizer_table import figure_on_white
+    from serialgen.synthetic.labelled import labelled_images
+
+    settings, report = probe_lake
+    probes = load_probes(report.folder)
+    standards = {i.character_id: i.rgb for i in labelled_images(settings.open_lake(), sources=("standard",))}
+    ids = sorted(standards)
+    prompts = ["a character, full body, front view, standing", "a character, bust shot, side view"]
+    items = [(c, p) for c in ids for p in prompts]
+    own = score(Outputs("own", [c for c, _ in items], [p for _, p in items], [0] * len(items),
+                        [standards[c] for c, _ in items], [standards[c] for c, _ in items]),
+                probes, figure_on_white, standards)
+    assert own.scores["id_top1"].tolist() == [1.0] * len(items)
+    assert own.scores["id_sim"] == pytest.approx(1.0, abs=1e-5)
+    assert own.scores["replication"] == pytest.approx(1.0, abs=1e-5)
+    assert own.scores["ap_id_sim"] == pytest.approx(1.0, abs=1e-5) and len(own.ap_groups) == len(ids)
+    shifted = {c: standards[ids[(k + 1) % len(ids)]] for k, c in enumerate(ids)}
+    other = score(Outputs("next", [c for c, _ in items], [p for _, p in items], [0] * len(items),
+                          [shifted[c] for c, _ in items], [standards[c] for c, _ in items]), probes,
+                  figure_on_white, standards)
+    assert other.scores["id_top1"].tolist() == [0.0] * len(items)
+    assert summary(other)["id_sim"][0] < summary(own)["id_sim"][0] - 0.1
+    assert summary(other)["replication"][0] < 0.99

@@ -145,7 +145,8 @@ def test_killed_flow_then_rerun_gives_exactly_the_planned_rows(tmp_path):
         "standardizer": {"steps": 2, "batch_size": 1, "checkpoint_every": 0, "validation_pairs": 1,
                          "log_every": 1, "inference_steps": 2},
         "preprocessing": {"mask_steps": 2, "pose_steps": 2, "detector_steps": 2},
-        "personalizer": {"steps": 2, "inference_steps": 2},
+        "personalizer": {"steps": 2, "batch_size": 2, "inference_steps": 2},
+        "base_model": {"steps": 2, "batch_size": 2},
         "evaluate": {"test_set": str(tmp_path / "test_set.yaml")},
     }))
     lake_uri = str(tmp_path / "lake")

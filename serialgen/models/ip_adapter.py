@@ -175,6 +175,15 @@ def encode_references(encoder: CLIPVisionModelWithProjection, pixels: torch.Tens
     return embeds[:, None]
 
 
+@torch.no_grad()
+def embed_images(encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor, images: list[np.ndarray],
+                 full: bool, batch_size: int = 64) -> torch.Tensor:
+    """uint8 HxWx3 references -> their adapter embeddings (:func:`encode_references`), in batches."""
+    chunks = [encode_references(encoder, reference_pixels(processor, images[i:i + batch_size]), full).cpu()
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
 def save_adapter(adapter: IPAdapter, folder: Path, metadata: dict) -> Path:
     """``folder/ip_adapter.safetensors`` (stock ``load_ip_adapter`` layout) + ``folder/adapter.json``."""
     import json

@@ -6,7 +6,9 @@ profiles) therefore denoise pixels, folded into channels by pixel-unshuffle (a p
 pixels becomes 3 p^2 channels): reconstruction is exact (PSNR = inf) and the UNet still works at
 1/p of the resolution. The module has the part of :class:`diffusers.AutoencoderKL`'s interface the
 standardizer uses (``encode(x).latent_dist.mode()/.sample()``, ``decode(z).sample``,
-``config.scaling_factor``) and saves/loads like it, so a checkpoint folder keeps one layout.
+``config.scaling_factor``) and saves/loads like it, so a checkpoint folder keeps one layout. Stock
+``StableDiffusionXLPipeline`` reads two more config entries, derived here: its downsampling factor from
+the length of ``block_out_channels`` (2^(len - 1) = p) and ``force_upcast`` (nothing to upcast).
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ class PixelShuffleAutoencoder(ModelMixin, ConfigMixin):
     """RGB (B, 3, H, W) in [-1, 1] <-> latents (B, 3 p^2, H/p, W/p); exact and parameter-free."""
 
     @register_to_config
-    def __init__(self, patch_size: int = 4, in_channels: int = 3, scaling_factor: float = 1.0) -> None:
+    def __init__(self, patch_size: int = 4, in_channels: int = 3, scaling_factor: float = 1.0,
+                 block_out_channels: tuple[int, ...] | None = None, force_upcast: bool = False) -> None:
         super().__init__()
+        if patch_size < 1 or patch_size & (patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two, got {patch_size}")
+        levels = patch_size.bit_length()  # diffusers pipelines: vae_scale_factor = 2 ** (levels - 1)
+        if block_out_channels is not None and len(block_out_channels) != levels:
+            raise ValueError(f"block_out_channels must have {levels} entries for patch_size {patch_size}")
+        self.register_to_config(block_out_channels=tuple(block_out_channels or (in_channels,) * levels))
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)  # gives .device / .dtype
 
     @property

@@ -29,17 +29,23 @@ from transformers import (
 
 from serialgen.models.components import _require
 from serialgen.models.loading import without_progress_bars
+from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
+from serialgen.synthetic.vocabulary import PHRASES
 
 #: SDXL base's noise schedule (its scheduler/scheduler_config.json); training uses DDPM, inference DDIM on it.
 SDXL_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading",
 }
-#: Words the tiny tokenizers hold as whole BPE tokens (captions, the template, test prompts); others split into bytes.
-TINY_WORDS = ("a", "an", "the", "of", "in", "on", "at", "with", "and", "full", "body", "character", "anime", "photo",
-              "person", "standing", "sitting", "running", "walking", "smiling", "park", "beach", "city", "street",
-              "forest", "room", "front", "back", "side", "view", "red", "blue", "green", "yellow", "girl", "boy", "man",
-              "woman", "hair", "dress", "shirt", "cooking", "meal", "reading", "book", "night", "day", "happy", "sad")
+_TEMPLATE_WORDS = ("a", "an", "the", "of", "in", "on", "at", "with", "and", "full", "body", "character", "anime", "photo",
+                   "person", "standing", "sitting", "running", "walking", "smiling", "park", "beach", "city", "street",
+                   "forest", "room", "front", "back", "side", "view", "red", "blue", "green", "yellow", "girl", "boy",
+                   "man", "woman", "hair", "dress", "shirt", "cooking", "meal", "reading", "book", "night", "day", "happy",
+                   "sad")
+#: Words the tiny tokenizers hold as whole BPE tokens (captions, the template, test prompts, the synthetic
+#: vocabulary's phrases); others split into bytes.
+TINY_WORDS = _TEMPLATE_WORDS + tuple(sorted({word for phrases in PHRASES.values() for phrase in phrases.values()
+                                             for word in phrase.split()} - set(_TEMPLATE_WORDS)))
 
 
 @dataclass
@@ -47,7 +53,7 @@ class SDXLParts:
     """What the personalizer needs of SDXL, plus the image encoder, and where they were read from."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | PixelShuffleAutoencoder
     text_encoder: CLIPTextModel
     text_encoder_2: CLIPTextModelWithProjection
     tokenizer: CLIPTokenizer
@@ -83,6 +89,25 @@ def tiny_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIP
     return unet, vae, CLIPTextConfig(**text), CLIPTextConfig(**text), vision
 
 
+def pixel_configs(channels: tuple[int, ...] = (64, 128, 192), layers_per_block: int = 1, patch_size: int = 4,
+                  ) -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIPTextConfig, CLIPVisionConfig]:
+    """A base model the pipeline trains from scratch (offline profiles): :func:`tiny_configs`' text and
+    image encoders and an SDXL-shaped UNet (text_time conditioning, cross-attention on both text
+    encoders) over pixel-unshuffled images (:class:`PixelShuffleAutoencoder`), cross-attention on every
+    level but the top one. The adapter installs into it exactly as into SDXL."""
+    _, _, text, text_2, vision = tiny_configs()
+    levels = len(channels)
+    unet = dict(sample_size=24, in_channels=3 * patch_size ** 2, out_channels=3 * patch_size ** 2,
+                layers_per_block=layers_per_block, block_out_channels=tuple(channels),
+                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+                up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+                attention_head_dim=tuple(max(1, c // 32) for c in channels), transformer_layers_per_block=1,
+                use_linear_projection=True, norm_num_groups=16, cross_attention_dim=text.hidden_size + text_2.hidden_size,
+                addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + text_2.projection_dim)
+    return unet, {"patch_size": patch_size}, text, text_2, vision
+
+
 def sdxl_configs() -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, CLIPTextConfig, CLIPVisionConfig]:
     """SDXL base and OpenCLIP ViT-H/14 shaped configs (70 cross-attention layers, 2048-d context)."""
     unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -110,31 +135,47 @@ def random_sdxl_parts(vocab_dir: Path, configs=None, seed: int = 0) -> SDXLParts
     _write_bpe_vocabulary(Path(vocab_dir), TINY_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(vocab_dir, local_files_only=True, model_max_length=77)
     return SDXLParts(
-        unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**vae_config), text_encoder=CLIPTextModel(text_config),
+        unet=UNet2DConditionModel(**unet_config), vae=_autoencoder(vae_config), text_encoder=CLIPTextModel(text_config),
         text_encoder_2=CLIPTextModelWithProjection(text_config_2), tokenizer=tokenizer, tokenizer_2=tokenizer,
         image_encoder=CLIPVisionModelWithProjection(vision_config), scheduler_config=dict(SDXL_SCHEDULE),
         model_dir=None, image_encoder_dir=None)
 
 
-def write_sdxl_folders(root: Path, configs=None, seed: int = 0) -> tuple[Path, Path]:
+def _autoencoder(config: dict[str, Any]) -> AutoencoderKL | PixelShuffleAutoencoder:
+    """An SD VAE from its config, or pixel space when the config names a ``patch_size``."""
+    return PixelShuffleAutoencoder(**config) if "patch_size" in config else AutoencoderKL(**config)
+
+
+def write_sdxl_folders(root: Path, configs=None, seed: int = 0, scheduler: dict[str, Any] | None = None
+                       ) -> tuple[Path, Path]:
     """:func:`random_sdxl_parts` saved as ``root/base`` (SDXL base layout, loadable by
-    ``StableDiffusionXLPipeline.from_pretrained``) and ``root/image_encoder``; returns both folders.
-    Tokenizers are written as vocab.json + merges.txt, like SDXL base ships them."""
+    ``StableDiffusionXLPipeline.from_pretrained`` when the VAE is an SD VAE) and ``root/image_encoder``;
+    returns both folders. Tokenizers are written as vocab.json + merges.txt, like SDXL base ships them;
+    ``scheduler`` overrides entries of SDXL's noise schedule."""
     without_progress_bars()
     root = Path(root)
     base, encoder_dir, vocab_dir = root / "base", root / "image_encoder", root / "vocab"
     parts = random_sdxl_parts(vocab_dir, configs, seed)
+    parts.scheduler_config.update(scheduler or {})
+    save_sdxl_folders(parts, base, encoder_dir, vocab_dir)
+    return base, encoder_dir
+
+
+def save_sdxl_folders(parts: SDXLParts, base: Path, encoder_dir: Path, vocab_dir: Path | None = None) -> None:
+    """``parts`` in the SDXL base layout (``base``) and the image encoder's folder; ``vocab_dir`` holds the
+    BPE files to copy in as the tokenizers (None: the tokenizers save themselves)."""
+    without_progress_bars()
     pipeline = StableDiffusionXLPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
         tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet,
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULE))
+        scheduler=EulerDiscreteScheduler(**parts.scheduler_config))
     pipeline.save_pretrained(base, safe_serialization=True)
     for folder in ("tokenizer", "tokenizer_2"):
-        (base / folder / "tokenizer.json").unlink(missing_ok=True)
-        for name in ("vocab.json", "merges.txt"):
-            (base / folder / name).write_bytes((vocab_dir / name).read_bytes())
+        if vocab_dir is not None:
+            (base / folder / "tokenizer.json").unlink(missing_ok=True)
+            for name in ("vocab.json", "merges.txt"):
+                (base / folder / name).write_bytes((Path(vocab_dir) / name).read_bytes())
     parts.image_encoder.save_pretrained(encoder_dir, safe_serialization=True)
-    return base, encoder_dir
 
 
 def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
@@ -148,7 +189,8 @@ def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
     model_dir, image_encoder_dir = Path(model_dir), Path(image_encoder_dir)
     where = "(personalizer.model_dir, the SDXL base folder)"
     _require(model_dir / "unet", f"the SDXL UNet {where}", "diffusion_pytorch_model")
-    _require(model_dir / "vae", f"the SDXL VAE {where}", "diffusion_pytorch_model")
+    if not _is_pixel_space(model_dir / "vae"):
+        _require(model_dir / "vae", f"the SDXL VAE {where}", "diffusion_pytorch_model")
     _require(model_dir / "text_encoder", f"SDXL's first text encoder, CLIP ViT-L {where}", "model")
     _require(model_dir / "text_encoder_2", f"SDXL's second text encoder, OpenCLIP bigG {where}", "model")
     for folder in ("tokenizer", "tokenizer_2"):
@@ -162,7 +204,7 @@ def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
     stored = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
     return SDXLParts(
         unet=UNet2DConditionModel.from_pretrained(model_dir / "unet", **load),
-        vae=AutoencoderKL.from_pretrained(model_dir / "vae", **load),
+        vae=load_autoencoder(model_dir / "vae", dtype),
         text_encoder=CLIPTextModel.from_pretrained(model_dir / "text_encoder", **_dtype_kw(dtype)),
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(model_dir / "text_encoder_2", **_dtype_kw(dtype)),
         tokenizer=CLIPTokenizer.from_pretrained(model_dir / "tokenizer", local_files_only=True),
@@ -170,6 +212,11 @@ def load_sdxl_parts(model_dir: Path | None, image_encoder_dir: Path | None,
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(image_encoder_dir, **_dtype_kw(dtype)),
         scheduler_config={**SDXL_SCHEDULE, **{k: stored[k] for k in SDXL_SCHEDULE if k in stored}},
         model_dir=model_dir, image_encoder_dir=image_encoder_dir)
+
+
+def _is_pixel_space(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("_class_name") == PixelShuffleAutoencoder.__name__
 
 
 def _dtype_kw(dtype: torch.dtype) -> dict[str, Any]:

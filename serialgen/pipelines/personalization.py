@@ -34,19 +34,33 @@ class PersonalizationPipeline:
         """(2, 1, tokens, dim) / (2, 1, dim): the unconditional embedding (encoder on zero pixels) and the
         mean embedding of ``references`` (uint8 HxWx3), in the pipeline's ``ip_adapter_image_embeds`` layout."""
         pixels = reference_pixels(self.pipe.feature_extractor, references)
-        encoder = self.pipe.image_encoder
-        embeds = encode_references(encoder, pixels, self.adapter.full).mean(0, keepdim=True)
-        uncond = encode_references(encoder, pixels[:1], self.adapter.full, keep=torch.tensor([False]))
-        return torch.cat([uncond, embeds])
+        embeds = encode_references(self.pipe.image_encoder, pixels, self.adapter.full).mean(0, keepdim=True)
+        return torch.cat([self.unconditional(), embeds])
+
+    @torch.no_grad()
+    def unconditional(self) -> torch.Tensor:
+        """The embedding classifier-free guidance contrasts with: the encoder run on all-zero pixels."""
+        size = self.pipe.image_encoder.config.image_size
+        zeros = torch.zeros(1, 3, size, size)
+        return encode_references(self.pipe.image_encoder, zeros, self.adapter.full, keep=torch.tensor([False]))
 
     @torch.no_grad()
     def generate(self, prompt: str, embeds: torch.Tensor, seed: int, scale: float, height: int, width: int,
                  steps: int, guidance_scale: float) -> np.ndarray:
-        """One image (uint8 HxWx3) of ``prompt`` for the embedded character, seeded by ``seed``."""
+        """One image (uint8 HxWx3) of ``prompt`` for the embedded character (:meth:`embed`), seeded by ``seed``."""
+        return self.generate_batch([prompt], embeds, [seed], scale, height, width, steps, guidance_scale)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[str], embeds: torch.Tensor, seeds: list[int], scale: float, height: int,
+                       width: int, steps: int, guidance_scale: float) -> list[np.ndarray]:
+        """One image per (prompt, seed) of one embedded character (:meth:`embed`), denoised as one batch; image i
+        depends only on its prompt and seed. One character per call: the stock pipeline gives every item of a
+        batch the same reference (measured: rows of ``ip_adapter_image_embeds`` are not matched one to one with
+        the batch items, which then all draw alike)."""
         self.adapter.set_scale(scale)
         if guidance_scale <= 1:  # no classifier-free guidance: only the conditional embedding
             embeds = embeds[1:]
-        output = self.pipe(prompt=prompt, ip_adapter_image_embeds=[embeds], height=height, width=width,
+        output = self.pipe(prompt=list(prompts), ip_adapter_image_embeds=[embeds], height=height, width=width,
                            num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
-                           generator=torch.Generator().manual_seed(seed))
-        return (np.clip(output.images[0], 0, 1) * 255).round().astype(np.uint8)
+                           generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds])
+        return list((np.clip(output.images, 0, 1) * 255).round().astype(np.uint8))

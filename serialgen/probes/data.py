@@ -1,26 +1,21 @@
-"""Labelled probe images from the lake: every render, composited pair and standard view, with the
-character it shows and what its metadata says (framing, view, background kind, action).
+"""Labelled probe images from the lake (:mod:`serialgen.synthetic.labelled`) as both probes see them.
 
-Renders come on white (background ``plain``), pairs over their procedural backgrounds with the
-estimator-like mask the standardizer is given (so the identity probe learns to live with a segmenter's
-errors), standards in the A-pose (action ``standing``). The split is the lake's, by character.
+Pairs come with the estimator-like mask the standardizer is given, so the identity probe learns to live
+with a segmenter's errors. The split is the lake's, by character.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from serialgen.compositing.split import split_of
-from serialgen.evaluation.metrics import remove_background
 from serialgen.probes.inputs import attribute_input, identity_input, stack_uint8
 from serialgen.storage import Lake
-from serialgen.storage.images import decode_image, decode_mask
-from serialgen.synthetic.vocabulary import ATTRIBUTES, action_label, background_label, framing_label, view_label
+from serialgen.synthetic.labelled import labelled_images
+from serialgen.synthetic.vocabulary import ATTRIBUTES
 
 
 @dataclass
@@ -75,32 +70,7 @@ class _Collector:
 
 def read_probe_images(lake: Lake, size: tuple[int, int], test_fraction: float) -> ProbeImages:
     """Every render, pair and standard of the lake, prepared for both probes."""
-    motion_of_pose = _motion_names(lake)
-    renders: dict[tuple[str, str, int], dict[str, Any]] = {}
     out = _Collector(size, test_fraction)
-    for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
-                                             "camera"]).to_pylist():
-        rgba = decode_image(row["rgba"], "RGBA")
-        labels = {"framing": framing_label(row["framing"]), "view": view_label(row["camera"]),
-                  "background": "plain", "action": action_label(motion_of_pose.get(row["pose_id"]))}
-        renders[(row["character_id"], row["pose_id"], row["view_id"])] = labels
-        out.add(row["character_id"], "render", remove_background(rgba, lambda im: im[..., 3]), rgba[..., 3], labels)
-    kinds = {r["background_id"]: background_label(r["source_uri"])
-             for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
-    for row in lake.read("pairs", columns=["character_id", "pose_id", "view_id", "background_id", "input_image",
-                                           "background_mask", "augmentation"]).to_pylist():
-        render = renders.get((row["character_id"], row["pose_id"], row["view_id"]), {})
-        cut = json.loads(row["augmentation"] or "{}").get("cut_side")
-        labels = {**render, "framing": framing_label(render.get("framing"), cut),
-                  "background": kinds.get(row["background_id"])}
-        out.add(row["character_id"], "pair", decode_image(row["input_image"], "RGB"),
-                255 - decode_mask(row["background_mask"]), labels)
-    for row in lake.read("standards", columns=["character_id", "image", "mask"]).to_pylist():
-        labels = {"framing": "full", "view": "front", "background": "plain", "action": "standing"}
-        out.add(row["character_id"], "standard", decode_image(row["image"], "RGB"), decode_mask(row["mask"]), labels)
+    for item in labelled_images(lake):
+        out.add(item.character_id, item.source, item.rgb, item.foreground, item.labels)
     return out.images()
-
-
-def _motion_names(lake: Lake) -> dict[str, str]:
-    names = {r["motion_id"]: r["name"] for r in lake.read("motions", columns=["motion_id", "name"]).to_pylist()}
-    return {r["pose_id"]: names.get(r["motion_id"]) for r in lake.read("poses", columns=["pose_id", "motion_id"]).to_pylist()}

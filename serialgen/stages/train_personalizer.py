@@ -19,7 +19,7 @@ from pathlib import Path
 
 from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
 from serialgen.config import ConfigError, Settings
-from serialgen.dag import config_hash
+from serialgen.dag import OFFLINE_PROFILES, config_hash
 from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
 from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.storage.images import decode_image
@@ -90,7 +90,9 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
             lake.upsert("personalizer_pairs", pairs, run.run_id)
             _drop_stale_pairs(lake, cfg.mode, {p["pair_id"] for p in pairs})
             run.outputs = ["personalizer_pairs"]
-            model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS))}
+            model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS)),
+                     # a base the pipeline trained: a new one makes the adapter's folder another model's
+                     "base_version": content_version(model_dir) if settings.profile in OFFLINE_PROFILES else None}
             recipe = training_recipe(cfg)
             prepare_run_folder(output_dir, model, dict(run.inputs), resume, recipe)
         accelerator.wait_for_everyone()

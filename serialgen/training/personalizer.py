@@ -8,6 +8,7 @@ the optimizer, the LR scheduler, the EMA and the step/data position: resume is e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from serialgen.training.data import seed_of
 from serialgen.training.loop import LoopTimes, fit, make_accelerator
 
 
-class Personalizer(nn.Module):
-    """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
+class TextToImage(nn.Module):
+    """SDXL's parts with its conditioning (both text encoders, size/crop micro-conditioning), frozen; the
+    base-model trainer unfreezes the UNet, :class:`Personalizer` adds the adapter."""
 
-    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0) -> None:
+    def __init__(self, parts: SDXLParts) -> None:
         super().__init__()
         self.unet, self.vae = parts.unet, parts.vae
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
@@ -38,18 +40,15 @@ class Personalizer(nn.Module):
         self.scheduler_config = parts.scheduler_config
         for module in parts.frozen_modules().values():
             module.requires_grad_(False).eval()
-        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
-        self.adapter.requires_grad_(True).train()
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.adapter.parameters())
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor,
-                pooled: torch.Tensor, time_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+                pooled: torch.Tensor, time_ids: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.unet.dtype
+        added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}
+        if image_embeds is not None:
+            added["image_embeds"] = [image_embeds.to(dtype)]
         return self.unet(noisy.to(dtype), timesteps, encoder_hidden_states=prompt_embeds.to(dtype),
-                         added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype),
-                                            "image_embeds": [image_embeds.to(dtype)]}).sample
+                         added_cond_kwargs=added).sample
 
     @torch.no_grad()
     def encode_prompt(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +66,32 @@ class Personalizer(nn.Module):
 
     def training_scheduler(self) -> DDPMScheduler:
         return DDPMScheduler(**{k: v for k, v in self.scheduler_config.items() if k != "timestep_spacing"})
+
+
+class Personalizer(TextToImage):
+    """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
+
+    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0) -> None:
+        super().__init__(parts)
+        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
+        self.adapter.requires_grad_(True).train()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapter.parameters())
+
+    @torch.no_grad()
+    def reference_embeds(self, batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tensor:
+        """The batch's image embeddings: encoded from ``reference_pixels``, or precomputed ones
+        (``image_embeds``, the frozen encoder's output); rows where ``keep`` is False get the
+        unconditional embedding (the encoder on zero pixels)."""
+        if "reference_pixels" in batch:
+            return encode_references(self.image_encoder, batch["reference_pixels"], self.adapter.full, keep)
+        embeds = batch["image_embeds"].to(self.image_encoder.device)
+        if keep is None:
+            return embeds
+        zeros = torch.zeros(1, 3, self.image_encoder.config.image_size, self.image_encoder.config.image_size)
+        uncond = encode_references(self.image_encoder, zeros, self.adapter.full)
+        return torch.where(keep.to(embeds.device).view(-1, *[1] * (embeds.dim() - 1)), embeds, uncond.to(embeds))
 
 
 @dataclass
@@ -94,16 +119,26 @@ def train_personalizer(model: Personalizer, train_data: Dataset, cfg: Personaliz
     model.adapter.to(device, torch.float32)  # trainable weights stay float32 (autocast computes in low precision)
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
+    result = fit_diffusion(model, train_data, cfg, output_dir, accelerator, PersonalizerTrainResult(),
+                           "train-personalizer", _register_checkpoint_hooks, resume, stop_at)
+    result.finished = result.step >= cfg.steps
+    return result
+
+
+def fit_diffusion(model: TextToImage, train_data: Dataset, cfg: Any, output_dir: Path, accelerator: Accelerator,
+                  result: LoopTimes, label: str, register_hooks: Callable[[Accelerator], None], resume: bool,
+                  stop_at: int | None) -> LoopTimes:
+    """Both text-to-image trainings (base model, adapter): :func:`diffusion_loss` through the shared loop;
+    at the last step the trainable weights are the ones to export (the EMA weights if EMA is on)."""
+    device = accelerator.device
     noise_scheduler = model.training_scheduler()
 
     def loss_fn(prepared: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         return diffusion_loss(prepared, model, noise_scheduler, batch, generator, device, cfg)
 
-    result = PersonalizerTrainResult()
-    fitted = fit(model, model.trainable_parameters(), train_data, cfg, output_dir, accelerator, result,
-                 "train-personalizer", loss_fn, _register_checkpoint_hooks, resume, stop_at)
-    result.finished = result.step >= cfg.steps
-    if result.finished and fitted.ema is not None:
+    fitted = fit(model, model.trainable_parameters(), train_data, cfg, output_dir, accelerator, result, label,
+                 loss_fn, register_hooks, resume, stop_at)
+    if result.step >= cfg.steps and fitted.ema is not None:
         fitted.ema.copy_to(fitted.params)
     if fitted.writer is not None:
         fitted.writer.close()
@@ -111,12 +146,21 @@ def train_personalizer(model: Personalizer, train_data: Dataset, cfg: Personaliz
     return result
 
 
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts under the schedule's ``prediction_type``: the noise, v or the clean sample."""
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return latents if kind == "sample" else noise
+
+
 def dropout_masks(size: int, cfg: PersonalizerSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (keep_text, keep_image): text dropped with ``text_dropout``, the image with
     ``image_dropout``, both with ``both_dropout`` (exclusive draws of one uniform number)."""
     u = torch.rand(size, generator=generator)
-    text_only, image_only = cfg.text_dropout, cfg.text_dropout + cfg.image_dropout
-    both = image_only + cfg.both_dropout
+    image, both = getattr(cfg, "image_dropout", 0.0), getattr(cfg, "both_dropout", 0.0)  # none: a base model
+    text_only, image_only = cfg.text_dropout, cfg.text_dropout + image
+    both = image_only + both
     drop_text = (u < text_only) | ((u >= image_only) & (u < both))
     drop_image = (u >= text_only) & (u < both)
     return ~drop_text, ~drop_image
@@ -125,8 +169,9 @@ def dropout_masks(size: int, cfg: PersonalizerSettings, generator: torch.Generat
 def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, batch: dict[str, Any],
                    generator: torch.Generator, device: torch.device, cfg: PersonalizerSettings | None = None,
                    scale: float | None = None) -> torch.Tensor:
-    """The epsilon/v MSE of one batch. Noise, timesteps and (with ``cfg``) CFG dropout come from
-    ``generator``; without ``cfg`` nothing is dropped (evaluation). ``scale`` overrides the adapter scale."""
+    """The epsilon / v / x0 MSE of one batch. Noise, timesteps and (with ``cfg``) CFG dropout come from
+    ``generator``; without ``cfg`` nothing is dropped (evaluation). ``scale`` overrides the adapter scale.
+    Without an adapter (base-model training) the batch needs no references and only text is dropped."""
     latents = model.encode_latents(batch["pixel_values"], generator)
     size = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
@@ -140,10 +185,9 @@ def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, ba
         keep = keep_text.to(device)
         prompt_embeds = prompt_embeds * keep[:, None, None]
         pooled = pooled * keep[:, None]
-    image_embeds = encode_references(model.image_encoder, batch["reference_pixels"], model.adapter.full, keep_image)
+    image_embeds = model.reference_embeds(batch, keep_image) if isinstance(model, Personalizer) else None
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    target = (noise_scheduler.get_velocity(latents, noise, timesteps)
-              if noise_scheduler.config.prediction_type == "v_prediction" else noise)
+    target = prediction_target(noise_scheduler, latents, noise, timesteps)
     if scale is not None:
         model.adapter.set_scale(scale)
     try:

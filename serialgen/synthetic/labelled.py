@@ -1,0 +1,76 @@
+"""The lake's synthetic images with what their metadata says: every render, composited pair and standard
+view, with its character, its foreground and its labels (framing, view, background kind, action).
+
+One reader for the two users of synthetic labels: the probes learn the labels, and the personalizer's
+base model and training pairs are captioned from them (:func:`serialgen.synthetic.vocabulary.caption`).
+Renders come on white (background ``plain``); pairs over their procedural backgrounds with the
+estimator-like mask the standardizer is given; standards in the A-pose, front view (action ``standing``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from serialgen.evaluation.metrics import remove_background
+from serialgen.storage import Lake
+from serialgen.storage.images import decode_image, decode_mask
+from serialgen.synthetic.vocabulary import (
+    action_label,
+    background_label,
+    framing_label,
+    view_label,
+)
+
+SOURCES = ("render", "pair", "standard")
+STANDARD_LABELS = {"framing": "full", "view": "front", "background": "plain", "action": "standing"}
+
+
+@dataclass
+class LabelledImage:
+    character_id: str
+    source: str                          # render | pair | standard
+    key: str                             # unique within the lake: source and the row's key
+    rgb: np.ndarray                      # HxWx3 uint8 (renders composited on white)
+    foreground: np.ndarray               # HxW uint8, 255 = figure (pairs: the estimator-like mask)
+    labels: dict[str, str | None]        # attribute -> label, None unknown
+
+
+def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[LabelledImage]:
+    """The lake's renders, pairs and standards (those in ``sources``), in that order, with their labels."""
+    motion_of_pose = _motion_names(lake)
+    renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
+    for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
+                                             "camera"]).to_pylist():
+        labels = {"framing": framing_label(row["framing"]), "view": view_label(row["camera"]),
+                  "background": "plain", "action": action_label(motion_of_pose.get(row["pose_id"]))}
+        renders[(row["character_id"], row["pose_id"], row["view_id"])] = labels
+        if "render" in sources:
+            rgba = decode_image(row["rgba"], "RGBA")
+            yield LabelledImage(row["character_id"], "render",
+                                f"render/{row['character_id']}/{row['pose_id']}/{row['view_id']}",
+                                remove_background(rgba, lambda im: im[..., 3]), rgba[..., 3], labels)
+    if "pair" in sources:
+        kinds = {r["background_id"]: background_label(r["source_uri"])
+                 for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
+        for row in lake.read("pairs", columns=["pair_id", "character_id", "pose_id", "view_id", "background_id",
+                                               "input_image", "background_mask", "augmentation"]).to_pylist():
+            render = renders.get((row["character_id"], row["pose_id"], row["view_id"]), {})
+            cut = json.loads(row["augmentation"] or "{}").get("cut_side")
+            labels = {**render, "framing": framing_label(render.get("framing"), cut),
+                      "background": kinds.get(row["background_id"])}
+            yield LabelledImage(row["character_id"], "pair", f"pair/{row['pair_id']}",
+                                decode_image(row["input_image"], "RGB"), 255 - decode_mask(row["background_mask"]),
+                                labels)
+    if "standard" in sources:
+        for row in lake.read("standards", columns=["character_id", "image", "mask"]).to_pylist():
+            yield LabelledImage(row["character_id"], "standard", f"standard/{row['character_id']}",
+                                decode_image(row["image"], "RGB"), decode_mask(row["mask"]), dict(STANDARD_LABELS))
+
+
+def _motion_names(lake: Lake) -> dict[str, str]:
+    names = {r["motion_id"]: r["name"] for r in lake.read("motions", columns=["motion_id", "name"]).to_pylist()}
+    return {r["pose_id"]: names.get(r["motion_id"]) for r in lake.read("poses", columns=["pose_id", "motion_id"]).to_pylist()}

@@ -1,0 +1,132 @@
+"""The personalizer's base model and the synthetic Table 2: captions from render metadata, a pixel-space
+SDXL-shaped base that stock diffusers runs, the train-base stage on a real rendered lake, the modes' pairs,
+and an adapter whose output follows its reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from serialgen.models.sdxl import load_sdxl_parts, pixel_configs, random_sdxl_parts, write_sdxl_folders
+from serialgen.synthetic.labelled import labelled_images
+from serialgen.synthetic.vocabulary import PHRASES, background_label, framing_label
+from serialgen.training.captioned import CaptionedImage
+from serialgen.training.synthetic_pairs import source_images, training_pairs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SMALL_UNET = dict(channels=(16, 32), patch_size=4)
+
+
+def test_captions_say_what_the_render_metadata_says(synthetic_lake):
+    lake = synthetic_lake.open_lake()
+    renders = {(r["character_id"], r["pose_id"], r["view_id"]): r
+               for r in lake.read("renders", columns=["character_id", "pose_id", "view_id", "framing"]).to_pylist()}
+    kinds = {r["background_id"]: background_label(r["source_uri"])
+             for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
+    pairs = {r["pair_id"]: r for r in lake.read("pairs", columns=["pair_id", "background_id"]).to_pylist()}
+    items = list(labelled_images(lake))
+    assert {i.source for i in items} == {"render", "pair", "standard"}
+    assert len(items) == lake.count("renders") + lake.count("pairs") + lake.count("standards")
+    for item in items:
+        if item.source == "standard":
+            assert item.labels == {"framing": "full", "view": "front", "background": "plain", "action": "standing"}
+        elif item.source == "render":
+            _, character, pose, view = item.key.split("/")
+            assert item.labels["framing"] == framing_label(renders[(character, pose, int(view))]["framing"])
+            assert item.labels["background"] == "plain"
+        else:
+            assert item.labels["background"] == kinds[pairs[item.key.split("/", 1)[1]]["background_id"]]
+        assert item.labels["action"] in PHRASES["action"] and item.labels["view"] in PHRASES["view"]
+        assert item.rgb.shape[:2] == item.foreground.shape and item.foreground.max() == 255
+
+
+def _captioned(character: str, key: str, source: str) -> CaptionedImage:
+    return CaptionedImage(character, key, source, {}, "a character", torch.zeros(3, 8, 8, dtype=torch.uint8), (8, 8))
+
+
+def test_the_paired_modes_share_targets_and_one_source_image_per_character():
+    images = [_captioned(c, f"{kind}/{c}{k}", kind) for c in "ab" for k in range(3) for kind in ("render", "pair")]
+    images.append(_captioned("c", "render/c0", "render"))          # no composited pair: no source
+    sources = source_images(images)
+    assert set(sources) == {"a", "b"} and all(images[i].source == "pair" for i in sources.values())
+    two_stage, paired = training_pairs(images, "two_stage"), training_pairs(images, "paired_one_stage")
+    assert two_stage == paired
+    targets, references = two_stage
+    assert len(targets) == 10 and not set(targets) & set(sources.values())
+    assert all(images[t].character_id == images[r].character_id for t, r in zip(targets, references))
+    assert training_pairs(images, "unpaired") == (list(range(13)), list(range(13)))
+    with pytest.raises(ValueError, match="unknown personalizer mode"):
+        training_pairs(images, "zero_shot")
+
+
+def test_pixel_space_base_runs_in_stock_sdxl_and_round_trips_through_the_loader(tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    from serialgen.models.pixel_space import PixelShuffleAutoencoder
+
+    base, encoder = write_sdxl_folders(tmp_path, pixel_configs(**SMALL_UNET), scheduler={"prediction_type": "sample"})
+    parts = load_sdxl_parts(base, encoder)
+    assert isinstance(parts.vae, PixelShuffleAutoencoder) and parts.scheduler_config["prediction_type"] == "sample"
+    assert parts.unet.config.in_channels == 48
+    pipe = StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text_encoder,
+                                     text_encoder_2=parts.text_encoder_2, tokenizer=parts.tokenizer,
+                                     tokenizer_2=parts.tokenizer_2, unet=parts.unet,
+                                     scheduler=DDIMScheduler(**parts.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == 4
+    image = pipe(prompt="a character, bust shot", height=96, width=64, num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (96, 64, 3)
+    tokens = parts.tokenizer.tokenize("a character, bust shot, cropped by the frame")
+    assert tokens[:6] == ["a</w>", "character</w>", ",</w>", "bust</w>", "shot</w>", ",</w>"]  # vocabulary words whole
+    assert tokens[-3:] == ["by</w>", "the</w>", "frame</w>"]
+
+
+def test_adapter_output_follows_the_reference_and_only_through_the_image_tokens(tmp_path):
+    """Same prompt and seed: two references give two images, the same reference the same image, and with the
+    adapter's scale at 0 (image tokens ignored) the reference changes nothing."""
+    from serialgen.models.ip_adapter import save_adapter
+    from serialgen.pipelines.personalization import PersonalizationPipeline
+    from serialgen.training.personalizer import Personalizer
+
+    base, encoder = write_sdxl_folders(tmp_path, pixel_configs(**SMALL_UNET), scheduler={"prediction_type": "sample"})
+    adapter = save_adapter(Personalizer(load_sdxl_parts(base, encoder), 257, seed=0).adapter, tmp_path / "adapter", {})
+    pipeline = PersonalizationPipeline(load_sdxl_parts(base, encoder), adapter)
+    red, blue = np.full((96, 64, 3), 255, np.uint8), np.full((96, 64, 3), 255, np.uint8)
+    red[20:80, 16:48], blue[20:80, 16:48] = (220, 30, 30), (30, 30, 220)
+
+    def draw(reference: np.ndarray, scale: float) -> np.ndarray:
+        return pipeline.generate_batch(["a character, full body"], pipeline.embed([reference]), [5], scale, 96, 64, 3,
+                                       3.0)[0]
+
+    assert np.abs(draw(red, 1.0).astype(int) - draw(blue, 1.0)).mean() > 1.0
+    assert np.array_equal(draw(red, 1.0), draw(red, 1.0))
+    assert np.array_equal(draw(red, 0.0), draw(blue, 0.0))
+    assert not np.array_equal(draw(red, 1.0), draw(red, 0.0))
+
+
+@pytest.mark.slow
+def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(synthetic_lake):
+    from serialgen.compositing.split import split_of
+    from serialgen.dag import should_run
+    from serialgen.stages.train_base import held_out_losses, run_train_base
+    from serialgen.training.base_model import BaseModel
+    from serialgen.training.captioned import CaptionedImages, captioned
+
+    settings = synthetic_lake.model_copy(update={"base_model": synthetic_lake.base_model.model_copy(update={
+        "channels": (16, 32), "steps": 40, "batch_size": 8, "learning_rate": 3e-3})})
+    report = run_train_base(settings)
+    held_out = report.metrics["held_out"]
+    parts = load_sdxl_parts(report.folder / "model" / "base", report.folder / "model" / "image_encoder")
+    assert parts.unet.config.block_out_channels == (16, 32) and (report.folder / "samples.png").is_file()
+    untrained = random_sdxl_parts(report.folder / "vocab", pixel_configs(channels=(16, 32)), seed=0)
+    untrained.scheduler_config.update(prediction_type="sample", beta_schedule="squaredcos_cap_v2",
+                                      timestep_spacing="trailing")
+    lake = settings.open_lake()
+    images = captioned(labelled_images(lake), (96, 64))
+    held = [i for i in images if split_of(i.character_id, settings.composite.test_fraction) != "train"][:256]
+    before = held_out_losses(BaseModel(untrained).eval(), CaptionedImages(held, (untrained.tokenizer,) * 2),
+                             torch.stack([i.pixels for i in images]), settings.base_model.seed)
+    assert held_out["caption"] < 0.5 * before["caption"]
+    assert should_run(settings, "train-base")[0] is False
