@@ -413,6 +413,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # About 6 epochs of the 6.2 k captioned train images (~20 min on 2 cores).
         "base_model": {"steps": 2500, "batch_size": 16, "lr_warmup_steps": 50, "lr_schedule": "cosine",
                        "checkpoint_every": 500, "log_every": 50},
+        # Each Table 2 mode (`ablate-personalizer`): an adapter from scratch on that base, 800 steps x 16 pairs
+        # (~2 epochs of the ~5.8 k train pairs); the learning rate as the tiny profile's, fixed before any scoring.
+        "personalizer": {"steps": 800, "batch_size": 16, "learning_rate": 1e-3, "checkpoint_every": 400,
+                         "log_every": 50},
     },
     "sd15": {
         # Render settings from benchmarks/bench_render_quality.py (3 scenes at 512x768, 1 thread, against a
