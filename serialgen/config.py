@@ -193,8 +193,8 @@ class StandardizerSettings(Section):
 class PreprocessingSettings(Section):
     """Background masks (rembg, U2-Net convention) and reference poses (DWPose convention), as ONNX files.
 
-    Real weights only from these local files; None in the tiny profile: the models `train-preprocessors`
-    wrote to ``<lake>/_checkpoints/preprocessors/``.
+    Real weights only from these local files; None in the offline profiles (tiny, small): the models
+    `train-preprocessors` wrote to ``<lake>/_checkpoints/preprocessors/``.
     """
     mask_model: Path | None = None      # U2-Net-convention ONNX, e.g. ~/.u2net/u2net.onnx or isnet-anime.onnx
     pose_detector: Path | None = None   # DWPose's YOLOX person detector, e.g. yolox_l.onnx
@@ -237,7 +237,7 @@ class StandardizeSettings(Section):
 
 class PersonalizerSettings(Section):
     # SDXL base folder (unet/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) and a
-    # CLIPVisionModelWithProjection folder (ViT-H/14). tiny: None = <lake>/_models/tiny-sdxl/, written offline.
+    # CLIPVisionModelWithProjection folder (ViT-H/14). Offline profiles: None = the base `train-base` exported.
     model_dir: Path | None = None
     image_encoder_dir: Path | None = None
     width: int = 64

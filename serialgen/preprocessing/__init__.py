@@ -14,6 +14,7 @@ import numpy as np
 
 from serialgen.checkpoints import content_version, preprocessors_dir
 from serialgen.config import ConfigError, Settings
+from serialgen.dag import OFFLINE_PROFILES
 from serialgen.preprocessing.mask import MaskModel
 from serialgen.preprocessing.pose import PoseModel
 
@@ -25,7 +26,7 @@ def model_files(settings: Settings) -> dict[str, tuple[Path, str]]:
     """{role: (path, what it is for)} of the three ONNX files this profile uses."""
     cfg = settings.preprocessing
     configured = {"mask": cfg.mask_model, "detector": cfg.pose_detector, "pose": cfg.pose_model}
-    if settings.profile == "tiny" and not any(configured.values()):
+    if settings.profile in OFFLINE_PROFILES and not any(configured.values()):
         folder = preprocessors_dir(settings)
         hint = "trained by `serialgen train-preprocessors`"
         return {"mask": (folder / MASK_FILE, f"the background-mask model ({hint})"),
