@@ -119,7 +119,7 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
     report = run_train_base(settings)
     held_out = report.metrics["held_out"]
     parts = load_sdxl_parts(report.folder / "model" / "base", report.folder / "model" / "image_encoder")
-    assert parts.unet.config.block_out_channels == (16, 32) and (report.folder / "samples.png").is_file()
+    assert tuple(parts.unet.config.block_out_channels) == (16, 32) and (report.folder / "samples.png").is_file()
     untrained = random_sdxl_parts(report.folder / "vocab", pixel_configs(channels=(16, 32)), seed=0)
     untrained.scheduler_config.update(prediction_type="sample", beta_schedule="squaredcos_cap_v2",
                                       timestep_spacing="trailing")

@@ -270,14 +270,16 @@ def test_renders_table_of_an_older_schema_is_refused_by_name_and_left_untouched(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path):
+def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path, tiny_sdxl):
     """SIGKILL `serialgen train-personalizer` after its first checkpoint; the rerun resumes from it (not from 0)
     and ends at the planned step with every personalizer pair stored once."""
     lake_dir = tmp_path / "lake"
     settings = load_settings(lake=str(lake_dir))
     make_real_and_standardized(settings.open_lake())
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALGEN_")}
-    env.update(SERIALGEN_PERSONALIZER__STEPS="16", SERIALGEN_PERSONALIZER__CHECKPOINT_EVERY="2")
+    env.update(SERIALGEN_PERSONALIZER__STEPS="16", SERIALGEN_PERSONALIZER__CHECKPOINT_EVERY="2",
+               SERIALGEN_PERSONALIZER__BATCH_SIZE="2", SERIALGEN_PERSONALIZER__MODEL_DIR=str(tiny_sdxl[0]),
+               SERIALGEN_PERSONALIZER__IMAGE_ENCODER_DIR=str(tiny_sdxl[1]))
     command = [sys.executable, "-m", "serialgen.cli", "--lake", str(lake_dir), "train-personalizer"]
     run_dir = lake_dir / "_checkpoints" / "personalizer" / "two_stage"
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
