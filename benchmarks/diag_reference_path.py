@@ -29,7 +29,7 @@ from serialgen.config import load_settings  # noqa: E402
 from serialgen.models.ip_adapter import embed_images, reference_processor  # noqa: E402
 from serialgen.models.sdxl import load_sdxl_parts  # noqa: E402
 from serialgen.synthetic.labelled import labelled_images  # noqa: E402
-from serialgen.training.captioned import CaptionedImages, captioned  # noqa: E402
+from serialgen.training.captioned import CaptionedImages, captioned, with_references  # noqa: E402
 from serialgen.training.data import seed_of  # noqa: E402
 from serialgen.training.personalizer import Personalizer, diffusion_loss, train_personalizer  # noqa: E402
 from serialgen.training.synthetic_pairs import MODES, source_images, training_pairs  # noqa: E402
@@ -65,15 +65,11 @@ def main() -> None:
     model = (JointPersonalizer if args.joint else Personalizer)(parts, args.tokens)
     if args.joint:
         model.unet.requires_grad_(True).train()
-    processor, full = reference_processor(parts.image_encoder.config), args.tokens == 257
-    tokenizers = (parts.tokenizer, parts.tokenizer_2)
+    processor = reference_processor(parts.image_encoder.config)
 
-    def data(targets: list, references: list, pool: list) -> CaptionedImages:
-        unique = sorted(set(references))
-        embeds = embed_images(parts.image_encoder, processor, [pool[r].pixels.permute(1, 2, 0).numpy() for r in unique],
-                              full)
-        position = {r: k for k, r in enumerate(unique)}
-        return CaptionedImages([pool[t] for t in targets], tokenizers, embeds, [position[r] for r in references])
+    def data(targets: list[int], references: list[int], pool: list) -> CaptionedImages:
+        return with_references(pool, targets, references, model.tokenizers,
+                               lambda shown: embed_images(model.image_encoder, processor, shown, model.adapter.full))
 
     cfg = settings.personalizer.model_copy(update={"steps": args.steps, "learning_rate": args.lr,
                                                    "image_tokens": args.tokens, "checkpoint_every": 0})

@@ -153,9 +153,8 @@ TABLE2_SYNTHETIC = {"id_sim": "ID-Sim", "ap_id_sim": "AP-ID-Sim", "id_top1": "ID
 def _table2_synthetic(stored: Sequence[Mapping[str, Any]]) -> ReportTable:
     """The latest `ablate-personalizer` run's rows (stage personalized, methods ``table2 <row>``) with intervals."""
     rows = [r for r in stored if (r["method"] or "").startswith("table2 ") and r["generation_id"] is None]
-    runs = sorted({(r["written_at"], json.loads(r["details"])["run_id"]) for r in rows if r.get("written_at")})
-    latest = runs[-1][1] if runs else None
-    chosen = [r for r in rows if json.loads(r["details"])["run_id"] == latest]
+    latest = max(rows, key=lambda r: r["written_at"])["run_id"] if rows else None
+    chosen = [r for r in rows if r["run_id"] == latest]
     table: dict[str, dict[str, str]] = defaultdict(dict)
     labels: dict[str, str] = {}
     for r in chosen:

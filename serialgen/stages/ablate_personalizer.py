@@ -37,7 +37,7 @@ from serialgen.pipelines.personalization import PersonalizationPipeline
 from serialgen.storage.images import decode_image, decode_mask, encode_png
 from serialgen.storage.runs import StageRun
 from serialgen.synthetic.labelled import labelled_images
-from serialgen.training.captioned import CaptionedImage, CaptionedImages, captioned
+from serialgen.training.captioned import CaptionedImage, captioned, with_references
 from serialgen.training.loop import prepare_run_folder, training_recipe
 from serialgen.training.personalizer import Personalizer, train_personalizer
 from serialgen.training.synthetic_pairs import MODES, source_images, training_pairs
@@ -90,7 +90,7 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         base_dir, encoder_dir = sdxl_folders(settings)
         probes = load_probes(probes_dir(settings))
         mask_fn = load_preprocessors(settings).mask
-        standardizer_dir = resolve_model_dir(settings)
+        standardizer_dir = resolve_model_dir(settings).resolve()
         images = captioned(labelled_images(lake), size)
         fraction = settings.composite.test_fraction
         train = [i for i in images if split_of(i.character_id, fraction) == "train"]
@@ -101,21 +101,17 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         standardized = _standardize(settings, lake, standardizer_dir, sources)
         log(f"{STAGE}: {len(train)} train images, {len(scored_ids)} scored characters; "
             f"{len(standardized)} sources standardized")
-        parts = load_sdxl_parts(base_dir, encoder_dir)
         base_version = content_version(base_dir)
-        full = cfg.image_tokens == (parts.image_encoder.config.image_size // parts.image_encoder.config.patch_size) ** 2 + 1
-        processor = reference_processor(parts.image_encoder.config)
         adapters, train_metrics = {}, {}
         for mode in modes:
             start = time.perf_counter()
-            targets, references = training_pairs(train, mode)
-            unique = sorted(set(references))
-            shown = [standardized[train[r].key] if mode == "two_stage" else images_of(train[r]) for r in unique]
-            embeds = embed_images(parts.image_encoder, processor, shown, full)
-            position = {r: k for k, r in enumerate(unique)}
-            data = CaptionedImages([train[t] for t in targets], (parts.tokenizer, parts.tokenizer_2), embeds,
-                                   [position[r] for r in references])
             model = Personalizer(load_sdxl_parts(base_dir, encoder_dir), cfg.image_tokens, cfg.seed)
+            processor = reference_processor(model.image_encoder.config)
+            targets, references = training_pairs(train, mode)
+            data = with_references(
+                train, targets, references, model.tokenizers,
+                lambda shown: embed_images(model.image_encoder, processor, shown, model.adapter.full),
+                (lambda r: standardized[train[r].key]) if mode == "two_stage" else None)
             folder = out_dir / mode
             prepare_run_folder(folder, {"mode": mode, "image_tokens": cfg.image_tokens, "base": base_version,
                                         "standardizer": str(standardizer_dir)}, dict(run.inputs), True,
@@ -123,26 +119,26 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
             result = train_personalizer(model, data, cfg.model_copy(update={"num_workers": 0}), folder)
             adapters[mode] = save_adapter(model.adapter, folder / "model", {"mode": mode, "steps": result.step,
                                                                               "base": str(base_dir)})
-            train_metrics[mode] = {"pairs": len(targets), "references": len(embeds), "steps": result.step,
+            train_metrics[mode] = {"pairs": len(targets), "references": len(set(references)), "steps": result.step,
                                    "final_loss": result.losses[-1] if result.losses else None,
                                    "seconds": round(time.perf_counter() - start, 1),
                                    "version": content_version(adapters[mode])}
             log(f"{STAGE}: {mode} trained on {len(targets)} pairs in {train_metrics[mode]['seconds']} s")
-        by_id = {i.character_id: i for i in scored if i.source == "standard"}
-        raw = {c: images_of(sources[c]) for c in scored_ids}
+        standards = {i.character_id: i.rgb() for i in scored if i.source == "standard" and i.character_id in scored_ids}
+        raw = {c: sources[c].rgb() for c in scored_ids}
         std = {c: standardized[sources[c].key] for c in scored_ids}
         shuffled = {c: std[scored_ids[(k + 1) % len(scored_ids)]] for k, c in enumerate(scored_ids)}
         plan = {"two_stage": ("two_stage", std, 1.0), "paired_one_stage": ("paired_one_stage", raw, 1.0),
                 "unpaired": ("unpaired", raw, 1.0), "adapter_off": ("two_stage", std, 0.0),
                 "shuffled": ("two_stage", shuffled, 1.0),
-                "oracle": ("two_stage", {c: images_of(by_id[c]) for c in scored_ids if c in by_id}, 1.0)}
+                "oracle": ("two_stage", standards, 1.0)}
         rows = []
         for name, (mode, references, scale) in plan.items():
             if mode not in adapters:
                 continue
             start = time.perf_counter()
             outputs = _generate(name, adapters[mode], base_dir, encoder_dir, references, settings, scale)
-            rows.append(score(outputs, probes, mask_fn, {c: images_of(by_id[c]) for c in scored_ids if c in by_id}))
+            rows.append(score(outputs, probes, mask_fn, standards))
             log(f"{STAGE}: {name}: {len(outputs.images)} outputs in {time.perf_counter() - start:.0f} s")
         out_dir.mkdir(parents=True, exist_ok=True)
         suffix = "" if role == SCORED else f"_{role}"
@@ -159,10 +155,6 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
                        "seconds": round(time.perf_counter() - started, 1)}
         run.checkpoint = str(out_dir)
     return Table2Report(run.run_id, rows, table, grid, run.metrics)
-
-
-def images_of(image: CaptionedImage) -> np.ndarray:
-    return image.pixels.permute(1, 2, 0).numpy()
 
 
 def _sources(images: list[CaptionedImage]) -> dict[str, CaptionedImage]:

@@ -9,7 +9,7 @@ References are encoded once by the frozen image encoder: items carry their embed
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,10 @@ class CaptionedImage:
     caption: str
     pixels: torch.Tensor                 # (3, H, W) uint8
     original: tuple[int, int]            # SDXL micro-conditioning "original size": the model's (H, W), see captioned()
+
+    def rgb(self) -> np.ndarray:
+        """The pixels as an HxWx3 uint8 array (a view)."""
+        return self.pixels.permute(1, 2, 0).numpy()
 
 
 def captioned(items: Iterable[LabelledImage], size: tuple[int, int]) -> list[CaptionedImage]:
@@ -86,3 +90,15 @@ class CaptionedImages(Dataset):
         if self.reference_of is not None:
             item["image_embeds"] = self.reference_embeds[self.reference_of[index]]
         return item
+
+
+def with_references(images: Sequence[CaptionedImage], targets: Sequence[int], references: Sequence[int],
+                    tokenizers: Sequence, encode: Callable[[list[np.ndarray]], torch.Tensor],
+                    shown: Callable[[int], np.ndarray] | None = None) -> CaptionedImages:
+    """Targets ``images[t]``, each with the embedding of its reference ``images[r]`` (``references`` pairs with
+    ``targets``); every distinct reference is encoded once, by ``encode`` on what ``shown(r)`` returns (default
+    the reference's own pixels; two-stage: its standardized version)."""
+    unique = sorted(set(references))
+    embeds = encode([shown(r) if shown is not None else images[r].rgb() for r in unique])
+    position = {r: k for k, r in enumerate(unique)}
+    return CaptionedImages([images[t] for t in targets], tokenizers, embeds, [position[r] for r in references])
