@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from serialgen.storage.images import on_white
 from serialgen.synthetic.skeleton import COLORS, LIMBS
 
 #: Stick half-width and joint radius in pixels at a 512-pixel short side (controlnet_aux's constants).
@@ -66,8 +67,4 @@ def draw_pose(keypoints: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def overlay_pose(image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
     """``image`` (RGB or RGBA, drawn over white where transparent) with the pose drawn on top, for contact sheets."""
-    img = Image.fromarray(image)
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    return np.asarray(draw_pose_on(img.convert("RGB"), keypoints))
+    return np.asarray(draw_pose_on(Image.fromarray(on_white(image)), keypoints))

@@ -1,9 +1,9 @@
 """The evaluate stage on a temp lake: scoring of `generations` rows, lineage skip, errors, report files.
 
-These tests hand the stage a generator with :func:`serialgen.inference.generate.generate_images`'s signature
-that writes constructed `generations` rows into the lake (the real one is tested in test_personalizer.py): a
-"replicating" method (outputs = the reference, like the paper's unpaired one-stage) and a two-stage one
-(recoloured outputs, a standardized reference). The CLIP and face models are tiny random ones in the real
+These tests hand the stage a generator loader (:data:`serialgen.stages.evaluate.LoadGenerator`) whose
+generators return constructed `generations` rows (the real :class:`serialgen.inference.generate.Generator` is
+tested in test_personalizer.py): a "replicating" method (outputs = the reference, like the paper's unpaired
+one-stage) and a two-stage one (recoloured outputs, a standardized reference). The CLIP and face models are tiny random ones in the real
 models' formats (the real profiles' path), run for real; mask and pose stand in for the preprocessors.
 """
 
@@ -22,7 +22,7 @@ from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import ARCFACE_TEMPLATE, FACE_KEYPOINTS, FaceEmbedder
 from serialgen.evaluation.evaluators import ClipFaceEvaluator
 from serialgen.evaluation.testset import DEFAULT_SPEC, load_test_set
-from serialgen.stages.evaluate import run_evaluate
+from serialgen.stages.evaluate import STANDARDIZED_MODES, run_evaluate
 from serialgen.storage.images import decode_image, encode_png
 from serialgen.storage.runs import errors_of
 
@@ -58,10 +58,16 @@ def _pose(image: np.ndarray) -> np.ndarray:
     return keypoints
 
 
-def fake_generate(calls: list):
-    """A generator with ``generate_images``'s signature writing `generations` rows into the settings' lake."""
-    def generate(settings, references, prompts, seeds, scale=None, standardize=True, adapter_dir=None,
-                 character_id=None, method=None):
+def fake_generate(calls: list, loads: list | None = None):
+    """A loader with :data:`~serialgen.stages.evaluate.LoadGenerator`'s signature: per mode (recorded in ``loads``)
+    a generator of constructed `generations` rows (each call recorded in ``calls``), which the stage writes."""
+    def load(settings, method, folder):
+        if loads is not None:
+            loads.append(method)
+        assert (folder / "ip_adapter.safetensors").is_file()
+        return lambda *args, **kw: generate(method, method in STANDARDIZED_MODES, *args, **kw)
+
+    def generate(method, standardize, references, prompts, seeds, scale=None, character_id=None):
         calls.append((method, character_id))
         reference = references[0]
         rows = []
@@ -80,9 +86,8 @@ def fake_generate(calls: list):
                              "sampler": "ddim", "steps": 2, "standardizer_version": "std-v1" if standardize else None,
                              "personalizer_version": f"{method}-v1", "image": encode_png(image),
                              "width": image.shape[1], "height": image.shape[0]})
-        settings.open_lake().upsert("generations", rows, "fake-generate")
         return rows
-    return generate
+    return load
 
 
 def _checkpoints(lake_dir, modes=("two_stage", "unpaired"), root=None) -> None:
@@ -104,11 +109,17 @@ def test_scores_every_method_keeps_per_generation_rows_and_skips_unchanged_rerun
     make_pairs(lake, 2, test=2)
     _checkpoints(Path(lake.uri))
     calls: list = []
-    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    loads: list = []
+    report = run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate(calls, loads))
     assert not report.skipped and report.methods == ["two_stage", "unpaired"]
     n_prompts = len(DEFAULT_SPEC["prompts"])
+    assert loads == ["two_stage", "unpaired"]  # each mode's models loaded once for the whole test set
     assert sorted(calls) == sorted((m, c) for m in ("two_stage", "unpaired") for c in ("c2", "c3"))
-    assert report.generations == 2 * 2 * n_prompts
+    assert report.generations == 2 * 2 * n_prompts == lake.count("generations")
+    # The generations are the evaluate run's: no `generate` run per (mode, character).
+    generations = lake.read("generations", columns=["run_id"]).column("run_id").to_pylist()
+    assert set(generations) == {report.run_id}
+    assert lake.read("runs", filter="stage = 'generate'").num_rows == 0
     rows = lake.read("evaluations").to_pylist()
     per_generation = [r for r in rows if r["generation_id"] is not None]
     assert len(per_generation) == report.generations * 3  # clip_i, clip_t, face_sim each
@@ -142,8 +153,8 @@ def test_scores_every_method_keeps_per_generation_rows_and_skips_unchanged_rerun
     assert {frozenset(item["methods"].values()) for item in key["items"]} == {frozenset({"two_stage", "unpaired"})}
     # Unchanged models, test set and config: nothing happens.
     count, version = lake.count("evaluations"), lake.version("evaluations")
-    again = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
-    assert again.skipped and "unchanged" in again.why and len(calls) == 4
+    again = run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate(calls, loads))
+    assert again.skipped and "unchanged" in again.why and len(calls) == 4 and len(loads) == 2
     assert (lake.count("evaluations"), lake.version("evaluations")) == (count, version)
 
 
@@ -154,28 +165,77 @@ def test_a_new_model_or_test_set_reruns_and_bad_references_become_errors(setting
     calls: list = []
     working = fake_generate(calls)
 
-    def failing_for_c3(settings, references, prompts, seeds, character_id=None, **kw):
-        if character_id == "c3":
-            raise ValueError("reference has no foreground")
-        return working(settings, references, prompts, seeds, character_id=character_id, **kw)
+    def failing_for_c3(settings, mode, folder):
+        generate = working(settings, mode, folder)
 
-    first = run_evaluate(settings, evaluator=evaluator, generate=failing_for_c3)
+        def failing(references, prompts, seeds, character_id=None, **kw):
+            if character_id == "c3":
+                raise ValueError("reference has no foreground")
+            return generate(references, prompts, seeds, character_id=character_id, **kw)
+        return failing
+
+    first = run_evaluate(settings, evaluator=evaluator, load_generator=failing_for_c3)
     assert first.generations == len(DEFAULT_SPEC["prompts"])  # c2 only; the stage went on
     assert [(e["key"], e["reason"]) for e in errors_of(lake, "evaluate").to_pylist()] == [
         ("unpaired/c3", "generation failed: reference has no foreground")]
     _checkpoints(lake_dir, ("two_stage",))
-    second = run_evaluate(settings, evaluator=evaluator, generate=working)
+    second = run_evaluate(settings, evaluator=evaluator, load_generator=working)
     assert not second.skipped and second.methods == ["two_stage", "unpaired"]
     assert errors_of(lake, "evaluate").num_rows == 0  # c3 generated now: its error is cleared
     spec = tmp_path / "test_set.yaml"
     spec.write_text("held_out_characters: 1\ncharacters:\n  - {id: gone, reference: missing.png, domain: anime}\n"
                     "prompts:\n  - {prompt: a person in the park, category: background}\nseeds: [0, 1]\n")
     settings = settings.model_copy(update={"evaluate": settings.evaluate.model_copy(update={"test_set": spec})})
-    third = run_evaluate(settings, evaluator=evaluator, generate=working)
+    third = run_evaluate(settings, evaluator=evaluator, load_generator=working)
     assert not third.skipped and third.generations == 2 * 1 * 2
     errors = errors_of(lake, "evaluate").to_pylist()
     assert [e["key"] for e in errors] == ["test-set/gone"] and "missing.png" in errors[0]["reason"]
     assert len(load_test_set(lake, spec).characters) == 1
+
+
+def test_the_default_loader_loads_each_mode_once_and_one_shared_standardizer(settings, lake, evaluator,
+                                                                             monkeypatch):
+    """Without a ``load_generator`` the stage loads a :class:`~serialgen.inference.generate.Generator` per mode
+    (here stand-ins that record their construction); only the standardizing mode gets the standardizer, loaded
+    once. A mode whose models fail to load is one error per character, and the other modes go on."""
+    import serialgen.inference.generate as generate_module
+    import serialgen.inference.standardize as standardize_module
+
+    made: list = []
+    calls: list = []
+    rows_of = fake_generate(calls)
+
+    class Standardizer:
+        def __init__(self, settings):
+            made.append("standardizer")
+
+    class Generator:
+        def __init__(self, settings, mode, folder, standardize):
+            made.append((mode, folder.name, type(standardize).__name__))
+            self.generate = rows_of(settings, mode, folder)
+
+        def __call__(self, *args, **kw):
+            return self.generate(*args, **kw)
+
+    monkeypatch.setattr(generate_module, "Generator", Generator)
+    monkeypatch.setattr(standardize_module, "ImageStandardizer", Standardizer)
+    make_pairs(lake, 2, test=2)
+    _checkpoints(Path(lake.uri), ("two_stage", "paired_one_stage", "unpaired"))
+    report = run_evaluate(settings, evaluator=evaluator)
+    assert made == [("paired_one_stage", "paired_one_stage", "bool"), "standardizer",
+                    ("two_stage", "two_stage", "Standardizer"), ("unpaired", "unpaired", "bool")]
+    assert len(calls) == 3 * 2 and report.generations == 3 * 2 * len(DEFAULT_SPEC["prompts"])
+
+    def broken_two_stage(settings, mode, folder):
+        if mode == "two_stage":
+            raise RuntimeError("CUDA out of memory")
+        return rows_of(settings, mode, folder)
+
+    again = run_evaluate(settings, evaluator=evaluator, force=True, load_generator=broken_two_stage)
+    assert again.generations == 2 * 2 * len(DEFAULT_SPEC["prompts"])
+    assert sorted((e["key"], e["reason"]) for e in errors_of(lake, "evaluate").to_pylist()) == [
+        ("two_stage/c2", "generation failed: CUDA out of memory"),
+        ("two_stage/c3", "generation failed: CUDA out of memory")]
 
 
 def test_adapters_in_the_configured_personalizer_folder_are_evaluated_on_an_s3_lake(
@@ -194,12 +254,12 @@ def test_adapters_in_the_configured_personalizer_folder_are_evaluated_on_an_s3_l
     make_pairs(lake, 2, test=2)
     _checkpoints(None, ("two_stage",), root=adapters)
     calls: list = []
-    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls))
+    report = run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate(calls))
     assert report.methods == ["two_stage"] and sorted(calls) == [("two_stage", "c2"), ("two_stage", "c3")]
     assert report.generations == 2 * len(DEFAULT_SPEC["prompts"]) == lake.count("generations")
-    assert run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls)).skipped
+    assert run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate(calls)).skipped
     (adapters / "two_stage" / "ip_adapter.safetensors").write_bytes(b"retrained")
-    assert not run_evaluate(settings, evaluator=evaluator, generate=fake_generate(calls)).skipped
+    assert not run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate(calls)).skipped
 
 
 @pytest.mark.slow
@@ -247,7 +307,7 @@ def test_cli_reports_one_line_errors_and_skips_an_unchanged_evaluation(settings,
     invalid = runner.invoke(app, ["--lake", settings.lake, "evaluate", "--test-set", str(bad)])
     assert invalid.exit_code == 2 and "category" in invalid.output.strip().splitlines()[-1]
     _checkpoints(Path(lake.uri), ("unpaired",))
-    run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate([]))
     skipped = runner.invoke(app, ["--lake", settings.lake, "evaluate"])
     assert skipped.exit_code == 0 and "evaluate skipped: unchanged since run" in skipped.output
     sdxl = runner.invoke(app, ["--lake", settings.lake, "--profile", "sdxl", "evaluate"])
@@ -263,7 +323,7 @@ def test_publishes_tables_grid_and_report_link_as_artifacts(settings, lake, eval
 
     make_pairs(lake, 2, test=2)
     _checkpoints(Path(lake.uri), ("two_stage", "unpaired"))
-    report = run_evaluate(settings, evaluator=evaluator, generate=fake_generate([]))
+    report = run_evaluate(settings, evaluator=evaluator, load_generator=fake_generate([]))
     publish_evaluation(report)
 
     async def artifacts():

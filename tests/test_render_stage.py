@@ -97,7 +97,8 @@ def test_flow_publishes_counts_and_a_contact_sheet(rendered, prefect_harness):
     result = render(lake=settings.lake, config=config, limit=2, contact_sheet_characters=2)
     assert result["planned"] == 2 and result["skipped"] == 2 and result["rendered"] == 0
     sheet = decode_image(Path(result["contact_sheet"]).read_bytes(), "RGB")
-    assert sheet.shape[0] == 2 * 194 and sheet.shape[1] > 3 * 128
+    # Two characters a row: the standard view and its 2 renders (128 x 192), each 192 tall plus a 2-pixel gutter.
+    assert sheet.shape == (2 * (192 + 2), 3 * (128 + 2), 3)
 
     async def keys():
         async with get_client() as client:

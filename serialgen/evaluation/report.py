@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from serialgen.evaluation.scoring import ALL
 from serialgen.evaluation.testset import CATEGORIES, TestSet
+from serialgen.imaging import fit_square, grid
 from serialgen.storage.images import decode_image, encode_png
 
 #: Row labels of the personalizer modes, as the paper names them.
@@ -248,8 +248,8 @@ def image_grid(test_set: TestSet, rows: Sequence[Mapping[str, Any]], cell: int =
         standardized = first.get("standardized_reference")
         tiles = [references.get(character), decode_image(standardized, "RGB") if standardized else None]
         tiles += [decode_image(outputs[p]["image"], "RGB") if p in outputs else None for p in prompts]
-        lines.append(np.concatenate([_tile(t, cell) for t in tiles], 1))
-    return np.concatenate(lines, 0) if lines else np.full((cell, cell, 3), 255, np.uint8)
+        lines.append([fit_square(t, cell) for t in tiles])
+    return grid(lines) if lines else fit_square(None, cell)
 
 
 def user_study_sheet(test_set: TestSet, generations: Sequence[Mapping[str, Any]], items: int,
@@ -363,18 +363,6 @@ def _paper(value: Any) -> Any:
 
 def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
-
-
-def _tile(image: np.ndarray | None, size: int) -> np.ndarray:
-    """``image`` fitted into a white size x size square (blank when None)."""
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    if image is not None:
-        picture = Image.fromarray(np.asarray(image)[..., :3])
-        scale = (size - 4) / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.Resampling.BICUBIC)
-        canvas.paste(picture, ((size - picture.width) // 2, (size - picture.height) // 2))
-    return np.asarray(canvas)
 
 
 def _data_uri(image: np.ndarray) -> str:

@@ -124,9 +124,11 @@ class ImageStandardizer:
         return out
 
 
-def standardize_images(settings: Settings, images: Sequence[np.ndarray], seed: int = 0) -> list[StandardizedImage]:
-    """Standardize in-memory images (image i sampled with seed + i); ValueError naming an image that cannot be."""
-    replica = ImageStandardizer(settings)
+def standardize_images(settings: Settings, images: Sequence[np.ndarray], seed: int = 0,
+                       standardizer: ImageStandardizer | None = None) -> list[StandardizedImage]:
+    """Standardize in-memory images (image i sampled with seed + i) with ``standardizer`` (default: one loaded for
+    this call); ValueError naming an image that cannot be."""
+    replica = standardizer or ImageStandardizer(settings)
     batch = settings.standardize.batch_size
     out: list[StandardizedImage] = []
     for first in range(0, len(images), batch):

@@ -9,9 +9,7 @@ order and writes ``characters``, ``motions`` and ``poses`` with keyed upserts.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,8 +21,10 @@ from PIL import Image
 from serialgen.assets import worker as asset_worker
 from serialgen.config import Settings
 from serialgen.dag import config_hash
+from serialgen.imaging import grid
 from serialgen.sources import list_sources
 from serialgen.storage import Lake
+from serialgen.storage.images import decode_image
 from serialgen.storage.runs import StageRun
 from serialgen.synthetic import skeleton
 from serialgen.synthetic.character_filter import UNREADABLE, Facts, decide
@@ -260,15 +260,10 @@ def run_assets(settings: Settings, characters: str | None = None, motions: str |
     return report
 
 
-def contact_sheet(thumbnails: list[bytes], columns: int = 4, background=(255, 255, 255)) -> Image.Image:
-    """Tile RGBA thumbnails (same size) onto one RGB sheet."""
-    images = [Image.open(io.BytesIO(t)).convert("RGBA") for t in thumbnails]
-    w, h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    sheet = Image.new("RGB", (w * columns, h * rows), background)
-    for i, img in enumerate(images):
-        sheet.paste(img, ((i % columns) * w, (i // columns) * h), img)
-    return sheet
+def contact_sheet(thumbnails: list[bytes], columns: int = 4) -> Image.Image:
+    """Tile RGBA thumbnails (same size), ``columns`` a row, onto one RGB sheet (transparency over white)."""
+    images = [decode_image(t, "RGBA") for t in thumbnails]
+    return Image.fromarray(grid([images[i:i + columns] for i in range(0, len(images), columns)]))
 
 
 def write_contact_sheet(lake: Lake, path: str | Path, limit: int = 8, columns: int = 4) -> int:

@@ -1,7 +1,8 @@
 """Stage driver: the paper's evaluation (section 4) of every trained model in the lake (no Prefect).
 
-For each personalizer mode with an adapter in its folder (:func:`serialgen.checkpoints.personalizer_dir`), the test
-set goes through :func:`serialgen.inference.generate.generate_images` and is scored
+For each personalizer mode with an adapter in its folder (:func:`serialgen.checkpoints.personalizer_dir`), the
+mode's models are loaded once (:class:`serialgen.inference.generate.Generator`; one standardizer shared by the
+modes that standardize), the whole test set goes through them, and the generations are scored
 (:mod:`serialgen.evaluation.scoring`); each standardizer variant (FBDM x RPIM) trained into the lake is
 scored by PSNR/SSIM on held-out `pairs` (Table 3). Everything lands in `evaluations`, then the report
 (:mod:`serialgen.evaluation.report`) is written. A rerun with unchanged models, test set, evaluation
@@ -37,8 +38,11 @@ PERSONALIZER_MODES = ("two_stage", "paired_one_stage", "unpaired")
 ADAPTER_FILE = "ip_adapter.safetensors"
 #: Modes whose adapter was trained on standardized references, so inference standardizes too.
 STANDARDIZED_MODES = frozenset({"two_stage"})
-#: (prompt, category) pairs and seeds in, `generations` rows out (:func:`serialgen.inference.generate.generate_images`).
+#: One mode's loaded generator: (references, prompts, seeds, scale, character_id) -> that character's `generations`
+#: rows, written by the caller (:class:`serialgen.inference.generate.Generator`).
 GenerateFn = Callable[..., list[dict[str, Any]]]
+#: Loads one mode's generator once: (settings, mode, adapter folder) -> :data:`GenerateFn`.
+LoadGenerator = Callable[[Settings, str, Path], GenerateFn]
 
 
 @dataclass
@@ -66,8 +70,9 @@ class EvaluateReport:
 
 
 def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool = False,
-                 evaluator: Evaluator | None = None, generate: GenerateFn | None = None) -> EvaluateReport:
-    """Generate, score and report; ``evaluator`` / ``generate`` default to the lake's models and :func:`generate_images`."""
+                 evaluator: Evaluator | None = None, load_generator: LoadGenerator | None = None) -> EvaluateReport:
+    """Generate, score and report; ``evaluator`` / ``load_generator`` default to the lake's models and
+    :func:`generator_loader`."""
     lake = settings.open_lake()
     test_set_errors: list[tuple[str, str]] = []
     test_set = load_test_set(lake, settings.evaluate.test_set, lambda k, r: test_set_errors.append((k, r)))
@@ -95,11 +100,8 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
         run.clear_errors(f"test-set/{c.character_id}" for c in test_set.characters)
         if evaluator is None:
             evaluator = load_evaluator(settings, models)
-        if generate is None and personalizers:
-            from serialgen.inference.generate import generate_images
-
-            generate = generate_images
-        generations = generate_test_set(settings, test_set, personalizers, generate, run)
+        generations = generate_test_set(settings, test_set, personalizers, load_generator or generator_loader(),
+                                        run, lake)
         rows = score_generations(evaluator, generations, {c.character_id: c for c in test_set.characters},
                                  test_set.fingerprint) if generations else []
         rows += score_standardizers(settings, lake, standardizers, evaluator.details)
@@ -116,21 +118,51 @@ def run_evaluate(settings: Settings, flow_run_id: str | None = None, force: bool
 
 
 def generate_test_set(settings: Settings, test_set: TestSet, personalizers: dict[str, Path],
-                      generate: GenerateFn, run: StageRun) -> list[dict[str, Any]]:
-    """Every (character, prompt, seed) through every personalizer mode; a character that fails is an error row."""
+                      load_generator: LoadGenerator, run: StageRun, lake: Lake) -> list[dict[str, Any]]:
+    """Every (character, prompt, seed) through every personalizer mode, each mode's models loaded once; its rows
+    are upserted into `generations` under this run. A character that fails (or every character of a mode whose
+    models fail to load) is an error row."""
     rows, done = [], []
     for mode, folder in sorted(personalizers.items()):
-        for character in test_set.characters:
-            key = f"{mode}/{character.character_id}"
-            try:
-                rows += generate(settings, [character.image], test_set.prompts, test_set.seeds,
-                                 scale=settings.evaluate.scale, standardize=mode in STANDARDIZED_MODES,
-                                 adapter_dir=folder, character_id=character.character_id, method=mode)
-                done.append(key)
-            except (ValueError, RuntimeError) as exc:
+        keys = {c.character_id: f"{mode}/{c.character_id}" for c in test_set.characters}
+        try:
+            generate = load_generator(settings, mode, folder)
+        except (ValueError, RuntimeError) as exc:
+            for key in keys.values():
                 run.error(key, f"generation failed: {exc}")
+            continue
+        generated = []
+        for character in test_set.characters:
+            try:
+                generated += generate([character.image], test_set.prompts, test_set.seeds,
+                                      scale=settings.evaluate.scale, character_id=character.character_id)
+                done.append(keys[character.character_id])
+            except (ValueError, RuntimeError) as exc:
+                run.error(keys[character.character_id], f"generation failed: {exc}")
+        del generate   # this mode's SDXL goes before the next one loads
+        if generated:
+            lake.upsert("generations", generated, run.run_id)
+        rows += generated
     run.clear_errors(done)
     return rows
+
+
+def generator_loader() -> LoadGenerator:
+    """Loads a :class:`~serialgen.inference.generate.Generator` per mode; the modes of :data:`STANDARDIZED_MODES`
+    share one image standardizer, loaded when the first of them is."""
+    shared: list[Any] = []
+
+    def load(settings: Settings, mode: str, folder: Path) -> GenerateFn:
+        from serialgen.inference.generate import Generator
+        from serialgen.inference.standardize import ImageStandardizer
+
+        standardizer: ImageStandardizer | bool = False
+        if mode in STANDARDIZED_MODES:
+            if not shared:
+                shared.append(ImageStandardizer(settings))
+            standardizer = shared[0]
+        return Generator(settings, mode, folder, standardizer)
+    return load
 
 
 def score_standardizers(settings: Settings, lake: Lake, variants: Sequence[StandardizerVariant],

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-from PIL import Image
 
 from serialgen.config import RenderSettings, Settings
 from serialgen.dag import config_hash
+from serialgen.imaging import fit_height, grid
 from serialgen.pose_drawing import overlay_pose
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
@@ -301,12 +301,5 @@ def contact_sheet(lake: Lake, characters: int = 3, views: int = 4, cell_height: 
         cells = [overlay_pose(decode_image(image, "RGB"), np.asarray(kps))]
         cells += [overlay_pose(decode_image(rgba, "RGBA"), np.asarray(k)) for rgba, k in
                   zip(renders.column("rgba").to_pylist()[:views], renders.column("keypoints").to_pylist()[:views])]
-        rows.append([Image.fromarray(c).resize((round(c.shape[1] * cell_height / c.shape[0]), cell_height)) for c in cells])
-    width = max(sum(c.width for c in row) for row in rows)
-    sheet = Image.new("RGB", (width + 2 * (1 + views), len(rows) * (cell_height + 2)), (90, 90, 90))
-    for r, row in enumerate(rows):
-        x = 0
-        for cell in row:
-            sheet.paste(cell, (x, r * (cell_height + 2)))
-            x += cell.width + 2
-    return np.asarray(sheet)
+        rows.append([fit_height(c, cell_height) for c in cells])
+    return grid(rows, gutter=2, background=(90, 90, 90))

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from serialgen.config import Settings
 from serialgen.dag import config_hash
+from serialgen.imaging import fit_height, grid
 from serialgen.inference.standardize import ImageStandardizer, model_version, resolve_model_dir
 from serialgen.pose_drawing import draw_pose
 from serialgen.runtime import READ_CPUS, actor_cpus, init_ray
@@ -188,15 +189,6 @@ def preview_grid(rows: Sequence[dict], height: int = 128) -> np.ndarray | None:
     """HxWx3 uint8 grid, one row per image: original | mask (white = background) | pose | standardized."""
     from PIL import Image
 
-    def tile(image: np.ndarray) -> np.ndarray:
-        image = np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image[..., :3]
-        width = max(1, round(image.shape[1] * height / image.shape[0]))
-        return np.pad(np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)),
-                      ((0, 2), (0, 2), (0, 0)), constant_values=255)
-
-    lines = [np.hstack([tile(r[k]) for k in ("original", "mask", "pose", "standardized")]) for r in rows]
-    if not lines:
-        return None
-    width = max(line.shape[1] for line in lines)
-    return np.vstack([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
-                      for line in lines])
+    lines = [[fit_height(r[k], height, Image.Resampling.BILINEAR) for k in ("original", "mask", "pose", "standardized")]
+             for r in rows]
+    return grid(lines, gutter=2) if lines else None

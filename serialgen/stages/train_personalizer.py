@@ -141,23 +141,25 @@ def make_one_stage_targets(settings: Settings, flow_run_id: str | None = None) -
     real image that has no two-stage generation yet with one prompt of :data:`ONE_STAGE_PROMPTS` (rotating).
     Returns the (key, reason) of images it could not render (e.g. no figure found to standardize)."""
     from serialgen.real_images import pixel_id
-    from serialgen.inference.generate import generate_images
+    from serialgen.inference.generate import Generator, write_generations
 
     lake = settings.open_lake()
     done = {tuple(ids or ()) for ids in lake.read("generations", columns=["reference_ids"],
                                                   filter="method = 'two_stage'").column("reference_ids").to_pylist()}
     todo = [r for r in lake.read("real_images", columns=["image_id", "image"]).to_pylist() if (r["image_id"],) not in done]
-    failed = []
+    failed, generator = [], None
     for i, row in enumerate(sorted(todo, key=lambda r: r["image_id"])):
         pixels = decode_image(row["image"])
         if pixel_id(pixels) != row["image_id"]:  # ids follow the pixel-hash rule; anything else cannot pair
             failed.append((f"paired_one_stage/real_images/{row['image_id']}", "image id is not its pixel hash"))
             continue
         try:
-            generate_images(settings, [pixels], [ONE_STAGE_PROMPTS[i % len(ONE_STAGE_PROMPTS)]], [0],
-                            method="two_stage", flow_run_id=flow_run_id)
+            generator = generator or Generator(settings, "two_stage", standardize=True)   # loaded once
+            generated = generator.generate([pixels], [ONE_STAGE_PROMPTS[i % len(ONE_STAGE_PROMPTS)]], [0])
         except ValueError as exc:  # standardize_images: no figure found, empty mask, ...
             failed.append((f"paired_one_stage/real_images/{row['image_id']}", f"two-stage generation failed: {exc}"))
+            continue
+        write_generations(settings, generated, flow_run_id)   # one `generate` run per image, as a request
     return failed
 
 

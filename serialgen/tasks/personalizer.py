@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from serialgen.config import Settings
+from serialgen.imaging import fit_height, grid
 from serialgen.inference.generate import Generated, generate_with_references, read_reference
 from serialgen.stages.train_personalizer import TrainPersonalizerReport, run_train_personalizer
 from serialgen.storage.images import decode_image, encode_png
@@ -65,13 +66,4 @@ def generation_grid(result: Generated) -> np.ndarray:
             seen.add(row["prompt"])
             images.append(decode_image(row["image"], "RGB"))
     cells = [result.references[0], *(result.standardized[:1] if result.standardized else []), *images]
-    height = images[0].shape[0]
-    resized = [_fit_height(c, height) for c in cells]
-    return np.concatenate(resized, axis=1)
-
-
-def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    from PIL import Image
-
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+    return grid([[fit_height(c, images[0].shape[0]) for c in cells]])
