@@ -289,6 +289,9 @@ class BaseModelSettings(Section):
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
     text_dropout: float = 0.1           # captions dropped (zero text embeddings) for classifier-free guidance
+    # Share of captions that also name hair and clothes with their colours: without them the base never
+    # learns a conditioning path for appearance and an adapter has nothing to steer (docs/personalizer_table2.md).
+    appearance_share: float = Field(0.5, ge=0.0, le=1.0)
     noise_offset: float = 0.0
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

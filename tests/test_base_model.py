@@ -10,8 +10,9 @@ import torch
 
 from serialgen.models.sdxl import load_sdxl_parts, pixel_configs, random_sdxl_parts, write_sdxl_folders
 from serialgen.synthetic.labelled import labelled_images
-from serialgen.synthetic.vocabulary import PHRASES, background_label, framing_label
-from serialgen.training.captioned import CaptionedImage
+from serialgen.synthetic.character_spec import sample_spec
+from serialgen.synthetic.vocabulary import PHRASES, appearance, background_label, caption, colour_name, framing_label
+from serialgen.training.captioned import CaptionedImage, captioned
 from serialgen.training.synthetic_pairs import source_images, training_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,6 +40,43 @@ def test_captions_say_what_the_render_metadata_says(synthetic_lake):
             assert item.labels["background"] == kinds[pairs[item.key.split("/", 1)[1]]["background_id"]]
         assert item.labels["action"] in PHRASES["action"] and item.labels["view"] in PHRASES["view"]
         assert item.rgb.shape[:2] == item.foreground.shape and item.foreground.max() == 255
+
+
+def test_appearance_words_name_what_the_procedural_spec_draws():
+    assert [colour_name(c) for c in ((0.9, 0.02, 0.02), (0.01, 0.05, 0.7), (0.02, 0.4, 0.03), (0.004, 0.004, 0.004),
+                                     (0.9, 0.9, 0.9), (0.25, 0.25, 0.25), (0.9, 0.25, 0.0), (0.9, 0.3, 0.45))] == [
+        "red", "blue", "green", "black", "white", "grey", "orange", "pink"]
+    spec = {"hair_color": (0.85, 0.70, 0.40), "hair_style": "ponytail", "top": "jacket", "top_color": (0.02, 0.4, 0.03),
+            "bottom": "skirt", "bottom_color": (0.9, 0.02, 0.02)}
+    words = appearance(spec)
+    assert words == {"hair_colour": "blond", "hair_style": "ponytail", "top": "jacket", "top_colour": "green",
+                     "bottom": "skirt", "bottom_colour": "red"}
+    assert caption({"framing": "bust", "view": "side"}, looks=words) == (
+        "a character with blond ponytail hair, green jacket, red skirt, bust shot, side view")
+    assert "skirt" not in caption({}, looks=appearance({**spec, "top": "dress"}))  # a dress hides the bottom
+
+
+def test_the_tiny_tokenizers_keep_every_caption_word_whole(tmp_path):
+    parts = random_sdxl_parts(tmp_path, pixel_configs(**SMALL_UNET))
+    rng = np.random.default_rng(0)
+    looks = [appearance(sample_spec(int(seed)).to_json()) for seed in rng.integers(0, 10_000, 40)]
+    labels = {"framing": "cutoff", "view": "back", "action": "waving", "background": "texture"}
+    for words in looks:
+        text = caption(labels, looks=words)
+        tokens = parts.tokenizer.tokenize(text)
+        assert "".join(tokens).replace("</w>", "") == text.replace(" ", "")
+        assert len(tokens) == len(text.replace(",", " ,").split())  # one token per word or comma
+
+
+def test_a_share_of_base_captions_name_the_appearance(synthetic_lake):
+    items = list(labelled_images(synthetic_lake.open_lake(), sources=("standard",)))
+    assert items and all(i.looks is not None for i in items)
+    none, half, every = (captioned(items, (24, 16), share) for share in (0.0, 0.5, 1.0))
+    assert all(" with " not in i.caption for i in none)
+    assert all(c.caption.startswith(f"a character with {i.looks['hair_colour']} ") for c, i in zip(every, items))
+    described = [c.key for c in half if " with " in c.caption]
+    assert described == [c.key for c in captioned(items, (24, 16), 0.5) if " with " in c.caption]  # stable choice
+    assert 0 < len(described) < len(items) or len(items) < 4
 
 
 def _captioned(character: str, key: str, source: str) -> CaptionedImage:
@@ -126,7 +164,7 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
     lake = settings.open_lake()
     images = captioned(labelled_images(lake), (96, 64))
     held = [i for i in images if split_of(i.character_id, settings.composite.test_fraction) != "train"][:256]
-    before = held_out_losses(BaseModel(untrained).eval(), CaptionedImages(held, (untrained.tokenizer,) * 2),
+    before = held_out_losses(BaseModel(untrained).eval(), {"caption": CaptionedImages(held, (untrained.tokenizer,) * 2)},
                              torch.stack([i.pixels for i in images]), settings.base_model.seed)
     assert held_out["caption"] < 0.5 * before["caption"]
     assert should_run(settings, "train-base")[0] is False

@@ -30,7 +30,7 @@ from transformers import (
 from serialgen.models.components import _require
 from serialgen.models.loading import without_progress_bars
 from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencoder
-from serialgen.synthetic.vocabulary import PHRASES
+from serialgen.synthetic.vocabulary import APPEARANCE_WORDS, PHRASES
 
 #: SDXL base's noise schedule (its scheduler/scheduler_config.json); training uses DDPM, inference DDIM on it.
 SDXL_SCHEDULE: dict[str, Any] = {
@@ -45,7 +45,8 @@ _TEMPLATE_WORDS = ("a", "an", "the", "of", "in", "on", "at", "with", "and", "ful
 #: Words the tiny tokenizers hold as whole BPE tokens (captions, the template, test prompts, the synthetic
 #: vocabulary's phrases); others split into bytes.
 TINY_WORDS = _TEMPLATE_WORDS + tuple(sorted({word for phrases in PHRASES.values() for phrase in phrases.values()
-                                             for word in phrase.split()} - set(_TEMPLATE_WORDS)))
+                                             for word in phrase.split()} | set(APPEARANCE_WORDS)
+                                            - set(_TEMPLATE_WORDS)))
 
 
 @dataclass
@@ -229,24 +230,43 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def _write_bpe_vocabulary(folder: Path, words: tuple[str, ...]) -> None:
-    """A CLIP byte-level BPE vocabulary: the 256 byte symbols (alone and word-final), merges that build
-    ``words`` letter by letter, and the start/end tokens last (end = highest id, as in CLIP)."""
+    """A CLIP byte-level BPE vocabulary: the 256 byte symbols (alone and word-final), merges that make each
+    of ``words`` one token, and the start/end tokens last (end = highest id, as in CLIP).
+
+    Each word's merges are appended after the earlier words' ones and join the pieces the earlier merges
+    already make of it, so BPE (lowest rank first) ends every word in one token whatever letters words share."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
+    merges: dict[tuple[str, str], int] = {}
     for word in words:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        merged = parts[0]
-        for part in parts[1:]:
-            rule = f"{merged} {part}"
-            merged += part
-            if rule not in merges:
-                merges.append(rule)
-                if merged not in vocab:
-                    vocab.append(merged)
+        pieces = _apply_bpe([*word[:-1], word[-1] + "</w>"], merges)
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            merges[(merged, piece)] = len(merges)
+            merged += piece
+            if merged not in vocab:
+                vocab.append(merged)
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(pair) for pair in merges) + "\n")
+
+
+def _apply_bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair (every occurrence) until none applies."""
+    while len(pieces) > 1:
+        pair = min(zip(pieces, pieces[1:]), key=lambda p: ranks.get(p, len(ranks)))
+        if pair not in ranks:
+            break
+        out, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+                out.append(pieces[i] + pieces[i + 1])
+                i += 2
+            else:
+                out.append(pieces[i])
+                i += 1
+        pieces = out
+    return pieces

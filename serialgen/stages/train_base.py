@@ -40,7 +40,11 @@ INPUTS = ["renders", "pairs", "standards", "poses", "motions", "backgrounds"]
 SAMPLE_CAPTIONS = ("a character, full body, front view, standing, on a plain white background",
                    "a character, bust shot, side view, walking, outdoors",
                    "a character, head shot, front view, waving, in a room",
-                   "a character, full body, back view, running, in front of a patterned wall")
+                   "a character, full body, back view, running, in front of a patterned wall",
+                   # appearance named (part of the training captions do): the path an adapter has to steer
+                   "a character with blond long hair, red dress, full body, front view, standing, on a plain white background",
+                   "a character with black short hair, blue tee, yellow trousers, full body, front view, standing, "
+                   "on a plain white background")
 HELD_OUT_ITEMS = 256
 
 
@@ -67,7 +71,7 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
     start = time.perf_counter()
     with StageRun(lake, STAGE, config_hash(settings, STAGE), inputs=INPUTS, flow_run_id=flow_run_id) as run:
         with torch_threads(1):
-            images = captioned(labelled_images(lake), size)
+            images = captioned(labelled_images(lake), size, cfg.appearance_share)
         fraction = settings.composite.test_fraction
         train = [i for i in images if split_of(i.character_id, fraction) == "train"]
         held_out = [i for i in images if split_of(i.character_id, fraction) != "train"]
@@ -91,8 +95,11 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
         if result.step >= cfg.steps:
             model.eval()
             train_data = CaptionedImages(train, tokenizers)
-            metrics["held_out"] = held_out_losses(model, CaptionedImages(held_out[:HELD_OUT_ITEMS], tokenizers),
-                                                  train_data.pixels, cfg.seed) if held_out else None
+            scored = held_out[:HELD_OUT_ITEMS]
+            metrics["held_out"] = held_out_losses(
+                model, {"caption": CaptionedImages(scored, tokenizers),
+                        "caption_and_appearance": CaptionedImages([i.described() for i in scored], tokenizers)},
+                train_data.pixels, cfg.seed) if held_out else None
             export = folder / "model"
             save_sdxl_folders(parts, export / "base", export / "image_encoder", folder / "vocab")
             sample_sheet(export / "base", export / "image_encoder", settings).save(folder / "samples.png")
@@ -105,14 +112,16 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
 
 
 @torch.no_grad()
-def held_out_losses(model: BaseModel, data: CaptionedImages, train_pixels: torch.Tensor, seed: int,
+def held_out_losses(model: BaseModel, captions: dict[str, CaptionedImages], train_pixels: torch.Tensor, seed: int,
                     repeats: int = 4, batch_size: int = 32) -> dict[str, float]:
     """Mean MSE (in the model's prediction space) on held-out images over fixed (noise, timestep) draws:
-    the model with the true caption, with no caption, and the mean training image as the x0 prediction
-    (the best constant; only comparable when the model predicts x0)."""
+    the model with each of ``captions`` (named captionings of the same images, the first the plain one),
+    with no caption, and the mean training image as the x0 prediction (the best constant; only comparable
+    when the model predicts x0)."""
     scheduler = model.training_scheduler()
     mean_image = train_pixels.float().mean(0) / 127.5 - 1
-    sums = {"caption": 0.0, "no_caption": 0.0, "mean_image": 0.0}
+    sums = {**dict.fromkeys(captions, 0.0), "no_caption": 0.0, "mean_image": 0.0}
+    data = next(iter(captions.values()))
     count = 0
     for repeat in range(repeats):
         for first in range(0, len(data), batch_size):
@@ -124,10 +133,12 @@ def held_out_losses(model: BaseModel, data: CaptionedImages, train_pixels: torch
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator)
             noisy = scheduler.add_noise(latents, noise, timesteps)
             target = prediction_target(scheduler, latents, noise, timesteps)
-            prompt, pooled = model.encode_prompt(torch.stack([b["input_ids"] for b in batch]),
-                                                 torch.stack([b["input_ids_2"] for b in batch]))
             time_ids = torch.stack([b["time_ids"] for b in batch])
-            for name, keep in (("caption", 1.0), ("no_caption", 0.0)):
+            for name, texts in (*captions.items(), ("no_caption", None)):
+                ids = texts or data
+                prompt, pooled = model.encode_prompt(ids.input_ids[first:first + len(batch)],
+                                                     ids.input_ids_2[first:first + len(batch)])
+                keep = 1.0 if texts is not None else 0.0
                 prediction = model(noisy, timesteps, prompt * keep, pooled * keep, time_ids)
                 sums[name] += torch.nn.functional.mse_loss(prediction, target, reduction="sum").item() / target[0].numel()
             constant = model.encode_latents(mean_image[None].expand_as(pixels), generator)

@@ -20,6 +20,7 @@ from serialgen.storage import Lake
 from serialgen.storage.images import decode_image, decode_mask
 from serialgen.synthetic.vocabulary import (
     action_label,
+    appearance,
     background_label,
     framing_label,
     view_label,
@@ -37,11 +38,14 @@ class LabelledImage:
     rgb: np.ndarray                      # HxWx3 uint8 (renders composited on white)
     foreground: np.ndarray               # HxW uint8, 255 = figure (pairs: the estimator-like mask)
     labels: dict[str, str | None]        # attribute -> label, None unknown
+    looks: dict[str, str] | None = None  # the character's appearance in words (procedural characters only)
 
 
 def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[LabelledImage]:
-    """The lake's renders, pairs and standards (those in ``sources``), in that order, with their labels."""
+    """The lake's renders, pairs and standards (those in ``sources``), in that order, with their labels and,
+    for procedural characters, their appearance (:func:`serialgen.synthetic.vocabulary.appearance`)."""
     motion_of_pose = _motion_names(lake)
+    looks = _appearances(lake)
     renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
     for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
                                              "camera"]).to_pylist():
@@ -52,7 +56,8 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
             rgba = decode_image(row["rgba"], "RGBA")
             yield LabelledImage(row["character_id"], "render",
                                 f"render/{row['character_id']}/{row['pose_id']}/{row['view_id']}",
-                                remove_background(rgba, lambda im: im[..., 3]), rgba[..., 3], labels)
+                                remove_background(rgba, lambda im: im[..., 3]), rgba[..., 3], labels,
+                                looks.get(row["character_id"]))
     if "pair" in sources:
         kinds = {r["background_id"]: background_label(r["source_uri"])
                  for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
@@ -64,11 +69,22 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
                       "background": kinds.get(row["background_id"])}
             yield LabelledImage(row["character_id"], "pair", f"pair/{row['pair_id']}",
                                 decode_image(row["input_image"], "RGB"), 255 - decode_mask(row["background_mask"]),
-                                labels)
+                                labels, looks.get(row["character_id"]))
     if "standard" in sources:
         for row in lake.read("standards", columns=["character_id", "image", "mask"]).to_pylist():
             yield LabelledImage(row["character_id"], "standard", f"standard/{row['character_id']}",
-                                decode_image(row["image"], "RGB"), decode_mask(row["mask"]), dict(STANDARD_LABELS))
+                                decode_image(row["image"], "RGB"), decode_mask(row["mask"]), dict(STANDARD_LABELS),
+                                looks.get(row["character_id"]))
+
+
+def _appearances(lake: Lake) -> dict[str, dict[str, str]]:
+    """character_id -> appearance words, for characters whose attributes hold a procedural spec."""
+    out = {}
+    for row in lake.read("characters", columns=["character_id", "attributes"]).to_pylist():
+        spec = json.loads(row["attributes"] or "{}").get("procedural")
+        if spec:
+            out[row["character_id"]] = appearance(spec)
+    return out
 
 
 def _motion_names(lake: Lake) -> dict[str, str]:

@@ -1,13 +1,20 @@
-"""What a synthetic image's metadata says in words: framing, view, background kind, action (plain Python).
+"""What a synthetic image's metadata says in words: framing, view, background kind, action (plain Python),
+and what the character looks like (hair, top and bottom garments and their colours).
 
 One vocabulary for three users: the attribute probes learn these labels from render metadata, the
 personalizer's synthetic captions are built from them, and evaluation reads a prompt back into the
 labels it asks for (prompt accuracy, the offline stand-in for CLIP-T). Keeping the three on one table
 means a prompt can only ask for what a probe was trained to see.
+
+Appearance words only go into the base model's captions (part of them): a text-to-image base must have
+learned to draw named colours and garments for an adapter to steer them, as SDXL has. Prompts and the
+adapter's training captions never name them, so a personalized output can only take its appearance from
+the reference.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
 from collections.abc import Mapping, Sequence
 
@@ -27,6 +34,18 @@ ACTION_OF_MOTION = {"walk": "walking", "turn": "walking", "run": "running", "jum
                     "wave": "waving", "reach": "waving", "sit": "sitting"}
 #: Procedural background kinds in index order (serialgen.compositing.backgrounds.procedural_background).
 BACKGROUND_KINDS = ("indoor", "outdoor", "texture")
+#: Basic colour terms clothing colours are named with (:func:`colour_name`).
+COLOUR_NAMES = ("black", "white", "grey", "red", "orange", "brown", "yellow", "green", "blue", "purple", "pink")
+#: Hair colours in linear RGB (serialgen.synthetic.character_spec.HAIR_COLORS) and their names.
+HAIR_COLOUR_NAMES: dict[str, tuple[float, float, float]] = {
+    "black": (0.05, 0.04, 0.03), "dark brown": (0.22, 0.13, 0.07), "brown": (0.45, 0.28, 0.12),
+    "blond": (0.85, 0.70, 0.40), "auburn": (0.60, 0.22, 0.08), "grey": (0.65, 0.65, 0.65), "blue": (0.20, 0.30, 0.75),
+    "pink": (0.85, 0.40, 0.60)}
+#: Garment and hair-style names (the procedural spec's own words) in captions.
+GARMENT_WORDS = {"tshirt": "tee", "longsleeve": "sweater", "jacket": "jacket", "dress": "dress",
+                 "trousers": "trousers", "shorts": "shorts", "skirt": "skirt"}
+HAIR_STYLE_WORDS = {"short": "short", "long": "long", "bun": "bun", "ponytail": "ponytail", "buzz": "buzzcut",
+                    "bob": "bob"}
 PROCEDURAL_PREFIX = "procedural://"
 
 
@@ -73,10 +92,62 @@ def action_label(motion_name: str | None) -> str | None:
     return ACTION_OF_MOTION.get(kind)
 
 
-def caption(labels: Mapping[str, str | None], subject: str = "a character") -> str:
-    """``"a character, bust shot, side view, walking, in a room"`` from the known labels, in a fixed order."""
+def _nearest(colour: Sequence[float], names: Mapping[str, Sequence[float]]) -> str:
+    return min(names, key=lambda name: sum((a - b) ** 2 for a, b in zip(colour, names[name])))
+
+
+def colour_name(linear_rgb: Sequence[float]) -> str:
+    """The basic colour term of a linear-RGB material colour, from its sRGB hue, lightness and saturation
+    (as it renders): neutrals by lightness, then hue sectors, dark oranges brown, light reds pink."""
+    srgb = [c * 12.92 if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055 for c in linear_rgb]
+    hue, lightness, saturation = colorsys.rgb_to_hls(*srgb)
+    hue *= 360
+    if lightness < 0.12:
+        return "black"
+    if saturation < 0.2 or lightness > 0.92:
+        return "white" if lightness > 0.85 else "grey"
+    if hue < 15 or hue >= 345:
+        return "pink" if lightness > 0.7 else "red"
+    if hue < 45:
+        return "brown" if lightness < 0.4 else "orange"
+    if hue < 70:
+        return "brown" if lightness < 0.3 else "yellow"
+    if hue < 165:
+        return "green"
+    if hue < 255:
+        return "blue"
+    if hue < 290:
+        return "purple"
+    return "purple" if lightness < 0.4 else "pink"
+
+
+def appearance(spec: Mapping) -> dict[str, str]:
+    """A procedural character spec (``CharacterSpec.to_json()``) in words: hair colour and style, top and
+    bottom garments and their colours (a dress is the top; its bottom garment is hidden under it)."""
+    words = {"hair_colour": _nearest(spec["hair_color"], HAIR_COLOUR_NAMES), "hair_style": spec["hair_style"],
+             "top": spec["top"], "top_colour": colour_name(spec["top_color"])}
+    if spec["top"] != "dress":
+        words.update(bottom=spec["bottom"], bottom_colour=colour_name(spec["bottom_color"]))
+    return words
+
+
+def describe(words: Mapping[str, str]) -> str:
+    """``"blond short hair, grey tee, green shorts"`` from :func:`appearance`'s words."""
+    parts = [f"{words['hair_colour']} {HAIR_STYLE_WORDS[words['hair_style']]} hair",
+             f"{words['top_colour']} {GARMENT_WORDS[words['top']]}"]
+    if "bottom" in words:
+        parts.append(f"{words['bottom_colour']} {GARMENT_WORDS[words['bottom']]}")
+    return ", ".join(parts)
+
+
+def caption(labels: Mapping[str, str | None], subject: str = "a character",
+            looks: Mapping[str, str] | None = None) -> str:
+    """``"a character, bust shot, side view, walking, in a room"`` from the known labels, in a fixed order;
+    with ``looks`` (:func:`appearance`) the subject is described: ``"a character with blond short hair, ..."``."""
     words = [PHRASES[name][labels[name]] for name in ("framing", "view", "action", "background")
              if labels.get(name) is not None]
+    if looks:
+        subject = f"{subject} with {describe(looks)}"
     return ", ".join([subject, *words])
 
 
@@ -89,3 +160,10 @@ def prompt_labels(prompt: str) -> dict[str, str]:
         if hits:
             found[name] = max(hits)[1]
     return found
+
+
+#: Every word an appearance description can use (the tiny tokenizers hold each as one token).
+APPEARANCE_WORDS: tuple[str, ...] = tuple(sorted(
+    set(COLOUR_NAMES) | {w for name in HAIR_COLOUR_NAMES for w in name.split()}
+    | {w for words in (GARMENT_WORDS, HAIR_STYLE_WORDS) for phrase in words.values() for w in phrase.split()}
+    | {"hair"}))

@@ -1,7 +1,7 @@
 """Captioned synthetic images and reference pairs, held in memory as uint8 tensors and token ids.
 
 The base model learns from every train-split render, pair and standard, captioned from its metadata
-(:func:`serialgen.synthetic.vocabulary.caption`); the personalizer's synthetic modes pair each of those
+(:func:`serialgen.synthetic.vocabulary.caption`; part of them also name the character's hair and clothes); the personalizer's synthetic modes pair each of those
 targets with a reference of the same character (:mod:`serialgen.training.synthetic_pairs`). At the offline
 profiles' sizes (64x96) the whole train split is ~150 MB, so reading it once beats decoding PNGs per step.
 References are encoded once by the frozen image encoder: items carry their embeddings, not pixels.
@@ -9,8 +9,9 @@ References are encoded once by the frozen image encoder: items carry their embed
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,14 +34,22 @@ class CaptionedImage:
     caption: str
     pixels: torch.Tensor                 # (3, H, W) uint8
     original: tuple[int, int]            # SDXL micro-conditioning "original size": the model's (H, W), see captioned()
+    looks: dict[str, str] | None = None  # the character's appearance in words (procedural characters)
+
+    def described(self) -> CaptionedImage:
+        """This image captioned with the character's appearance (unchanged when it is not known)."""
+        return replace(self, caption=caption(self.labels, looks=self.looks)) if self.looks else self
 
     def rgb(self) -> np.ndarray:
         """The pixels as an HxWx3 uint8 array (a view)."""
         return self.pixels.permute(1, 2, 0).numpy()
 
 
-def captioned(items: Iterable[LabelledImage], size: tuple[int, int]) -> list[CaptionedImage]:
-    """``items`` resized to cover ``size`` (H, W) and centre-cropped, with captions from their labels.
+def captioned(items: Iterable[LabelledImage], size: tuple[int, int], appearance_share: float = 0.0,
+              ) -> list[CaptionedImage]:
+    """``items`` resized to cover ``size`` (H, W) and centre-cropped, with captions from their labels; the
+    captions of ``appearance_share`` of them (chosen by a hash of the key) also describe the character's
+    appearance (the base model's captions; prompts and the adapter's captions never do).
 
     The micro-conditioning says original size = ``size``, no crop: what generation passes by default
     (renders share one aspect ratio, so the resize crops nothing), so training and inference agree."""
@@ -48,9 +57,16 @@ def captioned(items: Iterable[LabelledImage], size: tuple[int, int]) -> list[Cap
     for item in items:
         tensor, _, _ = cover_crop(item.rgb, size)
         pixels = torch.round((tensor + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+        described = item.looks is not None and _unit(item.key) < appearance_share
         out.append(CaptionedImage(item.character_id, item.key, item.source, dict(item.labels),
-                                  caption(item.labels), pixels, tuple(size)))
+                                  caption(item.labels, looks=item.looks if described else None), pixels, tuple(size),
+                                  item.looks))
     return out
+
+
+def _unit(key: str) -> float:
+    """A stable number in [0, 1) from ``key``."""
+    return int(hashlib.sha256(f"appearance:{key}".encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
 def tokenize(tokenizers: Sequence, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
