@@ -11,6 +11,7 @@ and exported the same weights again leaves the version unchanged, so nothing dow
 
 from __future__ import annotations
 
+import json
 import hashlib
 from pathlib import Path
 
@@ -47,12 +48,25 @@ def preprocessors_dir(settings: Settings) -> Path:
         / "preprocessors"
 
 
+#: The probes folder's format (``probes.json``); a folder in another format is retrained, never loaded.
+PROBES_FORMAT = "serialgen-probes/2"  # 2: the attribute classifier also reads appearance
+
+
 def probes_dir(settings: Settings) -> Path:
     """``probes.checkpoint_dir`` (default ``<lake>/_checkpoints/probes``): the evaluation probes of the offline
     profiles, written by ``train-probes`` and read by evaluate and the standardizer ablation."""
     configured = settings.probes.checkpoint_dir
     return Path(configured).expanduser() if configured is not None else \
         lake_folder(settings, "probes.checkpoint_dir", CHECKPOINTS, "probes")
+
+
+def stale_probes(settings: Settings) -> str | None:
+    """Why train-probes must rerun although nothing it reads changed: its folder is in an older format."""
+    config = probes_dir(settings) / "probes.json"
+    if not config.is_file():
+        return None
+    found = json.loads(config.read_text()).get("format")
+    return None if found == PROBES_FORMAT else f"{config} is format {found!r}, this version reads {PROBES_FORMAT!r}"
 
 
 def personalizer_dir(settings: Settings, mode: str | None = None) -> Path:

@@ -253,6 +253,7 @@ class PersonalizerSettings(Section):
     text_dropout: float = 0.05          # CFG dropout, per sample: text only (zero text embeddings, as SDXL's
     image_dropout: float = 0.05         # force_zeros_for_empty_prompt), image only (encoder on zero pixels),
     both_dropout: float = 0.05          # or both
+    high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where the reference decides)
     noise_offset: float = 0.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
@@ -292,6 +293,7 @@ class BaseModelSettings(Section):
     # Share of captions that also name hair and clothes with their colours: without them the base never
     # learns a conditioning path for appearance and an adapter has nothing to steer (docs/personalizer_table2.md).
     appearance_share: float = Field(0.5, ge=0.0, le=1.0)
+    high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where captions decide)
     noise_offset: float = 0.0
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

@@ -92,13 +92,18 @@ def topological(stages: tuple[Stage, ...] | None = None) -> list[Stage]:
 
 def external_inputs(settings: Settings, stage: str) -> str | None:
     """Why a stage must run even when its tables and config are unchanged: it reads files outside the
-    lake (new files appear without a version change). Rerunning it is cheap: known files are skipped by hash."""
+    lake (new files appear without a version change; rerunning is cheap: known files are skipped by hash),
+    or the model it exports is in a format this version no longer loads."""
     if stage == "assets" and (settings.assets.characters or settings.assets.motions):
         return "reads asset folders"
     if stage == "composite" and settings.composite.background_source:
         return "reads the background source"
     if stage == "ingest-real" and settings.ingest.images:
         return "reads the real-image source"
+    if stage == "train-probes":
+        from serialgen.checkpoints import stale_probes  # checkpoints imports this module
+
+        return stale_probes(settings)
     return None
 
 

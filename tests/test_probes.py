@@ -14,6 +14,7 @@ from serialgen.evaluation.evaluators import prompt_accuracy
 from serialgen.probes import load_probes
 from serialgen.probes.validation import ranks
 from serialgen.synthetic.vocabulary import (
+    APPEARANCE,
     ATTRIBUTES,
     background_label,
     caption,
@@ -97,8 +98,34 @@ def test_identity_probe_ranks_a_held_out_characters_own_images_above_other_chara
 @pytest.mark.slow
 def test_attribute_probe_reads_background_kind_better_than_the_majority_class(probe_lake):
     _, report = probe_lake
-    background = report.metrics["validation"]["attributes"]["background"]
+    attributes = report.metrics["validation"]["attributes"]
+    background = attributes["background"]
     assert background["accuracy"] >= background["majority"] + 0.2
+    assert {"hair_colour", "hair_style", "top", "top_colour"} <= set(attributes)  # appearance is read too
+
+
+def test_appearance_recovery_needs_every_shape_and_counts_known_colours():
+    from serialgen.evaluation.standardizer_table import appearance_recovery
+
+    truth = {"hair_colour": "blond", "hair_style": "bob", "top": "dress", "top_colour": "red"}  # no bottom: a dress
+    right = {**truth, "bottom": "skirt", "bottom_colour": "blue"}
+    wrong_top = {**right, "top": "jacket", "hair_colour": "black"}
+    shapes, colours = appearance_recovery([right, wrong_top, right], [truth, truth, None])
+    assert shapes[:2].tolist() == [1.0, 0.0] and colours[:2].tolist() == [1.0, 0.5]
+    assert np.isnan(shapes[2]) and np.isnan(colours[2])
+
+
+def test_probes_in_an_older_format_are_retrained_not_loaded(tmp_path):
+    from serialgen.checkpoints import PROBES_FORMAT, stale_probes
+    from serialgen.config import load_settings
+
+    settings = load_settings(profile="tiny", lake=str(tmp_path / "lake"))
+    settings = settings.model_copy(update={"probes": settings.probes.model_copy(update={"checkpoint_dir": tmp_path})})
+    assert stale_probes(settings) is None                                   # nothing trained yet
+    (tmp_path / "probes.json").write_text(json.dumps({"format": "serialgen-probes/1"}))
+    assert "serialgen-probes/1" in stale_probes(settings)
+    (tmp_path / "probes.json").write_text(json.dumps({"format": PROBES_FORMAT}))
+    assert stale_probes(settings) is None
 
 
 @pytest.mark.slow
@@ -115,10 +142,16 @@ def test_probe_folder_round_trips_and_a_missing_file_is_one_clear_error(probe_la
     first = probes.embed([image], [foreground])
     again = load_probes(report.folder).embed([image], [foreground])
     assert torch.equal(first, again) and first.norm().item() == pytest.approx(1.0, abs=1e-5)
+    reading = probes.describe([image], [foreground])[0]
+    assert set(reading) == set(APPEARANCE) and reading == load_probes(report.folder).describe([image], [foreground])[0]
     broken = tmp_path / "broken"
     shutil.copytree(report.folder, broken)
     (broken / "identity.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing identity.safetensors in .*broken: the evaluation probes"):
+        load_probes(broken)
+    shutil.copy(report.folder / "identity.safetensors", broken)
+    (broken / "appearance.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing appearance.safetensors in .*broken"):
         load_probes(broken)
 
 

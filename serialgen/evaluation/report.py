@@ -219,9 +219,9 @@ def write_report(folder: Path, tables: Mapping[str, ReportTable], test_set: Test
     folder.mkdir(parents=True, exist_ok=True)
     grids = {m: image_grid(test_set, rows) for m, rows in _by_method(generations).items()}
     grid_files = {}
-    for method, grid in grids.items():
+    for method, picture in grids.items():
         grid_files[method] = folder / f"grid_{method}.png"
-        grid_files[method].write_bytes(encode_png(grid))
+        grid_files[method].write_bytes(encode_png(picture))
     sheet, key = user_study_sheet(test_set, generations, cfg.user_study_items, cfg.seed)
     study, study_key = None, None
     if sheet is not None:
@@ -298,9 +298,9 @@ def _html(tables: Mapping[str, ReportTable], grids: Mapping[str, np.ndarray], te
         parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>{head}</tr>{body}{empty}</table>"
                      f"<p class=note>{html.escape(table.note)}</p>")
     columns = "reference | standardized | " + " | ".join(f"{c}: {p}" for p, c in test_set.prompts)
-    for method, grid in grids.items():
+    for method, picture in grids.items():
         parts.append(f"<h2>Grid: {html.escape(_name(method))}</h2><p class=note>{html.escape(columns)}</p>"
-                     f"<img class=grid src='{_data_uri(grid)}'>")
+                     f"<img class=grid src='{_data_uri(picture)}'>")
     if study is not None:
         parts.append(f"<h2>User study</h2><p>Blind sheet: <a href='{study.name}'>{study.name}</a> "
                      "(the key is stored apart, in user_study_key.json).</p>")

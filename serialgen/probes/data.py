@@ -15,7 +15,7 @@ from serialgen.compositing.split import split_of
 from serialgen.probes.inputs import attribute_input, identity_input, stack_uint8
 from serialgen.storage import Lake
 from serialgen.synthetic.labelled import labelled_images
-from serialgen.synthetic.vocabulary import ATTRIBUTES
+from serialgen.synthetic.vocabulary import PROBED
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ProbeImages:
         return self.subset([i for i, s in enumerate(self.splits) if s == split])
 
     def label_names(self, attribute: str) -> list[str | None]:
-        names = ATTRIBUTES[attribute]
+        names = PROBED[attribute]
         return [names[i] if i >= 0 else None for i in self.labels[attribute]]
 
 
@@ -62,15 +62,16 @@ class _Collector:
 
     def images(self) -> ProbeImages:
         labels = {name: np.array([names.index(lab[name]) if lab.get(name) in names else -1
-                                  for _, _, lab in self.rows], np.int64) for name, names in ATTRIBUTES.items()}
+                                  for _, _, lab in self.rows], np.int64) for name, names in PROBED.items()}
         ids = [r[0] for r in self.rows]
         return ProbeImages(stack_uint8(self.identity), stack_uint8(self.attributes), ids,
                            [split_of(c, self.test_fraction) for c in ids], [r[1] for r in self.rows], labels)
 
 
 def read_probe_images(lake: Lake, size: tuple[int, int], test_fraction: float) -> ProbeImages:
-    """Every render, pair and standard of the lake, prepared for both probes."""
+    """Every render, pair and standard of the lake, prepared for both probes; labels are the prompt
+    attributes and, for procedural characters, their appearance (:data:`~serialgen.synthetic.vocabulary.PROBED`)."""
     out = _Collector(size, test_fraction)
     for item in labelled_images(lake):
-        out.add(item.character_id, item.source, item.rgb, item.foreground, item.labels)
+        out.add(item.character_id, item.source, item.rgb, item.foreground, {**item.labels, **(item.looks or {})})
     return out.images()

@@ -4,7 +4,8 @@ Folder layout (``<lake>/_checkpoints/probes/`` unless ``probes.checkpoint_dir`` 
 
     probes.json               format, input size, nets' configs, vocabulary, held-out validation
     identity.safetensors      IdentityEmbedder weights
-    attributes.safetensors    AttributeClassifier weights
+    attributes.safetensors    AttributeClassifier weights (prompt attributes, on the whole image)
+    appearance.safetensors    AttributeClassifier weights (hair, garments, colours, on the figure on white)
     README.md                 what the probes measure and how well (written from probes.json)
 """
 
@@ -20,20 +21,24 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from serialgen.checkpoints import PROBES_FORMAT
 from serialgen.probes.inputs import attribute_input, identity_input
 from serialgen.probes.nets import AttributeClassifier, IdentityEmbedder
-from serialgen.synthetic.vocabulary import ATTRIBUTES
+from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
 CONFIG_FILE, IDENTITY_FILE, ATTRIBUTES_FILE = "probes.json", "identity.safetensors", "attributes.safetensors"
-FORMAT = "serialgen-probes/1"
+APPEARANCE_FILE = "appearance.safetensors"
+WEIGHT_FILES = (IDENTITY_FILE, ATTRIBUTES_FILE, APPEARANCE_FILE)
+FORMAT = PROBES_FORMAT
 
 
 class Probes:
-    """An identity embedder and attribute classifiers: measuring instruments, never a model's encoder."""
+    """An identity embedder, prompt-attribute classifiers and appearance classifiers: measuring instruments,
+    never a model's encoder."""
 
-    def __init__(self, identity: IdentityEmbedder, attributes: AttributeClassifier, config: dict[str, Any],
-                 version: str = "unsaved") -> None:
-        self.identity, self.attributes = identity.eval(), attributes.eval()
+    def __init__(self, identity: IdentityEmbedder, attributes: AttributeClassifier, appearance: AttributeClassifier,
+                 config: dict[str, Any], version: str = "unsaved") -> None:
+        self.identity, self.attributes, self.appearance = identity.eval(), attributes.eval(), appearance.eval()
         self.config, self.version = config, version
         self.size = (int(config["height"]), int(config["width"]))
         self.batch_size = 64
@@ -56,9 +61,17 @@ class Probes:
     @torch.no_grad()
     def classify_prepared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 or float (N, 3, H, W) attribute inputs -> {attribute: (N, classes) probabilities}."""
+        return self._probabilities(self.attributes, x)
+
+    @torch.no_grad()
+    def describe_prepared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 or float (N, 3, H, W) identity inputs -> {appearance attribute: (N, classes) probabilities}."""
+        return self._probabilities(self.appearance, x)
+
+    def _probabilities(self, net: AttributeClassifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.float() / 255 if x.dtype == torch.uint8 else x
-        parts = [self.attributes(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return {name: torch.cat([p[name] for p in parts]).softmax(1) for name in ATTRIBUTES}
+        parts = [net(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        return {name: torch.cat([p[name] for p in parts]).softmax(1) for name in net.heads}
 
     def embed(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> torch.Tensor:
         """Images (HxWx3 uint8) with their figure masks (HxW uint8, 255 = figure) -> (N, D) unit embeddings."""
@@ -71,57 +84,73 @@ class Probes:
         """Each image's most likely label per attribute."""
         if not len(images):
             return []
-        probs = self.classify_prepared(torch.stack([attribute_input(im, self.size) for im in images]))
-        best = {name: p.argmax(1).tolist() for name, p in probs.items()}
-        return [{name: ATTRIBUTES[name][best[name][i]] for name in ATTRIBUTES} for i in range(len(images))]
+        return _best(self.classify_prepared(torch.stack([attribute_input(im, self.size) for im in images])), ATTRIBUTES)
+
+    def describe(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        """Each figure's most likely appearance (hair, garments, colours) from images and their figure masks."""
+        if not len(images):
+            return []
+        inputs = torch.stack([identity_input(im, fg, self.size) for im, fg in zip(images, foregrounds)])
+        return _best(self.describe_prepared(inputs), APPEARANCE)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.identity.state_dict().items()}, str(folder / IDENTITY_FILE))
-        save_file({k: v.contiguous() for k, v in self.attributes.state_dict().items()}, str(folder / ATTRIBUTES_FILE))
+        for net, name in ((self.attributes, ATTRIBUTES_FILE), (self.appearance, APPEARANCE_FILE)):
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / name))
         (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
         (folder / "README.md").write_text(model_card(self.config))
         self.version = weights_version(folder)
         return folder
 
 
+def _best(probabilities: dict[str, torch.Tensor], vocabulary: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    best = {name: p.argmax(1).tolist() for name, p in probabilities.items()}
+    count = len(next(iter(best.values()))) if best else 0
+    return [{name: vocabulary[name][best[name][i]] for name in best} for i in range(count)]
+
+
 def build_probes(config: dict[str, Any]) -> Probes:
     """Untrained nets of ``config`` (the keys :func:`probe_config` writes)."""
     identity = IdentityEmbedder(config["identity_widths"], config["embedding_dim"])
     attributes = AttributeClassifier(config["attribute_widths"], {n: len(v) for n, v in config["vocabulary"].items()})
-    return Probes(identity, attributes, config)
+    appearance = AttributeClassifier(config["attribute_widths"], {n: len(v) for n, v in config["appearance"].items()})
+    return Probes(identity, attributes, appearance, config)
 
 
 def probe_config(cfg: Any) -> dict[str, Any]:
     """The folder's config from ``ProbesSettings``: what rebuilds the nets and reads their outputs."""
     return {"format": FORMAT, "width": cfg.width, "height": cfg.height, "identity_widths": list(cfg.identity_widths),
             "attribute_widths": list(cfg.attribute_widths), "embedding_dim": cfg.embedding_dim,
-            "vocabulary": {name: list(labels) for name, labels in ATTRIBUTES.items()}}
+            "vocabulary": {name: list(labels) for name, labels in ATTRIBUTES.items()},
+            "appearance": {name: list(labels) for name, labels in APPEARANCE.items()}}
 
 
 def load_probes(folder: str | Path) -> Probes:
     """The probes in ``folder``; FileNotFoundError naming the first missing file and what it is for."""
     folder = Path(folder)
     purpose = "the evaluation probes (written by `serialgen train-probes`, or set probes.checkpoint_dir)"
-    for name in (CONFIG_FILE, IDENTITY_FILE, ATTRIBUTES_FILE):
+    for name in (CONFIG_FILE, *WEIGHT_FILES):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"missing {name} in {folder}: {purpose}")
     config = json.loads((folder / CONFIG_FILE).read_text())
-    if config.get("format") != FORMAT or {k: tuple(v) for k, v in config["vocabulary"].items()} != ATTRIBUTES:
+    vocabulary = {k: tuple(v) for part in ("vocabulary", "appearance") for k, v in config.get(part, {}).items()}
+    if config.get("format") != FORMAT or vocabulary != {**ATTRIBUTES, **APPEARANCE}:
         raise ValueError(f"{folder / CONFIG_FILE}: format {config.get('format')!r} or vocabulary differs from this "
                          f"version's ({FORMAT}): retrain with `serialgen train-probes`")
     probes = build_probes(config)
     probes.identity.load_state_dict(load_file(str(folder / IDENTITY_FILE)))
     probes.attributes.load_state_dict(load_file(str(folder / ATTRIBUTES_FILE)))
+    probes.appearance.load_state_dict(load_file(str(folder / APPEARANCE_FILE)))
     probes.version = weights_version(folder)
     return probes
 
 
 def weights_version(folder: Path) -> str:
-    """Content hash of the two weight files: a retrain that changes nothing keeps the version."""
+    """Content hash of the weight files: a retrain that changes nothing keeps the version."""
     digest = hashlib.sha256()
-    for name in (IDENTITY_FILE, ATTRIBUTES_FILE):
+    for name in WEIGHT_FILES:
         digest.update((folder / name).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -130,11 +159,12 @@ def model_card(config: dict[str, Any]) -> str:
     v = config.get("validation", {})
     lines = ["# serialgen evaluation probes", "",
              "Measuring instruments for the offline profiles (tiny, small): an identity embedder (ID-Sim, AP-ID-Sim,",
-             "identity retrieval) and attribute classifiers (prompt accuracy). Trained by `serialgen train-probes` on",
+             "identity retrieval), attribute classifiers (prompt accuracy) and appearance classifiers (hair, garments,",
+             "colours: what a standardized image kept). Trained by `serialgen train-probes` on",
              "synthetic renders, pairs and standards of the train split. Never used as a conditioning encoder of a",
              "trained model (a model could then fit its own ruler).", "",
              f"Input: {config['width']}x{config['height']} RGB; identity on the figure with its background removed,",
-             "cropped to the figure's box; attributes on the whole image.", "",
+             "cropped to the figure's box (appearance too); attributes on the whole image.", "",
              "## Held-out validation (characters never trained on)", ""]
     for key, value in v.items():
         lines.append(f"- {key}: {json.dumps(value)}")

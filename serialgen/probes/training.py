@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from serialgen.config import ProbesSettings
 from serialgen.probes.data import ProbeImages
 from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
-from serialgen.synthetic.vocabulary import ATTRIBUTES
+from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
 log = logging.getLogger(__name__)
 #: Steps between progress lines (step, loss, samples/s) in the log.
@@ -86,19 +86,31 @@ def train_identity(train: ProbeImages, cfg: ProbesSettings) -> tuple[IdentityEmb
 
 
 def train_attributes(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
-    """One cross-entropy per attribute, each over the images whose metadata knows it (-1 is ignored)."""
+    """One cross-entropy per prompt attribute on the whole image, each over the images whose metadata knows it."""
+    return _train_classifier(train.attributes, train, ATTRIBUTES, cfg, pad_white=False, name="attribute")
+
+
+def train_appearance(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
+    """One cross-entropy per appearance attribute (hair, garments, colours) on the figure on white: what a
+    standardized image must keep, read where it is, whatever the background."""
+    return _train_classifier(train.identity, train, APPEARANCE, cfg, pad_white=True, name="appearance")
+
+
+def _train_classifier(inputs: torch.Tensor, train: ProbeImages, vocabulary: dict[str, tuple[str, ...]],
+                      cfg: ProbesSettings, pad_white: bool, name: str) -> tuple[AttributeClassifier, dict[str, float]]:
+    """Labels -1 (unknown) are ignored."""
     torch.manual_seed(cfg.seed + 1)
-    model = AttributeClassifier(cfg.attribute_widths, {name: len(labels) for name, labels in ATTRIBUTES.items()})
-    targets = {name: torch.from_numpy(values) for name, values in train.labels.items()}
+    model = AttributeClassifier(cfg.attribute_widths, {n: len(labels) for n, labels in vocabulary.items()})
+    targets = {n: torch.from_numpy(train.labels[n]) for n in vocabulary}
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.train()
 
     def loss_fn(index: np.ndarray) -> torch.Tensor:
         pick = torch.from_numpy(index)
-        logits = model(augment(train.attributes[pick], generator, pad_white=False))
-        losses = [F.cross_entropy(logits[name], targets[name][pick], ignore_index=-1)
-                  for name in logits if (targets[name][pick] >= 0).any()]
+        logits = model(augment(inputs[pick], generator, pad_white=pad_white))
+        losses = [F.cross_entropy(logits[n], targets[n][pick], ignore_index=-1)
+                  for n in logits if (targets[n][pick] >= 0).any()]
         return torch.stack(losses).sum()
 
-    stats = _fit(list(model.parameters()), loss_fn, len(train), cfg, cfg.attribute_steps, "attribute")
+    stats = _fit(list(model.parameters()), loss_fn, len(train), cfg, cfg.attribute_steps, name)
     return model.eval(), stats

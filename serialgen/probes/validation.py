@@ -16,7 +16,7 @@ import torch
 
 from serialgen.probes.data import ProbeImages
 from serialgen.probes.model import Probes
-from serialgen.synthetic.vocabulary import ATTRIBUTES
+from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
 FRAMINGS = ATTRIBUTES["framing"]
 
@@ -87,17 +87,23 @@ def _same_vs_different(probes: Probes, queries: ProbeImages, standards: ProbeIma
 
 
 def attribute_validation(probes: Probes, train: ProbeImages, held_out: ProbeImages) -> dict[str, Any]:
-    """Per attribute: held-out accuracy, and the accuracy of always answering the training majority class."""
-    probs = probes.classify_prepared(held_out.attributes)
+    """Per prompt attribute and per appearance attribute: held-out accuracy, and the accuracy of always
+    answering the training majority class."""
+    out = _accuracies(probes.classify_prepared(held_out.attributes), ATTRIBUTES, train, held_out)
+    return {**out, **_accuracies(probes.describe_prepared(held_out.identity), APPEARANCE, train, held_out)}
+
+
+def _accuracies(probs: dict[str, torch.Tensor], vocabulary: dict[str, tuple[str, ...]], train: ProbeImages,
+                held_out: ProbeImages) -> dict[str, Any]:
     out = {}
-    for name in ATTRIBUTES:
+    for name in vocabulary:
         known = held_out.labels[name] >= 0
         train_known = train.labels[name][train.labels[name] >= 0]
         if not known.any() or not len(train_known):
             continue
         truth = held_out.labels[name][known]
         predicted = probs[name].argmax(1).numpy()[known]
-        majority = np.bincount(train_known, minlength=len(ATTRIBUTES[name])).argmax()
+        majority = np.bincount(train_known, minlength=len(vocabulary[name])).argmax()
         out[name] = {"accuracy": round(float(np.mean(predicted == truth)), 4),
                      "majority": round(float(np.mean(truth == majority)), 4), "n": int(known.sum())}
     return out

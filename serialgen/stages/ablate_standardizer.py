@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import numpy as np
 
 from serialgen.checkpoints import probes_dir, standardizer_dir
 from serialgen.config import Settings
 from serialgen.dag import config_hash
-from serialgen.evaluation.standardizer_table import identity_scores, markdown
+from serialgen.evaluation.standardizer_table import ORACLE, identity_scores, markdown
 from serialgen.models.standardizer import Standardizer
 from serialgen.probes import load_probes
 from serialgen.probes.model import CONFIG_FILE
 from serialgen.storage.images import encode_png
 from serialgen.storage.runs import StageRun
+from serialgen.synthetic.labelled import appearances
 from serialgen.training.ablation import VARIANTS, Ablation, run_ablation, variant_folder
 from serialgen.training.standardizer import build_standardizer, prepare_run_folder_for
 
@@ -83,6 +85,7 @@ def run_ablate_standardizer(settings: Settings, eval_pairs: int = 64, variants: 
         run.metrics = {"train_pairs": len(train), "test_pairs": len(test), "eval_pairs": len(ablation.pair_ids),
                        "eval_seconds": round(ablation.eval_seconds, 1), "machine": machine(),
                        "identity_probe": identity.get("probe") if identity else None,
+                       "probe_ceiling": _identity_summary(identity, ORACLE),
                        "table": [{"method": r.method, "fbdm": r.fbdm, "rpim": r.rpim, "psnr": r.psnr,
                                   "ssim": r.ssim, "n": r.n, "steps": r.steps, "train_seconds": r.train_seconds,
                                   "final_loss": r.final_loss, **_identity_summary(identity, r.method)}
@@ -97,8 +100,9 @@ def _identity(settings: Settings, ablation: Ablation) -> dict:
     if not (folder / CONFIG_FILE).is_file():
         return {}
     probes = load_probes(folder)
-    out: dict = {name: identity_scores(probes, prediction, ablation.targets, ablation.character_ids)
-                 for name, prediction in ablation.predictions.items()}
+    looks = appearances(settings.open_lake())
+    out: dict = {name: identity_scores(probes, prediction, ablation.targets, ablation.character_ids, looks)
+                 for name, prediction in (*ablation.predictions.items(), (ORACLE, ablation.targets))}
     return {**out, "probe": probes.label}
 
 
@@ -106,8 +110,11 @@ def _identity_summary(identity: dict, method: str) -> dict:
     scores = identity.get(method)
     if scores is None:
         return {}
-    return {"id_sim": float(scores.id_sim.mean()), "id_top1": float((scores.rank <= 1).mean()),
-            "id_top5": float((scores.rank <= 5).mean()), "pixel_top1": float((scores.pixel_rank <= 1).mean())}
+    summary = {"id_sim": float(scores.id_sim.mean()), "id_top1": float((scores.rank <= 1).mean()),
+               "id_top5": float((scores.rank <= 5).mean()), "pixel_top1": float((scores.pixel_rank <= 1).mean())}
+    if scores.shapes is not None:
+        summary.update(hair_garments_right=float(np.nanmean(scores.shapes)), colours_right=float(np.nanmean(scores.colours)))
+    return summary
 
 
 def machine() -> str:

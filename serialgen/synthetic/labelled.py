@@ -45,7 +45,7 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
     """The lake's renders, pairs and standards (those in ``sources``), in that order, with their labels and,
     for procedural characters, their appearance (:func:`serialgen.synthetic.vocabulary.appearance`)."""
     motion_of_pose = _motion_names(lake)
-    looks = _appearances(lake)
+    looks = appearances(lake)
     renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
     for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
                                              "camera"]).to_pylist():
@@ -77,7 +77,7 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
                                 looks.get(row["character_id"]))
 
 
-def _appearances(lake: Lake) -> dict[str, dict[str, str]]:
+def appearances(lake: Lake) -> dict[str, dict[str, str]]:
     """character_id -> appearance words, for characters whose attributes hold a procedural spec."""
     out = {}
     for row in lake.read("characters", columns=["character_id", "attributes"]).to_pylist():

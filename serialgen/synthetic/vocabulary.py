@@ -161,6 +161,14 @@ def prompt_labels(prompt: str) -> dict[str, str]:
             found[name] = max(hits)[1]
     return found
 
+#: What the appearance probe reads off a figure: the character's appearance (:func:`appearance`'s keys and
+#: labels; ``bottom`` unknown under a dress). The prompt attributes are read by the attribute probe.
+APPEARANCE: dict[str, tuple[str, ...]] = {
+    "hair_colour": tuple(HAIR_COLOUR_NAMES), "hair_style": tuple(HAIR_STYLE_WORDS),
+    "top": ("tshirt", "longsleeve", "jacket", "dress"), "top_colour": COLOUR_NAMES,
+    "bottom": ("trousers", "shorts", "skirt"), "bottom_colour": COLOUR_NAMES}
+#: Every label the probes learn.
+PROBED: dict[str, tuple[str, ...]] = {**ATTRIBUTES, **APPEARANCE}
 
 #: Every word an appearance description can use (the tiny tokenizers hold each as one token).
 APPEARANCE_WORDS: tuple[str, ...] = tuple(sorted(

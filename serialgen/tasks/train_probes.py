@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from serialgen.config import Settings
 from serialgen.stages.train_probes import TrainProbesReport, run_train_probes
-from serialgen.synthetic.vocabulary import ATTRIBUTES
+from serialgen.synthetic.vocabulary import PROBED
 
 
 @task(name="train-probes", cache_policy=NO_CACHE)
@@ -20,10 +20,10 @@ def train_probes_task(settings: Settings) -> TrainProbesReport:
              "probe": f"{m[f'vs_standard_{framing}_top1']:.3f} / {m[f'vs_standard_{framing}_top5']:.3f}",
              "baseline": f"pixels {m[f'vs_standard_{framing}_pixels_top1']:.3f} / "
                          f"{m[f'vs_standard_{framing}_pixels_top5']:.3f}"}
-            for framing in ("all", *ATTRIBUTES["framing"]) if f"vs_standard_{framing}_top1" in m]
+            for framing in ("all", *PROBED["framing"]) if f"vs_standard_{framing}_top1" in m]
     rows += [{"measure": f"{name} accuracy", "probe": f"{m[f'{name}_accuracy']:.3f}",
               "baseline": f"majority class {m[f'{name}_majority']:.3f}"}
-             for name in ATTRIBUTES if f"{name}_accuracy" in m]
+             for name in PROBED if f"{name}_accuracy" in m]
     create_table_artifact(key="probes-validation", table=rows, description=(
         f"train-probes run {report.run_id}: {report.test_images} images of held-out characters"))
     return report

@@ -63,3 +63,13 @@ def make_loader(dataset: EpochItems, sampler: EpochBatches, num_workers: int, pi
 def seed_of(*parts: int) -> int:
     """A 32-bit seed from integers (order matters): per-epoch permutations, per-(rank, step) noise."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def sample_timesteps(size: int, total: int, high_noise_share: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform training timesteps in [0, total), a ``high_noise_share`` of them redrawn from the noisier half
+    (where the image is mostly unknown and the conditioning decides what is drawn)."""
+    timesteps = torch.randint(0, total, (size,), generator=generator)
+    if high_noise_share:
+        noisier = torch.rand(size, generator=generator) < high_noise_share
+        timesteps = torch.where(noisier, torch.randint(total // 2, total, (size,), generator=generator), timesteps)
+    return timesteps

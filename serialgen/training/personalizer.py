@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, default_collate
 from serialgen.config import PersonalizerSettings
 from serialgen.models.ip_adapter import IPAdapter, encode_references, install_ip_adapter
 from serialgen.models.sdxl import SDXLParts
-from serialgen.training.data import seed_of
+from serialgen.training.data import sample_timesteps, seed_of
 from serialgen.training.loop import LoopTimes, fit, make_accelerator
 
 
@@ -177,7 +177,8 @@ def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, ba
     noise = torch.randn(latents.shape, generator=generator)
     if cfg is not None and cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    timesteps = sample_timesteps(size, noise_scheduler.config.num_train_timesteps,
+                                 cfg.high_noise_share if cfg is not None else 0.0, generator)
     keep_text, keep_image = dropout_masks(size, cfg, generator) if cfg is not None else (None, None)
     noise, timesteps = noise.to(device), timesteps.to(device)
     prompt_embeds, pooled = model.encode_prompt(batch["input_ids"], batch["input_ids_2"])

@@ -31,6 +31,7 @@ from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
+from serialgen.training.data import sample_timesteps
 from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.loop import ema_weights as _ema_weights
 from serialgen.training.metrics import psnr, ssim
@@ -199,10 +200,7 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
     total = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, total, (size,), generator=generator)
-    if cfg.high_noise_share:
-        noisier = torch.rand(size, generator=generator) < cfg.high_noise_share
-        timesteps = torch.where(noisier, torch.randint(total // 2, total, (size,), generator=generator), timesteps)
+    timesteps = sample_timesteps(size, total, cfg.high_noise_share, generator)
     keep = torch.rand(size, generator=generator) >= cfg.reference_dropout
     noise, timesteps, keep = noise.to(device), timesteps.to(device), keep.to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
