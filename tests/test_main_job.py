@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from serialgen.dag import topological
+from serialgen.storage import Lake
 
 #: The demo's shape at smaller sizes: 10 characters (2 held out), 1 pose each, few steps everywhere.
 SMALL = {
@@ -56,8 +57,16 @@ def test_main_job_runs_the_whole_dag_then_skips_then_reruns_only_what_a_new_stan
     report = Path(re.search(r"^report: (\S+)$", out, re.M).group(1))
     assert report.is_file() and report.read_text().lstrip().lower().startswith("<!doctype html")
 
+    tables = Lake(str(lake)).tables()  # {name: (rows, version)}
+    assert {name: tables[name][0] for name in ("characters", "renders", "standards")} == {
+        "characters": 10, "renders": 10, "standards": 10}  # 10 characters x 1 pose x 1 view
+    assert all(tables[name][0] > 0 for name in ("pairs", "real_images", "standardized", "personalizer_pairs",
+                                                "generations", "evaluations"))
+
     statuses, out = _run(lake, config, tmp_path)
     assert statuses == {name: "skipped" for name in stages}
+    after = Lake(str(lake)).tables()
+    assert {k: v for k, v in after.items() if k != "runs"} == {k: v for k, v in tables.items() if k != "runs"}
 
     config.write_text(yaml.safe_dump({**SMALL, "standardizer": {**SMALL["standardizer"], "learning_rate": 5e-4}}))
     statuses, _ = _run(lake, config, tmp_path)

@@ -37,6 +37,24 @@ def test_view_label_is_measured_from_the_characters_front(azimuth, view):
     assert view_label(_camera(azimuth)) == view
 
 
+def _torso(yaw_deg: float) -> list[list[float]]:
+    """COCO-18 keypoints of a torso 40 px wide and 60 px long turned ``yaw_deg`` from the camera (orthographic)."""
+    half = 20 * math.cos(math.radians(yaw_deg))
+    points = [[50.0, 40.0, 1.0]] * 18
+    points[1] = [50.0, 40.0, 1.0]                                     # neck
+    points[2], points[5] = [50 - half, 42.0, 1.0], [50 + half, 42.0, 1.0]  # right / left shoulder
+    points[8], points[11] = [50 - half, 100.0, 1.0], [50 + half, 100.0, 1.0]  # right / left hip
+    return points
+
+
+@pytest.mark.parametrize("yaw, view", [(0, "front"), (30, "front"), (-40, "front"), (60, "side"), (90, "side"),
+                                       (-120, "side"), (150, "back"), (180, "back")])
+def test_view_from_keypoints_follows_the_torso_not_the_camera(yaw, view):
+    from serialgen.synthetic.vocabulary import torso_facing, view_from_keypoints
+
+    assert view_from_keypoints(_torso(yaw), front=torso_facing(_torso(0))) == view
+
+
 def test_framing_background_and_action_labels_from_metadata():
     assert [framing_label(f) for f in ("full", "bust", "head", "cutoff-left-0.40")] == ["full", "bust", "head", "cutoff"]
     assert framing_label("full", cut_side="top") == "cutoff" and framing_label("bust", cut_side="top") == "bust"

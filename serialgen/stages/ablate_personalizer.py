@@ -37,6 +37,7 @@ from serialgen.pipelines.personalization import PersonalizationPipeline
 from serialgen.storage.images import decode_image, decode_mask, encode_png
 from serialgen.storage.runs import StageRun
 from serialgen.synthetic.labelled import labelled_images
+from serialgen.imaging import grid
 from serialgen.training.captioned import CaptionedImage, captioned, with_references
 from serialgen.training.loop import prepare_run_folder, training_recipe
 from serialgen.training.personalizer import Personalizer, train_personalizer
@@ -144,8 +145,8 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         suffix = "" if role == SCORED else f"_{role}"
         table = out_dir / f"table2{suffix}.md"
         table.write_text(markdown(rows, LABELS) + "\n")
-        grid = out_dir / f"table2{suffix}_grid.png"
-        grid.write_bytes(encode_png(_grid(rows, raw, std, scored_ids[:4])))
+        grid_file = out_dir / f"table2{suffix}_grid.png"
+        grid_file.write_bytes(encode_png(_grid(rows, raw, std, scored_ids[:4])))
         lake.upsert("evaluations", _evaluation_rows(run.run_id, rows, adapters, scored_ids), run.run_id)
         run.outputs = ["evaluations"]
         run.metrics = {"training": train_metrics, "role": role, "scored_characters": len(scored_ids),
@@ -154,7 +155,7 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
                        "table": {r.method: {m: list(v) for m, v in summary(r).items()} for r in rows},
                        "seconds": round(time.perf_counter() - started, 1)}
         run.checkpoint = str(out_dir)
-    return Table2Report(run.run_id, rows, table, grid, run.metrics)
+    return Table2Report(run.run_id, rows, table, grid_file, run.metrics)
 
 
 def _sources(images: list[CaptionedImage]) -> dict[str, CaptionedImage]:
@@ -210,16 +211,17 @@ def _device() -> str:
 
 def _grid(rows: list[Outputs], raw: dict[str, np.ndarray], std: dict[str, np.ndarray], characters: list[str]
           ) -> np.ndarray:
-    """Per character and row: reference | standardized | one output per prompt (seed 0)."""
+    """Per character and row: reference | standardized | one output per prompt (seed 0); 4 white pixels
+    between characters."""
     lines = []
     for character in characters:
         for row in rows:
             outputs = [image for image, c, s in zip(row.images, row.characters, row.seeds)
                        if c == character and s == SEEDS[0]]
             if outputs:
-                lines.append(np.concatenate([raw[character], std[character], *outputs], 1))
-        lines.append(np.full_like(lines[-1][:4], 255))
-    return np.concatenate(lines, 0)
+                lines.append([raw[character], std[character], *outputs])
+        lines.append([np.full((4, 1, 3), 255, np.uint8)])
+    return grid(lines)
 
 
 def _evaluation_rows(run_id: str, rows: list[Outputs], adapters: dict[str, Path], characters: list[str]) -> list[dict]:

@@ -24,6 +24,7 @@ from serialgen.checkpoints import base_model_dir, content_version
 from serialgen.compositing.split import split_of
 from serialgen.config import ConfigError, Settings
 from serialgen.dag import config_hash
+from serialgen.imaging import grid
 from serialgen.models.sdxl import pixel_configs, random_sdxl_parts, save_sdxl_folders
 from serialgen.runtime import torch_threads
 from serialgen.storage.runs import MODEL_VERSION, StageRun, require_input
@@ -168,6 +169,6 @@ def sample_sheet(base: Path, image_encoder: Path, settings: Settings, seeds: int
         images = pipe(prompt=[caption] * seeds, height=cfg.height, width=cfg.width,
                       num_inference_steps=cfg.inference_steps, guidance_scale=cfg.guidance_scale, output_type="np",
                       generator=torch.Generator().manual_seed(0)).images
-        rows.append(np.concatenate(list(images), 1))
-    sheet = (np.clip(np.concatenate(rows, 0), 0, 1) * 255).round().astype(np.uint8)
+        rows.append([(np.clip(image, 0, 1) * 255).round().astype(np.uint8) for image in images])
+    sheet = grid(rows)
     return Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST)

@@ -3,7 +3,9 @@ view, with its character, its foreground and its labels (framing, view, backgrou
 
 One reader for the two users of synthetic labels: the probes learn the labels, and the personalizer's
 base model and training pairs are captioned from them (:func:`serialgen.synthetic.vocabulary.caption`).
-Renders come on white (background ``plain``); pairs over their procedural backgrounds with the
+A render's view is which side of the torso faces the camera, from its keypoints against the character's
+standard view (:func:`~serialgen.synthetic.vocabulary.view_from_keypoints`; the camera's azimuth when a
+character has no standard view). Renders come on white (background ``plain``); pairs over their procedural backgrounds with the
 estimator-like mask the standardizer is given; standards in the A-pose, front view (action ``standing``).
 """
 
@@ -23,6 +25,8 @@ from serialgen.synthetic.vocabulary import (
     appearance,
     background_label,
     framing_label,
+    torso_facing,
+    view_from_keypoints,
     view_label,
 )
 
@@ -46,10 +50,15 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
     for procedural characters, their appearance (:func:`serialgen.synthetic.vocabulary.appearance`)."""
     motion_of_pose = _motion_names(lake)
     looks = appearances(lake)
+    fronts = {r["character_id"]: torso_facing(r["keypoints"])
+              for r in lake.read("standards", columns=["character_id", "keypoints"]).to_pylist() if r["keypoints"]}
     renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
     for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
-                                             "camera"]).to_pylist():
-        labels = {"framing": framing_label(row["framing"]), "view": view_label(row["camera"]),
+                                             "camera", "keypoints"]).to_pylist():
+        front = fronts.get(row["character_id"])
+        view = (view_from_keypoints(row["keypoints"], front) if row["keypoints"] and front and front > 0
+                else view_label(row["camera"]))
+        labels = {"framing": framing_label(row["framing"]), "view": view,
                   "background": "plain", "action": action_label(motion_of_pose.get(row["pose_id"]))}
         renders[(row["character_id"], row["pose_id"], row["view_id"])] = labels
         if "render" in sources:

@@ -73,6 +73,31 @@ def view_label(camera: Sequence[float] | None) -> str | None:
     return "front" if azimuth <= 45 else "back" if azimuth >= 135 else "side"
 
 
+#: COCO-18 indices of the shoulders and hips (serialgen.storage.schemas.KEYPOINT_NAMES order).
+R_SHOULDER, L_SHOULDER, R_HIP, L_HIP, NECK = 2, 5, 8, 11, 1
+
+
+def torso_facing(keypoints: Sequence[Sequence[float]]) -> float:
+    """How squarely the torso faces the camera, from projected COCO-18 keypoints: the image-x offsets of the
+    left from the right shoulder and hip, summed, over the neck-to-mid-hip length. Positive when the front faces
+    the camera (the character's left is image-right), negative for the back, near 0 in profile."""
+    x = lambda i: float(keypoints[i][0])  # noqa: E731
+    mid_x, mid_y = (x(L_HIP) + x(R_HIP)) / 2, (float(keypoints[L_HIP][1]) + float(keypoints[R_HIP][1])) / 2
+    length = math.hypot(x(NECK) - mid_x, float(keypoints[NECK][1]) - mid_y)
+    return ((x(L_SHOULDER) - x(R_SHOULDER)) + (x(L_HIP) - x(R_HIP))) / max(length, 1e-6)
+
+
+def view_from_keypoints(keypoints: Sequence[Sequence[float]], front: float) -> str:
+    """front / side / back by which side of the torso faces the camera: :func:`torso_facing` over ``front``
+    (the same character's facing in its front standard view) is the cosine of the torso's yaw to the camera;
+    within 45 degrees of facing it is a front view, of turning away a back view, anything else a side view.
+    Unlike :func:`view_label` it follows the body, not the rest pose: a turning or dancing figure is labelled
+    by what the image shows."""
+    cosine = torso_facing(keypoints) / front
+    threshold = math.cos(math.pi / 4)
+    return "front" if cosine > threshold else "back" if cosine < -threshold else "side"
+
+
 def background_label(source_uri: str | None) -> str | None:
     """The background's kind: ``plain`` without one (renders, standards), the procedural kind from its
     URI (``procedural://<seed>/<index>``), None for a user image (kind unknown)."""
