@@ -24,7 +24,7 @@ from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder
 from serialgen.evaluation.metrics import MaskFn, PoseFn, clip_embeddings, clip_i, clip_t, face_embeddings, face_sim
 from serialgen.probes import Probes
-from serialgen.synthetic.vocabulary import prompt_labels
+from serialgen.synthetic.vocabulary import ATTRIBUTES, prompt_labels
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ProbeEvaluator:
         retrieval = (f"held-out retrieval top-1 {identity['top1']:.2f} vs pixels {identity['pixels_top1']:.2f}"
                      if identity else "not validated (the lake had no held-out character)")
         accuracy = ", ".join(f"{name} {s['accuracy']:.2f} (majority {s['majority']:.2f})"
-                             for name, s in attributes.items()) or "not validated"
+                             for name, s in attributes.items() if name in ATTRIBUTES) or "not validated"
         return (f"ID-Sim (probe cosine, figure on white), AP-ID-Sim and ID top-1 (own character nearest among the test "
                 f"characters): identity probe of {self.probes.label}, {retrieval}. Prompt accuracy (share of the "
                 f"attributes a prompt names that the output shows): attribute probes, held-out accuracy {accuracy}. "
