@@ -413,8 +413,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                          "noise_offset": 0.0, "guidance_scale": 1.0, "inference_steps": 1,
                          "checkpoint_every": 500, "validate_every": 1000,
                          "validation_pairs": 8, "num_workers": 0, "log_every": 25},
-        # About 23 epochs of the identity probe over the train split's 6 k images, one torch thread.
-        "probes": {"identity_steps": 3000, "attribute_steps": 3000, "batch_size": 48},
+        # About 38 epochs of the identity probe over the train split's 6 k images, one torch thread; half its
+        # samples synthetic close-ups (chosen on the validation half of the held-out characters, docs/probes.md).
+        "probes": {"identity_steps": 5000, "attribute_steps": 3000, "batch_size": 48, "close_ups": 0.5},
         # About 6 epochs of the 6.2 k captioned train images (~20 min on 2 cores).
         "base_model": {"steps": 2500, "batch_size": 16, "lr_warmup_steps": 50, "lr_schedule": "cosine",
                        "checkpoint_every": 500, "log_every": 50},
