@@ -46,8 +46,8 @@ def test_composite_key(lake):
     assert sorted(lake.keys("renders")) == [("c", "p", 0), ("c", "p", 1)]
 
 
-def _writer(uri: str, start: int, n: int, batch: int) -> None:
-    lake = Lake(uri)
+def _writer(uri: str, start: int, n: int, batch: int, options: dict | None = None) -> None:
+    lake = Lake(uri, options or {})
     for lo in range(start, start + n, batch):
         lake.upsert("backgrounds", background_rows([f"bg{i:04d}" for i in range(lo, lo + batch)]), f"w{start}")
 
@@ -65,21 +65,24 @@ def test_concurrent_upserts_from_two_processes(tmp_path):
     assert len(ids) == len(set(ids)) == 80
 
 
-def test_writers_beside_a_concurrent_maintain_lose_and_duplicate_nothing(tmp_path):
-    """Compaction, index upkeep and version cleanup in this process while two processes upsert."""
-    uri = str(tmp_path / "lake")
-    Lake(uri).upsert("backgrounds", background_rows(["seed"]), "r0")
+def _maintain_beside_writers(uri: str, options: dict) -> list[str]:
+    Lake(uri, options).upsert("backgrounds", background_rows(["seed"]), "r0")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(uri, start, 60, 3)) for start in (0, 1000)]
+    procs = [ctx.Process(target=_writer, args=(uri, start, 60, 3, options)) for start in (0, 1000)]
     for p in procs:
         p.start()
-    while any(p.is_alive() for p in procs):   # ~80 passes while the writers commit, measured
-        Lake(uri).maintain("backgrounds", cleanup=True)
+    while any(p.is_alive() for p in procs):   # ~80 passes while the writers commit locally, measured
+        Lake(uri, options).maintain("backgrounds", cleanup=True)
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    Lake(uri).maintain("backgrounds", cleanup=True)
-    ids = Lake(uri).read("backgrounds").column("background_id").to_pylist()
+    Lake(uri, options).maintain("backgrounds", cleanup=True)
+    return Lake(uri, options).read("backgrounds").column("background_id").to_pylist()
+
+
+def test_writers_beside_a_concurrent_maintain_lose_and_duplicate_nothing(tmp_path):
+    """Compaction, index upkeep and version cleanup in this process while two processes upsert."""
+    ids = _maintain_beside_writers(str(tmp_path / "lake"), {})
     assert len(ids) == len(set(ids)) == 121
 
 
@@ -155,6 +158,11 @@ def test_stage_run_records_lineage_errors_and_failure(lake):
     assert last_completed(lake, "composite")["config_hash"] == "cfg1"
     statuses = lake.read("runs", filter="stage = 'composite'").column("status").to_pylist()
     assert sorted(statuses) == ["completed", "completed", "failed"]
+
+
+def test_writers_beside_a_concurrent_maintain_on_object_storage(s3_server):
+    ids = _maintain_beside_writers("s3://lake/maintain-test", s3_server[1])
+    assert len(ids) == len(set(ids)) == 121
 
 
 def test_lake_on_s3_compatible_object_store(s3_server):
