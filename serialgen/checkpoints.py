@@ -49,7 +49,7 @@ def preprocessors_dir(settings: Settings) -> Path:
 
 
 #: The probes folder's format (``probes.json``); a folder in another format is retrained, never loaded.
-PROBES_FORMAT = "serialgen-probes/2"  # 2: the attribute classifier also reads appearance
+PROBES_FORMAT = "serialgen-probes/3"  # 2: appearance classifiers; 3: view and action read from the figure
 
 
 def probes_dir(settings: Settings) -> Path:

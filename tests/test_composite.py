@@ -91,6 +91,30 @@ def test_mask_and_keypoints_move_exactly_with_the_character(kind):
         assert (out.keypoints[..., 2] == 0).any(), "crops must cut some keypoints off"
 
 
+@pytest.mark.parametrize("render_cut", [(), ("bottom",), ("left", "bottom"), ("top", "bottom")])
+def test_where_the_render_cut_the_figure_it_stays_cut_by_the_canvas(render_cut):
+    """A bust (cut at the render's bottom) is composited with that cut on the canvas's border, never floating;
+    uncut sides stay inside unless the drawn crop pushes them out."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    x0, x1 = (0 if "left" in render_cut else 10), W - 12
+    y0, y1 = (0 if "top" in render_cut else 14), (H if "bottom" in render_cut else H - 20)
+    figure = ((xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)).astype(np.uint8) * 255
+    rgba = np.dstack([np.full((H, W, 3), 200, np.uint8), figure])
+    augs = augmentations("all", 40, alpha_bbox(figure))
+    out = composite(np.stack([rgba] * len(augs)), np.zeros((len(augs), 18, 3), np.float32),
+                    np.full((len(augs), H, W, 3), 60, np.uint8), augs)
+    for mask, aug in zip(out.background_mask, augs):
+        figure_at = {"left": ~mask[:, 0], "right": ~mask[:, -1], "top": ~mask[0], "bottom": ~mask[-1]}
+        (left, top), (right, bottom) = (np.array([x, y]) * aug.scale + aug.offset for x, y in ((x0, y0), (x1, y1)))
+        inside = {"left": left >= -1e-6, "right": right <= W + 1e-6, "top": top >= -1e-6, "bottom": bottom <= H + 1e-6}
+        for side, on_border in figure_at.items():
+            if side in render_cut or side == aug.cut_side:
+                assert on_border.any(), f"{side}: cut by {'the render' if side in render_cut else 'the crop'}"
+            elif aug.cut_side is None:
+                assert inside[side], f"{side}: an uncut side stays inside the canvas"
+    assert {a.cut_side for a in augs} >= {None, "left", "right", "top", "bottom"}
+
+
 def test_shadow_and_jitter_touch_only_the_background():
     kp = grid_keypoints()
     yy, xx = np.mgrid[0:H, 0:W] + 0.5

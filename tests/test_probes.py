@@ -162,14 +162,16 @@ def test_probe_folder_round_trips_and_a_missing_file_is_one_clear_error(probe_la
     assert torch.equal(first, again) and first.norm().item() == pytest.approx(1.0, abs=1e-5)
     reading = probes.describe([image], [foreground])[0]
     assert set(reading) == set(APPEARANCE) and reading == load_probes(report.folder).describe([image], [foreground])[0]
+    seen = probes.classify([image], [foreground])[0]
+    assert set(seen) == set(ATTRIBUTES) and seen == load_probes(report.folder).classify([image], [foreground])[0]
     broken = tmp_path / "broken"
     shutil.copytree(report.folder, broken)
     (broken / "identity.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"missing identity.safetensors in .*broken: the evaluation probes"):
         load_probes(broken)
     shutil.copy(report.folder / "identity.safetensors", broken)
-    (broken / "appearance.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing appearance.safetensors in .*broken"):
+    (broken / "figure.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing figure.safetensors in .*broken"):
         load_probes(broken)
 
 

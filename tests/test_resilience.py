@@ -1,4 +1,5 @@
-"""Resilience of the stages: killed Ray workers, a killed flow, concurrent writers, an older lake.
+"""Resilience of the stages: killed Ray workers, a killed flow, a driver killed inside a commit,
+concurrent writers, an older lake.
 
 The guarantee under test: every planned row lands exactly once (keyed upserts, retried chunks), no
 row is lost, and a lake written by another schema is refused with one clear line.
@@ -25,7 +26,18 @@ from PIL import Image
 from composite_data import figure_keypoints, figure_rgba, render_row, write_characters
 from personalizer_data import make_real_and_standardized
 from render_data import character_glbs, fill_lake, plan_items
-from resilience_data import TINY, kill, ray_worker_pids, show, table_keys, wait_for
+from resilience_data import (
+    TINY,
+    CommitKillingProxy,
+    cli_command,
+    cli_env,
+    kill,
+    ray_worker_pids,
+    show,
+    table_keys,
+    uncommitted_data_files,
+    wait_for,
+)
 from serialgen.compositing.pairs import make_pair_id
 from serialgen.config import load_settings
 from serialgen.dag import topological
@@ -151,9 +163,7 @@ def test_killed_flow_then_rerun_gives_exactly_the_planned_rows(tmp_path):
     }))
     lake_uri = str(tmp_path / "lake")
     lake = load_settings(config, lake=lake_uri).open_lake()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SERIALGEN_", "PREFECT_"))},
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    command = [sys.executable, "-m", "serialgen.cli", "--lake", lake_uri, "--config", str(config), "run"]
+    env, command = cli_env(), cli_command(lake_uri, config, "run")
     proc = subprocess.Popen(command, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -184,6 +194,37 @@ def test_killed_flow_then_rerun_gives_exactly_the_planned_rows(tmp_path):
     completed = {r["stage"] for r in runs if r["status"] == "completed"}
     assert completed & dag == dag
     assert {"stage": "render", "status": "running"} in runs     # the killed run's row stays as evidence
+
+
+@pytest.mark.slow
+def test_composite_killed_inside_a_pairs_commit_then_rerun_gives_each_planned_pair_once(tmp_path, s3_server):
+    """`serialgen composite` on an S3 lake, SIGKILLed with its Ray at the manifest PUT of its third `pairs`
+    commit (the table's creation, one committed block of pairs, then this one: its data file and transaction
+    uploaded, its manifest never sent). The rerun composites exactly the missing pairs."""
+    endpoint, options = s3_server
+    lake_uri = "s3://lake/composite-killed"
+    lake = Lake(lake_uri, options)
+    write_characters(lake, n_characters=3, poses=4)
+    expected = {make_pair_id(c, p, v, 0) for c, p, v in table_keys(lake, "renders")}
+    with CommitKillingProxy(endpoint) as proxy:
+        config = tmp_path / "composite.yaml"
+        config.write_text(yaml.safe_dump({
+            "storage_options": proxy.options(options), "ray": {"num_cpus": 2},
+            "composite": {"backgrounds_procedural": 2, "batch_size": 1, "write_rows": 1}}))
+        command = cli_command(lake_uri, config, "composite")
+        proxy.run_until_killed(command, "pairs", commit=3)
+        at_kill, version_at_kill = lake.count("pairs"), lake.version("pairs")
+        orphans = uncommitted_data_files(lake, "pairs")
+        finished = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    keys = [k for (k,) in table_keys(lake, "pairs")]
+    show("composite: the driver SIGKILLed inside its third `pairs` commit (S3 lake), then rerun", {
+        "pairs version at the kill": (2, version_at_kill), "pairs at the kill": ("1 .. 11", at_kill),
+        "uploaded, uncommitted data files": (">= 1", len(orphans)), "pairs": (len(expected), len(keys)),
+        "distinct pairs": (len(expected), len(set(keys))), "errors": (0, lake.count("errors"))})
+    assert version_at_kill == 2 and 0 < at_kill < len(expected) and orphans
+    assert len(keys) == len(set(keys)) == len(expected) == 12 and set(keys) == expected
+    assert lake.count("errors") == 0
 
 
 def _same_keys_writer(uri: str, barrier, rounds: int) -> None:

@@ -1,15 +1,27 @@
 """The standardize stage and standardize_images: errors for unusable images, exactly-once reruns,
-model versions side by side, the canonical target for every reference, a killed actor."""
+model versions side by side, the canonical target for every reference, a killed actor, a driver
+killed inside a commit."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from resilience_data import kill, ray_worker_pids, show, wait_for
+from resilience_data import (
+    CommitKillingProxy,
+    cli_command,
+    cli_env,
+    kill,
+    ray_worker_pids,
+    show,
+    uncommitted_data_files,
+    wait_for,
+)
 from serialgen.config import load_settings
 from serialgen.stages.ingest_real import run_ingest_real
 from serialgen.inference.standardize import model_version, standardize_images
@@ -141,3 +153,39 @@ def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray
     assert killed, "the stage finished before its actor could be killed"
     assert len(keys) == len(set(keys)) == 12 and report.errors == 0
     assert run_standardize(settings).written == 0
+
+
+@pytest.mark.slow
+def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(trained, tmp_path, s3_server):
+    """`serialgen standardize` on an S3 lake, SIGKILLed with its Ray at the manifest PUT of its third
+    `standardized` commit (the table's creation, one committed block of rows, then this one: its data file and
+    transaction uploaded, its manifest never sent). The rerun standardizes exactly the missing images."""
+    endpoint, options = s3_server
+    model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
+    sections = {"ray": {"num_cpus": 2},
+                "standardizer": {"inference_steps": 2, "checkpoint_dir": str(tmp_path / "models")},
+                "standardize": {"model_dir": str(model), "batch_size": 1, "write_rows": 1}}
+    settings = load_settings(lake="s3://lake/standardize-killed", storage_options=options, **sections)
+    install_preprocessors(trained, settings)
+    write_images(tmp_path / "real", 6)
+    run_ingest_real(settings, images=str(tmp_path / "real"))
+    lake = settings.open_lake()
+    planned = set(lake.read("real_images", columns=["image_id"]).column("image_id").to_pylist())
+    with CommitKillingProxy(endpoint) as proxy:
+        config = tmp_path / "standardize.yaml"
+        config.write_text(yaml.safe_dump({"storage_options": proxy.options(options), **sections}))
+        command = cli_command(settings.lake, config, "standardize")
+        proxy.run_until_killed(command, "standardized", commit=3)
+        at_kill, version_at_kill = lake.count("standardized"), lake.version("standardized")
+        orphans = uncommitted_data_files(lake, "standardized")
+        finished = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = lake.read("standardized", columns=["image_id", "model_version"]).to_pylist()
+    keys = [r["image_id"] for r in rows]
+    show("standardize: the driver SIGKILLed inside its third `standardized` commit (S3 lake), then rerun", {
+        "standardized version at the kill": (2, version_at_kill), "rows at the kill": ("1 .. 5", at_kill),
+        "uploaded, uncommitted data files": (">= 1", len(orphans)), "rows": (len(planned), len(keys)),
+        "distinct images": (len(planned), len(set(keys))), "errors": (0, lake.count("errors"))})
+    assert version_at_kill == 2 and 0 < at_kill < len(planned) and orphans
+    assert len(keys) == len(set(keys)) == len(planned) == 6 and set(keys) == planned
+    assert {r["model_version"] for r in rows} == {model_version(model)} and lake.count("errors") == 0

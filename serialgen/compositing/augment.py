@@ -3,6 +3,9 @@
 Geometry is one similarity transform without rotation, ``p' = scale * p + offset``, in continuous
 pixel coordinates (x right, y down, pixel (i, j) covers [i, i+1) x [j, j+1)). The kernel warps the
 RGBA with exactly this map and moves the keypoints with it, so mask, keypoints and pixels agree.
+
+Where the render's own frame cuts the figure (a bust, a head shot, a cut-off framing), that edge stays on
+the canvas's edge: a photograph's bust ends at the border, it does not float in the scene.
 """
 
 from __future__ import annotations
@@ -53,23 +56,38 @@ def alpha_bbox(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def frame_edges(bbox: tuple[int, int, int, int], canvas: tuple[int, int]) -> frozenset[str]:
+    """The sides of the frame (left/right/top/bottom) that the figure's box reaches: where the render cut it."""
+    width, height = canvas
+    x0, y0, x1, y1 = bbox
+    return frozenset(side for side, cut in (("left", x0 <= 0), ("right", x1 >= width), ("top", y0 <= 0),
+                                            ("bottom", y1 >= height)) if cut)
+
+
 def sample_augmentation(rng: np.random.Generator, bbox: tuple[int, int, int, int],
                         canvas: tuple[int, int], cfg: CompositeSettings) -> Augmentation:
-    """Draw one pair's augmentation for a character occupying ``bbox`` on a ``canvas`` (width, height)."""
+    """Draw one pair's augmentation for a character occupying ``bbox`` on a render of the canvas's size
+    (width, height); sides of ``bbox`` on the render's border stay on the canvas's border."""
     width, height = canvas
     x0, y0, x1, y1 = bbox
     bw, bh = x1 - x0, y1 - y0
+    edges = frame_edges(bbox, canvas)
     cut_side = None
     if rng.random() < cfg.crop_probability:
         cut_side = ("left", "right", "top", "bottom")[rng.integers(4)]
     # Relative to the character, not the render frame: renders may frame the figure loosely.
     scale = float(rng.uniform(*cfg.scale_range)) * height / bh
-    if cut_side is None:  # the whole character must fit
-        scale = min(scale, width / bw, height / bh)
+    cut = float(rng.uniform(0.1, cfg.max_cut))  # share of the figure pushed out on the cut side
+    axes = (("left", "right", width, bw), ("top", "bottom", height, bh))
+    if cut_side is None:  # the whole character must fit, except along an axis the render already cut on both sides
+        scale = min([scale] + [extent / size for low, high, extent, size in axes if _out(edges, None, low, high) < 2])
+    for low, high, extent, size in axes:
+        if _out(edges, cut_side, low, high) == 2:  # past both borders: cover the canvas, and by the cut beyond it
+            scale = max(scale, extent / size / (1 - cut if cut_side in (low, high) else 1))
     sw, sh = scale * bw, scale * bh
-    # Where the scaled bbox's left/top edge goes: inside the frame, or pushed out on the cut side.
-    left = _place(rng, width, sw, cut_side, "left", "right", cfg.max_cut)
-    top = _place(rng, height, sh, cut_side, "top", "bottom", cfg.max_cut)
+    # Where the scaled bbox's left/top edge goes: inside the frame, on its border, or pushed out on the cut side.
+    left = _place(rng, width, sw, edges, cut_side, cut, "left", "right")
+    top = _place(rng, height, sh, edges, cut_side, cut, "top", "bottom")
     offset = (left - scale * x0, top - scale * y0)
 
     j = cfg.background_jitter
@@ -94,13 +112,24 @@ def sample_augmentation(rng: np.random.Generator, bbox: tuple[int, int, int, int
     return aug
 
 
-def _place(rng: np.random.Generator, extent: float, size: float, cut_side: str | None,
-           low_side: str, high_side: str, max_cut: float) -> float:
+def _out(edges: frozenset[str], cut_side: str | None, low_side: str, high_side: str) -> int:
+    """How many sides of one axis the figure leaves the canvas by (render edge or drawn cut)."""
+    return sum(side in edges or side == cut_side for side in (low_side, high_side))
+
+
+def _place(rng: np.random.Generator, extent: float, size: float, edges: frozenset[str], cut_side: str | None,
+           cut: float, low_side: str, high_side: str) -> float:
     """The leading edge of a ``size``-long object on an axis of length ``extent``."""
     if cut_side == low_side:
-        return -float(rng.uniform(0.1, max_cut)) * size
+        return -cut * size
     if cut_side == high_side:
-        return extent - size + float(rng.uniform(0.1, max_cut)) * size
+        return extent - size + cut * size
+    if _out(edges, cut_side, low_side, high_side) == 2:  # the render cut both sides (the scale made size >= extent)
+        return float(rng.uniform(extent - size, 0.0)) if size > extent else 0.0
+    if low_side in edges:
+        return 0.0
+    if high_side in edges:
+        return extent - size
     if size >= extent:  # cut on the other axis but too large on this one: centre it
         return (extent - size) / 2
     return float(rng.uniform(0.0, extent - size))

@@ -125,8 +125,8 @@ class ProbeEvaluator:
         out = {"id_sim": own_sim.double().numpy(),
                "id_top1": ((similarity > own_sim[:, None]).sum(1) == 0).double().numpy()}
         if prompts is not None:
-            out["prompt_acc"] = np.array([prompt_accuracy(p, seen)
-                                          for p, seen in zip(prompts, self.probes.classify(images))])
+            seen = self.probes.classify(images, self._foregrounds(images))
+            out["prompt_acc"] = np.array([prompt_accuracy(p, labels) for p, labels in zip(prompts, seen)])
         return out
 
 

@@ -53,10 +53,11 @@ def score(outputs: Outputs, probes: Probes, mask_fn: Callable[[np.ndarray], np.n
     """Fill ``outputs.scores`` against ``standards`` (character -> its standard view on white: the gallery)."""
     gallery_ids = sorted(standards)
     gallery = probes.embed([standards[c] for c in gallery_ids], [figure_on_white(standards[c]) for c in gallery_ids])
-    embeds = probes.embed(outputs.images, [mask_fn(image) for image in outputs.images])
+    foregrounds = [mask_fn(image) for image in outputs.images]
+    embeds = probes.embed(outputs.images, foregrounds)
     own = torch.tensor([gallery_ids.index(c) for c in outputs.characters])
     similarity = embeds @ gallery.T
-    seen = probes.classify(outputs.images)
+    seen = probes.classify(outputs.images, foregrounds)
     to_tensor = lambda images: torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     outputs.scores = {
         "id_sim": similarity[torch.arange(len(own)), own].double().numpy(),

@@ -4,8 +4,9 @@ Folder layout (``<lake>/_checkpoints/probes/`` unless ``probes.checkpoint_dir`` 
 
     probes.json               format, input size, nets' configs, vocabulary, held-out validation
     identity.safetensors      IdentityEmbedder weights
-    attributes.safetensors    AttributeClassifier weights (prompt attributes, on the whole image)
-    appearance.safetensors    AttributeClassifier weights (hair, garments, colours, on the figure on white)
+    scene.safetensors         AttributeClassifier weights (framing, background: on the whole image)
+    figure.safetensors        AttributeClassifier weights (view, action, hair, garments, colours: on the figure
+                              on white, where a small figure in a wide scene is seen at the probe's full size)
     README.md                 what the probes measure and how well (written from probes.json)
 """
 
@@ -26,19 +27,24 @@ from serialgen.probes.inputs import attribute_input, identity_input
 from serialgen.probes.nets import AttributeClassifier, IdentityEmbedder
 from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
-CONFIG_FILE, IDENTITY_FILE, ATTRIBUTES_FILE = "probes.json", "identity.safetensors", "attributes.safetensors"
-APPEARANCE_FILE = "appearance.safetensors"
-WEIGHT_FILES = (IDENTITY_FILE, ATTRIBUTES_FILE, APPEARANCE_FILE)
+CONFIG_FILE, IDENTITY_FILE = "probes.json", "identity.safetensors"
+SCENE_FILE, FIGURE_FILE = "scene.safetensors", "figure.safetensors"
+WEIGHT_FILES = (IDENTITY_FILE, SCENE_FILE, FIGURE_FILE)
 FORMAT = PROBES_FORMAT
+#: Prompt attributes read from the whole image (where the figure sits in the frame, what is behind it); the
+#: others (view, action) and the appearance are read from the figure on white.
+SCENE_ATTRIBUTES = ("framing", "background")
+SCENE = {name: ATTRIBUTES[name] for name in SCENE_ATTRIBUTES}
+FIGURE = {**{name: labels for name, labels in ATTRIBUTES.items() if name not in SCENE}, **APPEARANCE}
 
 
 class Probes:
-    """An identity embedder, prompt-attribute classifiers and appearance classifiers: measuring instruments,
-    never a model's encoder."""
+    """An identity embedder, scene classifiers (framing, background) and figure classifiers (view, action,
+    appearance): measuring instruments, never a model's encoder."""
 
-    def __init__(self, identity: IdentityEmbedder, attributes: AttributeClassifier, appearance: AttributeClassifier,
+    def __init__(self, identity: IdentityEmbedder, scene: AttributeClassifier, figure: AttributeClassifier,
                  config: dict[str, Any], version: str = "unsaved") -> None:
-        self.identity, self.attributes, self.appearance = identity.eval(), attributes.eval(), appearance.eval()
+        self.identity, self.scene, self.figure = identity.eval(), scene.eval(), figure.eval()
         self.config, self.version = config, version
         self.size = (int(config["height"]), int(config["width"]))
         self.batch_size = 64
@@ -59,45 +65,49 @@ class Probes:
         return torch.cat(out) if out else torch.empty(0, self.config["embedding_dim"])
 
     @torch.no_grad()
-    def classify_prepared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 or float (N, 3, H, W) attribute inputs -> {attribute: (N, classes) probabilities}."""
-        return self._probabilities(self.attributes, x)
+    def classify_prepared(self, scenes: torch.Tensor, figures: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 or float (N, 3, H, W) whole-image (attribute) and figure (identity) inputs of the same images
+        -> {prompt attribute: (N, classes) probabilities}."""
+        figure = self._probabilities(self.figure, figures)
+        return {**self._probabilities(self.scene, scenes), **{name: figure[name] for name in ATTRIBUTES if name in figure}}
 
     @torch.no_grad()
-    def describe_prepared(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def describe_prepared(self, figures: torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 or float (N, 3, H, W) identity inputs -> {appearance attribute: (N, classes) probabilities}."""
-        return self._probabilities(self.appearance, x)
+        return {name: p for name, p in self._probabilities(self.figure, figures).items() if name in APPEARANCE}
 
     def _probabilities(self, net: AttributeClassifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         parts = [net(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         return {name: torch.cat([p[name] for p in parts]).softmax(1) for name in net.heads}
 
+    def _figures(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([identity_input(im, fg, self.size) for im, fg in zip(images, foregrounds)])
+
     def embed(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> torch.Tensor:
         """Images (HxWx3 uint8) with their figure masks (HxW uint8, 255 = figure) -> (N, D) unit embeddings."""
         if not len(images):
             return torch.empty(0, self.config["embedding_dim"])
-        return self.embed_prepared(torch.stack([identity_input(im, fg, self.size)
-                                                for im, fg in zip(images, foregrounds)]))
+        return self.embed_prepared(self._figures(images, foregrounds))
 
-    def classify(self, images: Sequence[np.ndarray]) -> list[dict[str, str]]:
-        """Each image's most likely label per attribute."""
+    def classify(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> list[dict[str, str]]:
+        """Each image's most likely label per prompt attribute, from images and their figure masks."""
         if not len(images):
             return []
-        return _best(self.classify_prepared(torch.stack([attribute_input(im, self.size) for im in images])), ATTRIBUTES)
+        scenes = torch.stack([attribute_input(im, self.size) for im in images])
+        return _best(self.classify_prepared(scenes, self._figures(images, foregrounds)), ATTRIBUTES)
 
     def describe(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> list[dict[str, str]]:
         """Each figure's most likely appearance (hair, garments, colours) from images and their figure masks."""
         if not len(images):
             return []
-        inputs = torch.stack([identity_input(im, fg, self.size) for im, fg in zip(images, foregrounds)])
-        return _best(self.describe_prepared(inputs), APPEARANCE)
+        return _best(self.describe_prepared(self._figures(images, foregrounds)), APPEARANCE)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.identity.state_dict().items()}, str(folder / IDENTITY_FILE))
-        for net, name in ((self.attributes, ATTRIBUTES_FILE), (self.appearance, APPEARANCE_FILE)):
+        for net, name in ((self.scene, SCENE_FILE), (self.figure, FIGURE_FILE)):
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / name))
         (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
         (folder / "README.md").write_text(model_card(self.config))
@@ -114,9 +124,10 @@ def _best(probabilities: dict[str, torch.Tensor], vocabulary: dict[str, tuple[st
 def build_probes(config: dict[str, Any]) -> Probes:
     """Untrained nets of ``config`` (the keys :func:`probe_config` writes)."""
     identity = IdentityEmbedder(config["identity_widths"], config["embedding_dim"])
-    attributes = AttributeClassifier(config["attribute_widths"], {n: len(v) for n, v in config["vocabulary"].items()})
-    appearance = AttributeClassifier(config["attribute_widths"], {n: len(v) for n, v in config["appearance"].items()})
-    return Probes(identity, attributes, appearance, config)
+    vocabulary = {**config["vocabulary"], **config["appearance"]}
+    scene = AttributeClassifier(config["attribute_widths"], {n: len(vocabulary[n]) for n in config["scene_heads"]})
+    figure = AttributeClassifier(config["attribute_widths"], {n: len(vocabulary[n]) for n in config["figure_heads"]})
+    return Probes(identity, scene, figure, config)
 
 
 def probe_config(cfg: Any) -> dict[str, Any]:
@@ -124,7 +135,8 @@ def probe_config(cfg: Any) -> dict[str, Any]:
     return {"format": FORMAT, "width": cfg.width, "height": cfg.height, "identity_widths": list(cfg.identity_widths),
             "attribute_widths": list(cfg.attribute_widths), "embedding_dim": cfg.embedding_dim,
             "vocabulary": {name: list(labels) for name, labels in ATTRIBUTES.items()},
-            "appearance": {name: list(labels) for name, labels in APPEARANCE.items()}}
+            "appearance": {name: list(labels) for name, labels in APPEARANCE.items()},
+            "scene_heads": list(SCENE), "figure_heads": list(FIGURE)}
 
 
 def load_probes(folder: str | Path) -> Probes:
@@ -136,13 +148,14 @@ def load_probes(folder: str | Path) -> Probes:
             raise FileNotFoundError(f"missing {name} in {folder}: {purpose}")
     config = json.loads((folder / CONFIG_FILE).read_text())
     vocabulary = {k: tuple(v) for part in ("vocabulary", "appearance") for k, v in config.get(part, {}).items()}
-    if config.get("format") != FORMAT or vocabulary != {**ATTRIBUTES, **APPEARANCE}:
+    heads = (config.get("scene_heads"), config.get("figure_heads"))
+    if config.get("format") != FORMAT or vocabulary != {**ATTRIBUTES, **APPEARANCE} or heads != (list(SCENE), list(FIGURE)):
         raise ValueError(f"{folder / CONFIG_FILE}: format {config.get('format')!r} or vocabulary differs from this "
                          f"version's ({FORMAT}): retrain with `serialgen train-probes`")
     probes = build_probes(config)
     probes.identity.load_state_dict(load_file(str(folder / IDENTITY_FILE)))
-    probes.attributes.load_state_dict(load_file(str(folder / ATTRIBUTES_FILE)))
-    probes.appearance.load_state_dict(load_file(str(folder / APPEARANCE_FILE)))
+    probes.scene.load_state_dict(load_file(str(folder / SCENE_FILE)))
+    probes.figure.load_state_dict(load_file(str(folder / FIGURE_FILE)))
     probes.version = weights_version(folder)
     return probes
 
@@ -159,12 +172,13 @@ def model_card(config: dict[str, Any]) -> str:
     v = config.get("validation", {})
     lines = ["# serialgen evaluation probes", "",
              "Measuring instruments for the offline profiles (tiny, small): an identity embedder (ID-Sim, AP-ID-Sim,",
-             "identity retrieval), attribute classifiers (prompt accuracy) and appearance classifiers (hair, garments,",
-             "colours: what a standardized image kept). Trained by `serialgen train-probes` on",
+             "identity retrieval), scene classifiers (framing, background) and figure classifiers (view, action: with",
+             "the scene's, prompt accuracy; hair, garments, colours: what a standardized image kept). Trained by",
+             "`serialgen train-probes` on",
              "synthetic renders, pairs and standards of the train split. Never used as a conditioning encoder of a",
              "trained model (a model could then fit its own ruler).", "",
              f"Input: {config['width']}x{config['height']} RGB; identity on the figure with its background removed,",
-             "cropped to the figure's box (appearance too); attributes on the whole image.", "",
+             "cropped to the figure's box (the figure classifiers too); the scene classifiers on the whole image.", "",
              "## Held-out validation (characters never trained on)", ""]
     for key, value in v.items():
         lines.append(f"- {key}: {json.dumps(value)}")

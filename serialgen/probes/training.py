@@ -14,8 +14,8 @@ from torch.nn import functional as F
 
 from serialgen.config import ProbesSettings
 from serialgen.probes.data import ProbeImages
+from serialgen.probes.model import FIGURE, SCENE
 from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
-from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
 log = logging.getLogger(__name__)
 #: Steps between progress lines (step, loss, samples/s) in the log.
@@ -85,15 +85,17 @@ def train_identity(train: ProbeImages, cfg: ProbesSettings) -> tuple[IdentityEmb
     return model.eval(), {**stats, "characters": len(characters)}
 
 
-def train_attributes(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
-    """One cross-entropy per prompt attribute on the whole image, each over the images whose metadata knows it."""
-    return _train_classifier(train.attributes, train, ATTRIBUTES, cfg, pad_white=False, name="attribute")
+def train_scene(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
+    """One cross-entropy per scene attribute (framing, background) on the whole image, each over the images
+    whose metadata knows it."""
+    return _train_classifier(train.attributes, train, SCENE, cfg, pad_white=False, name="scene")
 
 
-def train_appearance(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
-    """One cross-entropy per appearance attribute (hair, garments, colours) on the figure on white: what a
-    standardized image must keep, read where it is, whatever the background."""
-    return _train_classifier(train.identity, train, APPEARANCE, cfg, pad_white=True, name="appearance")
+def train_figure(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
+    """One cross-entropy per figure attribute on the figure on white: view and action (read at the probe's full
+    size, however small the figure is in its frame) and the appearance (hair, garments, colours: what a
+    standardized image must keep), whatever the background."""
+    return _train_classifier(train.identity, train, FIGURE, cfg, pad_white=True, name="figure")
 
 
 def _train_classifier(inputs: torch.Tensor, train: ProbeImages, vocabulary: dict[str, tuple[str, ...]],

@@ -89,7 +89,7 @@ def _same_vs_different(probes: Probes, queries: ProbeImages, standards: ProbeIma
 def attribute_validation(probes: Probes, train: ProbeImages, held_out: ProbeImages) -> dict[str, Any]:
     """Per prompt attribute and per appearance attribute: held-out accuracy, and the accuracy of always
     answering the training majority class."""
-    out = _accuracies(probes.classify_prepared(held_out.attributes), ATTRIBUTES, train, held_out)
+    out = _accuracies(probes.classify_prepared(held_out.attributes, held_out.identity), ATTRIBUTES, train, held_out)
     return {**out, **_accuracies(probes.describe_prepared(held_out.identity), APPEARANCE, train, held_out)}
 
 
