@@ -147,6 +147,9 @@ class CompositeSettings(Section):
     mask_holes_max: int = 3             # up to this many blobs of the character called background
     keypoint_jitter_max: float = 0.02   # keypoint jitter std up to this share of the figure's height
     left_right_swap_probability: float = 0.5  # on back views, report left as right (estimators assume front views)
+    # What the compositing code makes of these settings; a new recipe (like any change above) recomposites every
+    # pair. 2: where the render's frame cut the figure (busts, head shots), the cut stays on the canvas border.
+    recipe: int = 2
 
 
 class StandardizerSettings(Section):

@@ -22,10 +22,12 @@ SMALL_UNET = dict(channels=(16, 32), patch_size=4)
 def test_captions_say_what_the_render_metadata_says(synthetic_lake):
     lake = synthetic_lake.open_lake()
     renders = {(r["character_id"], r["pose_id"], r["view_id"]): r
-               for r in lake.read("renders", columns=["character_id", "pose_id", "view_id", "framing"]).to_pylist()}
+               for r in lake.read("renders", columns=["character_id", "pose_id", "view_id", "framing", "keypoints"]).to_pylist()}
     kinds = {r["background_id"]: background_label(r["source_uri"])
              for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
-    pairs = {r["pair_id"]: r for r in lake.read("pairs", columns=["pair_id", "background_id"]).to_pylist()}
+    pairs = {r["pair_id"]: r for r in lake.read("pairs", columns=["pair_id", "character_id", "pose_id", "view_id",
+                                                                  "background_id", "true_reference_keypoints"]).to_pylist()}
+    framed = []
     items = list(labelled_images(lake))
     assert {i.source for i in items} == {"render", "pair", "standard"}
     assert len(items) == lake.count("renders") + lake.count("pairs") + lake.count("standards")
@@ -37,9 +39,16 @@ def test_captions_say_what_the_render_metadata_says(synthetic_lake):
             assert item.labels["framing"] == framing_label(renders[(character, pose, int(view))]["framing"])
             assert item.labels["background"] == "plain"
         else:
-            assert item.labels["background"] == kinds[pairs[item.key.split("/", 1)[1]]["background_id"]]
+            pair = pairs[item.key.split("/", 1)[1]]
+            assert item.labels["background"] == kinds[pair["background_id"]]
+            render = renders[(pair["character_id"], pair["pose_id"], pair["view_id"])]
+            if render["framing"] == "full":   # cut off: a joint the render showed is out of the pair's frame
+                lost = any(r[2] > 0 and p[2] == 0 for r, p in zip(render["keypoints"], pair["true_reference_keypoints"]))
+                framed.append((item.labels["framing"], lost))
+                assert item.labels["framing"] == ("cutoff" if lost else "full")
         assert item.labels["action"] in PHRASES["action"] and item.labels["view"] in PHRASES["view"]
         assert item.rgb.shape[:2] == item.foreground.shape and item.foreground.max() == 255
+    assert {f for f, _ in framed} == {"full", "cutoff"}, "the lake's crops cut joints off some full-body pairs"
 
 
 def test_appearance_words_name_what_the_procedural_spec_draws():

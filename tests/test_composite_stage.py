@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -80,6 +81,14 @@ def test_stage_writes_pairs_once_and_bad_inputs_go_to_errors(settings, lake, bac
     for pid, row in first.items():                           # seeded per pair: identical content and split
         assert rerun[pid]["input_image"] == row["input_image"] and rerun[pid]["split"] == row["split"]
         assert rerun[pid]["run_id"] == forced.run_id
+
+    settings.composite.shadow_probability = 0.0              # a new recipe: no pair keeps the old one
+    recipe = run_composite(settings)
+    assert recipe.pairs_written == 28 and lake.count("pairs") == 28
+    shadows = [json.loads(r["augmentation"])["shadow_opacity"] for r in lake.read("pairs").to_pylist()]
+    assert shadows == [0.0] * 28 and any(json.loads(r["augmentation"])["shadow_opacity"] for r in first.values())
+    settings.composite.write_rows = 16                       # how it is written is not what it makes
+    assert run_composite(settings).pairs_written == 0
 
     bad["rgba"] = lake.read("renders", filter="pose_id = 'pose000' AND character_id = 'char0-002'") \
         .column("rgba")[0].as_py()

@@ -16,6 +16,7 @@ from serialgen.config import ProbesSettings
 from serialgen.probes.data import ProbeImages
 from serialgen.probes.model import FIGURE, SCENE
 from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
+from serialgen.synthetic.vocabulary import APPEARANCE
 
 log = logging.getLogger(__name__)
 #: Steps between progress lines (step, loss, samples/s) in the log.
@@ -92,10 +93,15 @@ def train_scene(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClass
 
 
 def train_figure(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
-    """One cross-entropy per figure attribute on the figure on white: view and action (read at the probe's full
-    size, however small the figure is in its frame) and the appearance (hair, garments, colours: what a
-    standardized image must keep), whatever the background."""
+    """One cross-entropy per figure attribute (view, action) on the figure on white: read at the probe's full
+    size, however small the figure is in its frame, whatever the background."""
     return _train_classifier(train.identity, train, FIGURE, cfg, pad_white=True, name="figure")
+
+
+def train_appearance(train: ProbeImages, cfg: ProbesSettings) -> tuple[AttributeClassifier, dict[str, float]]:
+    """One cross-entropy per appearance attribute (hair, garments, colours) on the figure on white: what a
+    standardized image must keep, read where it is, whatever the background."""
+    return _train_classifier(train.identity, train, APPEARANCE, cfg, pad_white=True, name="appearance")
 
 
 def _train_classifier(inputs: torch.Tensor, train: ProbeImages, vocabulary: dict[str, tuple[str, ...]],

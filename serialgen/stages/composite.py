@@ -43,7 +43,7 @@ from serialgen.runtime import actor_cpus, init_ray
 from serialgen.sources import list_files, read_bytes
 from serialgen.storage import Lake
 from serialgen.storage.images import ImageDecodeError
-from serialgen.storage.runs import StageRun, require_input
+from serialgen.storage.runs import StageRun, last_completed, require_input
 from serialgen.storage.schemas import BACKGROUNDS
 from serialgen.storage.sink import Sink
 
@@ -81,7 +81,8 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     """Ingest backgrounds, then (unless dynamic) composite every missing pair into `pairs`.
 
     ``source``: folder/URI of background images (default ``composite.background_source``).
-    ``force``: recomposite pairs that exist (they are replaced in place, never duplicated).
+    ``force``: recomposite pairs that exist (they are replaced in place, never duplicated); implied when the
+    composite settings changed since the last completed run, so no pair keeps an older recipe.
     ``progress(done, total)``: called after each commit of pairs (done includes failed pairs).
     """
     cfg = settings.composite
@@ -89,7 +90,12 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     lake = settings.open_lake()
     start = time.perf_counter()
     require_input(lake, "renders", "composite", "render")
-    with StageRun(lake, "composite", config_hash(settings, "composite"), inputs=["renders", "standards"],
+    recipe = config_hash(settings, "composite")
+    last = last_completed(lake, "composite")
+    if last is not None and last["config_hash"] != recipe and not force:
+        log.info("composite: settings changed since run %s: every pair is recomposited", last["run_id"])
+        force = True
+    with StageRun(lake, "composite", recipe, inputs=["renders", "standards"],
                   flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
         sink = Sink(lake, run)
         init_ray(settings.ray)

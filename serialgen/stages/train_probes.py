@@ -17,7 +17,7 @@ from serialgen.config import ConfigError, Settings
 from serialgen.dag import config_hash
 from serialgen.probes.data import read_probe_images
 from serialgen.probes.model import Probes, probe_config
-from serialgen.probes.training import train_figure, train_identity, train_scene
+from serialgen.probes.training import train_appearance, train_figure, train_identity, train_scene
 from serialgen.probes.validation import attribute_validation, identity_validation
 from serialgen.runtime import torch_threads
 from serialgen.storage.runs import StageRun, require_input
@@ -71,7 +71,8 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
             identity, identity_stats = train_identity(train, cfg)
             scene, scene_stats = train_scene(train, cfg)
             figure, figure_stats = train_figure(train, cfg)
-        probes = Probes(identity, scene, figure, probe_config(cfg))
+            appearance, appearance_stats = train_appearance(train, cfg)
+        probes = Probes(identity, scene, figure, appearance, probe_config(cfg))
         validation = ({"identity": identity_validation(probes, held_out),
                        "attributes": attribute_validation(probes, train, held_out)} if len(held_out)
                       else {"identity": {}, "attributes": {}})  # no held-out character: trained, not validated
@@ -81,6 +82,7 @@ def run_train_probes(settings: Settings, flow_run_id: str | None = None) -> Trai
         probes.save(folder)
         run.metrics = {**headline(validation), "validation": validation, "identity_training": identity_stats,
                        "scene_training": scene_stats, "figure_training": figure_stats,
+                       "appearance_training": appearance_stats,
                        "train_images": len(train),
                        "test_images": len(held_out), "held_out_characters": sorted(set(held_out.character_ids)),
                        "read_seconds": round(read_seconds, 1),

@@ -6,7 +6,9 @@ base model and training pairs are captioned from them (:func:`serialgen.syntheti
 A render's view is which side of the torso faces the camera, from its keypoints against the character's
 standard view (:func:`~serialgen.synthetic.vocabulary.view_from_keypoints`; the camera's azimuth when a
 character has no standard view). Renders come on white (background ``plain``); pairs over their procedural backgrounds with the
-estimator-like mask the standardizer is given; standards in the A-pose, front view (action ``standing``).
+estimator-like mask the standardizer is given, and framed ``cutoff`` when compositing pushed a joint the render
+showed out of the frame (a crop that only trims a hand or hair is not one); standards in the A-pose, front view
+(action ``standing``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
     fronts = {r["character_id"]: torso_facing(r["keypoints"])
               for r in lake.read("standards", columns=["character_id", "keypoints"]).to_pylist() if r["keypoints"]}
     renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
+    seen_joints: dict[tuple[str, str, int], np.ndarray] = {}
     for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
                                              "camera", "keypoints"]).to_pylist():
         front = fronts.get(row["character_id"])
@@ -61,6 +64,7 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
         labels = {"framing": framing_label(row["framing"]), "view": view,
                   "background": "plain", "action": action_label(motion_of_pose.get(row["pose_id"]))}
         renders[(row["character_id"], row["pose_id"], row["view_id"])] = labels
+        seen_joints[(row["character_id"], row["pose_id"], row["view_id"])] = _visible(row["keypoints"])
         if "render" in sources:
             rgba = decode_image(row["rgba"], "RGBA")
             yield LabelledImage(row["character_id"], "render",
@@ -71,9 +75,13 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
         kinds = {r["background_id"]: background_label(r["source_uri"])
                  for r in lake.read("backgrounds", columns=["background_id", "source_uri"]).to_pylist()}
         for row in lake.read("pairs", columns=["pair_id", "character_id", "pose_id", "view_id", "background_id",
-                                               "input_image", "background_mask", "augmentation"]).to_pylist():
-            render = renders.get((row["character_id"], row["pose_id"], row["view_id"]), {})
-            cut = json.loads(row["augmentation"] or "{}").get("cut_side")
+                                               "input_image", "background_mask", "augmentation",
+                                               "true_reference_keypoints"]).to_pylist():
+            key = (row["character_id"], row["pose_id"], row["view_id"])
+            render = renders.get(key, {})
+            seen = seen_joints.get(key)
+            lost = seen is not None and bool((seen & ~_visible(row["true_reference_keypoints"])).any())
+            cut = json.loads(row["augmentation"] or "{}").get("cut_side") if lost else None
             labels = {**render, "framing": framing_label(render.get("framing"), cut),
                       "background": kinds.get(row["background_id"])}
             yield LabelledImage(row["character_id"], "pair", f"pair/{row['pair_id']}",
@@ -84,6 +92,11 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
             yield LabelledImage(row["character_id"], "standard", f"standard/{row['character_id']}",
                                 decode_image(row["image"], "RGB"), decode_mask(row["mask"]), dict(STANDARD_LABELS),
                                 looks.get(row["character_id"]))
+
+
+def _visible(keypoints: list | None) -> np.ndarray:
+    """Which of the 18 joints are in the frame (visibility > 0); none without keypoints."""
+    return np.asarray(keypoints, np.float32)[:, 2] > 0 if keypoints else np.zeros(18, bool)
 
 
 def appearances(lake: Lake) -> dict[str, dict[str, str]]:
