@@ -13,9 +13,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
+
+import yaml
 
 from serialgen.storage import Lake
 
@@ -202,6 +205,30 @@ class _ForwardingHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
         pass
+
+
+@dataclass
+class KilledInsideCommit:
+    """What a table held when its writer died inside a commit, and how the rerun ended."""
+
+    rows: int
+    version: int | None
+    uncommitted_files: set[str]
+    rerun: subprocess.CompletedProcess
+
+
+def kill_inside_commit_then_rerun(endpoint: str, lake: Lake, sections: Mapping, config: Path, stage: str,
+                                  table: str, commit: int) -> KilledInsideCommit:
+    """``serialgen STAGE`` on ``lake`` (an S3 lake at ``endpoint``) with ``sections`` written to ``config``, killed at
+    ``table``'s ``commit``-th manifest PUT (:class:`CommitKillingProxy`), then run again to the end."""
+    with CommitKillingProxy(endpoint) as proxy:
+        config.write_text(yaml.safe_dump({"storage_options": proxy.options(lake.storage_options), **sections}))
+        command = cli_command(lake.uri, config, stage)
+        proxy.run_until_killed(command, table, commit)
+        state = (lake.count(table), lake.version(table), uncommitted_data_files(lake, table))
+        rerun = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return KilledInsideCommit(*state, rerun)
 
 
 def uncommitted_data_files(lake: Lake, table: str) -> set[str]:

@@ -28,14 +28,13 @@ from personalizer_data import make_real_and_standardized
 from render_data import character_glbs, fill_lake, plan_items
 from resilience_data import (
     TINY,
-    CommitKillingProxy,
     cli_command,
     cli_env,
     kill,
+    kill_inside_commit_then_rerun,
     ray_worker_pids,
     show,
     table_keys,
-    uncommitted_data_files,
     wait_for,
 )
 from serialgen.compositing.pairs import make_pair_id
@@ -206,23 +205,15 @@ def test_composite_killed_inside_a_pairs_commit_then_rerun_gives_each_planned_pa
     lake = Lake(lake_uri, options)
     write_characters(lake, n_characters=3, poses=4)
     expected = {make_pair_id(c, p, v, 0) for c, p, v in table_keys(lake, "renders")}
-    with CommitKillingProxy(endpoint) as proxy:
-        config = tmp_path / "composite.yaml"
-        config.write_text(yaml.safe_dump({
-            "storage_options": proxy.options(options), "ray": {"num_cpus": 2},
-            "composite": {"backgrounds_procedural": 2, "batch_size": 1, "write_rows": 1}}))
-        command = cli_command(lake_uri, config, "composite")
-        proxy.run_until_killed(command, "pairs", commit=3)
-        at_kill, version_at_kill = lake.count("pairs"), lake.version("pairs")
-        orphans = uncommitted_data_files(lake, "pairs")
-        finished = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    sections = {"ray": {"num_cpus": 2}, "composite": {"backgrounds_procedural": 2, "batch_size": 1, "write_rows": 1}}
+    killed = kill_inside_commit_then_rerun(endpoint, lake, sections, tmp_path / "composite.yaml", "composite",
+                                           "pairs", commit=3)
     keys = [k for (k,) in table_keys(lake, "pairs")]
     show("composite: the driver SIGKILLed inside its third `pairs` commit (S3 lake), then rerun", {
-        "pairs version at the kill": (2, version_at_kill), "pairs at the kill": ("1 .. 11", at_kill),
-        "uploaded, uncommitted data files": (">= 1", len(orphans)), "pairs": (len(expected), len(keys)),
+        "pairs version at the kill": (2, killed.version), "pairs at the kill": ("1 .. 11", killed.rows),
+        "uploaded, uncommitted data files": (">= 1", len(killed.uncommitted_files)), "pairs": (len(expected), len(keys)),
         "distinct pairs": (len(expected), len(set(keys))), "errors": (0, lake.count("errors"))})
-    assert version_at_kill == 2 and 0 < at_kill < len(expected) and orphans
+    assert killed.version == 2 and 0 < killed.rows < len(expected) and killed.uncommitted_files
     assert len(keys) == len(set(keys)) == len(expected) == 12 and set(keys) == expected
     assert lake.count("errors") == 0
 

@@ -4,24 +4,13 @@ killed inside a commit."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from resilience_data import (
-    CommitKillingProxy,
-    cli_command,
-    cli_env,
-    kill,
-    ray_worker_pids,
-    show,
-    uncommitted_data_files,
-    wait_for,
-)
+from resilience_data import kill, kill_inside_commit_then_rerun, ray_worker_pids, show, wait_for
 from serialgen.config import load_settings
 from serialgen.stages.ingest_real import run_ingest_real
 from serialgen.inference.standardize import model_version, standardize_images
@@ -171,21 +160,14 @@ def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tra
     run_ingest_real(settings, images=str(tmp_path / "real"))
     lake = settings.open_lake()
     planned = set(lake.read("real_images", columns=["image_id"]).column("image_id").to_pylist())
-    with CommitKillingProxy(endpoint) as proxy:
-        config = tmp_path / "standardize.yaml"
-        config.write_text(yaml.safe_dump({"storage_options": proxy.options(options), **sections}))
-        command = cli_command(settings.lake, config, "standardize")
-        proxy.run_until_killed(command, "standardized", commit=3)
-        at_kill, version_at_kill = lake.count("standardized"), lake.version("standardized")
-        orphans = uncommitted_data_files(lake, "standardized")
-        finished = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    killed = kill_inside_commit_then_rerun(endpoint, lake, sections, tmp_path / "standardize.yaml", "standardize",
+                                           "standardized", commit=3)
     rows = lake.read("standardized", columns=["image_id", "model_version"]).to_pylist()
     keys = [r["image_id"] for r in rows]
     show("standardize: the driver SIGKILLed inside its third `standardized` commit (S3 lake), then rerun", {
-        "standardized version at the kill": (2, version_at_kill), "rows at the kill": ("1 .. 5", at_kill),
-        "uploaded, uncommitted data files": (">= 1", len(orphans)), "rows": (len(planned), len(keys)),
+        "standardized version at the kill": (2, killed.version), "rows at the kill": ("1 .. 5", killed.rows),
+        "uploaded, uncommitted data files": (">= 1", len(killed.uncommitted_files)), "rows": (len(planned), len(keys)),
         "distinct images": (len(planned), len(set(keys))), "errors": (0, lake.count("errors"))})
-    assert version_at_kill == 2 and 0 < at_kill < len(planned) and orphans
+    assert killed.version == 2 and 0 < killed.rows < len(planned) and killed.uncommitted_files
     assert len(keys) == len(set(keys)) == len(planned) == 6 and set(keys) == planned
     assert {r["model_version"] for r in rows} == {model_version(model)} and lake.count("errors") == 0
