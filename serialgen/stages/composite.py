@@ -90,12 +90,12 @@ def run_composite(settings: Settings, source: str | None = None, dynamic: bool |
     lake = settings.open_lake()
     start = time.perf_counter()
     require_input(lake, "renders", "composite", "render")
-    recipe = config_hash(settings, "composite")
+    settings_hash = config_hash(settings, "composite")
     last = last_completed(lake, "composite")
-    if last is not None and last["config_hash"] != recipe and not force:
+    if last is not None and last["config_hash"] != settings_hash and not force:
         log.info("composite: settings changed since run %s: every pair is recomposited", last["run_id"])
         force = True
-    with StageRun(lake, "composite", recipe, inputs=["renders", "standards"],
+    with StageRun(lake, "composite", settings_hash, inputs=["renders", "standards"],
                   flow_run_id=flow_run_id, max_failure_share=settings.dag.max_failure_share) as run:
         sink = Sink(lake, run)
         init_ray(settings.ray)

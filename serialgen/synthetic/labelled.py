@@ -54,8 +54,8 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
     looks = appearances(lake)
     fronts = {r["character_id"]: torso_facing(r["keypoints"])
               for r in lake.read("standards", columns=["character_id", "keypoints"]).to_pylist() if r["keypoints"]}
-    renders: dict[tuple[str, str, int], dict[str, str | None]] = {}
-    seen_joints: dict[tuple[str, str, int], np.ndarray] = {}
+    # (character, pose, view) -> the render's labels and which joints its frame shows
+    renders: dict[tuple[str, str, int], tuple[dict[str, str | None], np.ndarray]] = {}
     for row in lake.read("renders", columns=["character_id", "pose_id", "view_id", "rgba", "framing",
                                              "camera", "keypoints"]).to_pylist():
         front = fronts.get(row["character_id"])
@@ -63,8 +63,7 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
                 else view_label(row["camera"]))
         labels = {"framing": framing_label(row["framing"]), "view": view,
                   "background": "plain", "action": action_label(motion_of_pose.get(row["pose_id"]))}
-        renders[(row["character_id"], row["pose_id"], row["view_id"])] = labels
-        seen_joints[(row["character_id"], row["pose_id"], row["view_id"])] = _visible(row["keypoints"])
+        renders[(row["character_id"], row["pose_id"], row["view_id"])] = (labels, _visible(row["keypoints"]))
         if "render" in sources:
             rgba = decode_image(row["rgba"], "RGBA")
             yield LabelledImage(row["character_id"], "render",
@@ -77,10 +76,8 @@ def labelled_images(lake: Lake, sources: tuple[str, ...] = SOURCES) -> Iterator[
         for row in lake.read("pairs", columns=["pair_id", "character_id", "pose_id", "view_id", "background_id",
                                                "input_image", "background_mask", "augmentation",
                                                "true_reference_keypoints"]).to_pylist():
-            key = (row["character_id"], row["pose_id"], row["view_id"])
-            render = renders.get(key, {})
-            seen = seen_joints.get(key)
-            lost = seen is not None and bool((seen & ~_visible(row["true_reference_keypoints"])).any())
+            render, seen = renders.get((row["character_id"], row["pose_id"], row["view_id"]), ({}, np.zeros(18, bool)))
+            lost = bool((seen & ~_visible(row["true_reference_keypoints"])).any())
             cut = json.loads(row["augmentation"] or "{}").get("cut_side") if lost else None
             labels = {**render, "framing": framing_label(render.get("framing"), cut),
                       "background": kinds.get(row["background_id"])}
