@@ -46,7 +46,7 @@ def main() -> None:
     try:
         trained = root / "preprocessors"
         train_tiny_preprocessors(trained)
-        model = save_tiny_standardizer(load_settings(), root / "model")
+        model = save_tiny_standardizer(root / "model")
         folder = root / "images"
         folder.mkdir()
         rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from render_data import plan_items
 from serialgen.storage import Lake
 
 #: Small enough for 2 cores: 2 procedural characters x 2 poses x 1 view at 64 x 96, 2 samples.
@@ -38,6 +39,13 @@ def table_keys(lake: Lake, table: str) -> list[tuple]:
     """Every row's key, duplicates included (a set would hide them)."""
     data = lake.read(table, columns=list(KEYS[table]))
     return list(zip(*(data.column(k).to_pylist() for k in KEYS[table])))
+
+
+def planned_keys(lake: Lake, poses_per_character: int, views_per_pose: int, seed: int = 0) -> set[tuple]:
+    """The (character, pose, view) keys the render stage plans for the lake's accepted characters and poses."""
+    characters = sorted(k for (k,) in lake.keys("characters", filter="status = 'accepted'"))
+    poses = sorted(k for (k,) in lake.keys("poses"))
+    return {i.key for i in plan_items(characters, poses, poses_per_character, views_per_pose, seed)}
 
 
 def show(title: str, counts: dict[str, tuple[object, object]]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from composite_data import figure_keypoints, figure_rgba
 from serialgen.checkpoints import preprocessors_dir
-from serialgen.config import PreprocessingSettings, Settings
+from serialgen.config import PreprocessingSettings, Settings, load_settings
 from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE
 from serialgen.preprocessing.training import LabelledImages, train_and_export
 
@@ -52,9 +52,11 @@ def install_preprocessors(trained: Path, settings: Settings) -> Path:
     return target
 
 
-def save_tiny_standardizer(settings: Settings, folder: Path, seed: int = 0) -> Path:
-    """A randomly initialised tiny standardizer with the canonical skeleton, saved like a trained one."""
+def save_tiny_standardizer(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny standardizer with the canonical skeleton, saved like a trained one. Built
+    against an empty lake beside ``folder``: a lake with standard views (the default ``./lake`` after a demo)
+    would give it their mean skeleton instead."""
     from serialgen.training.standardizer import build_standardizer
 
-    cfg = settings.standardizer.model_copy(update={"seed": seed})
-    return build_standardizer(settings.model_copy(update={"standardizer": cfg})).save_pretrained(folder)
+    settings = load_settings(lake=str(folder.parent / f"{folder.name}-empty-lake"), standardizer={"seed": seed})
+    return build_standardizer(settings).save_pretrained(folder)

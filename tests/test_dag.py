@@ -167,13 +167,16 @@ def test_progress_line_reports_done_total_rate_and_eta(caplog):
     assert caplog.records and caplog.records[-1].getMessage().startswith("render: 3/6 items (50%)")
 
 
-def test_info_shows_every_stage_in_dag_order_with_what_the_next_run_does(settings):
+def test_info_shows_every_stage_in_dag_order_with_what_the_next_run_does(settings, monkeypatch):
+    from rich.console import Console
     from typer.testing import CliRunner
 
-    from serialgen.cli import app
+    from serialgen import cli
 
     _complete(settings, "assets")
-    result = CliRunner().invoke(app, ["--lake", settings.lake, "info"], env={"COLUMNS": "250"})
+    # A wide terminal, whichever test imported the CLI first (its console reads COLUMNS once, at import).
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    result = CliRunner().invoke(cli.app, ["--lake", settings.lake, "info"])
     assert result.exit_code == 0, result.output
     lineage = result.output.split("lineage (DAG order")[1]
     rows = [line for line in lineage.splitlines() if line.strip("│ ").split(" ")[0] in BY_NAME]

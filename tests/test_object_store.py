@@ -81,7 +81,7 @@ def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path):
     endpoint, options = s3_server
     models = tmp_path / "preprocessors"
     train_tiny_preprocessors(models)
-    standardizer = save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
+    standardizer = save_tiny_standardizer(tmp_path / "standardizer")
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                           region_name="us-east-1")
     rng = np.random.default_rng(3)

@@ -306,7 +306,7 @@ def test_generate_standardizes_first_and_prompts_share_one_standardized_referenc
     """Standardize, then generate: the reference is standardized once; every prompt's row carries that standardized image."""
     from serialgen.inference.standardize import standardize_images
 
-    model = standardize_data.save_tiny_standardizer(load_settings(), tmp_path / "standardizer")
+    model = standardize_data.save_tiny_standardizer(tmp_path / "standardizer")
     settings = load_settings(lake=str(tmp_path / "lake"), standardizer={"inference_steps": 2},
                              standardize={"model_dir": str(model), "batch_size": 2},
                              personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3,

@@ -1,13 +1,8 @@
-"""Render stage on Ray actors: rows and errors in the lake, resumption, rerun determinism, flow, CLI kill-and-rerun."""
+"""Render stage on Ray actors: rows and errors, resumption, rerun determinism, flow (a killed run: test_main_job.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -107,32 +102,3 @@ def test_flow_publishes_counts_and_a_contact_sheet(rendered, prefect_harness):
     import asyncio
 
     assert {"render-counts", "render-progress", "render-contact-sheet"} <= asyncio.run(keys())
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_killed_cli_run_then_rerun_yields_exactly_the_planned_rows(tmp_path, glbs):
-    lake_uri = str(tmp_path / "lake")
-    fill_lake(load_settings(lake=lake_uri).open_lake(), glbs, 6)
-    env = {**os.environ, "SERIALGEN_RENDER__CHUNK_SIZE": "1", "SERIALGEN_RENDER__POSES_PER_CHARACTER": "4",
-           "SERIALGEN_RENDER__VIEWS_PER_POSE": "2", "SERIALGEN_RAY__NUM_CPUS": "2"}
-    command = [sys.executable, "-m", "serialgen.cli", "--lake", lake_uri, "render"]
-    lake = load_settings(lake=lake_uri).open_lake()
-    proc = subprocess.Popen(command, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while lake.count("renders") < 3 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert 3 <= lake.count("renders") < 16
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    keys = [tuple(k) for k in zip(*(lake.read("renders").column(c).to_pylist()
-                                    for c in ("character_id", "pose_id", "view_id")))]
-    planned = plan_items(sorted(glbs), [f"pose-{i:03d}" for i in range(6)], 4, 2, 0)
-    assert len(keys) == len(set(keys)) == 16 and set(keys) == {i.key for i in planned}
-    assert lake.count("standards") == 2 and "contact sheet" in finished.stdout

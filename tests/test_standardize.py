@@ -46,7 +46,7 @@ def write_images(folder, n: int, seed: int = 5) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
-    model_a = save_tiny_standardizer(load_settings(), tmp_path / "model_a", seed=0)
+    model_a = save_tiny_standardizer(tmp_path / "model_a", seed=0)
     settings = stage_settings(tmp_path, model_a)
     install_preprocessors(trained, settings)
     folder = tmp_path / "real"
@@ -82,7 +82,7 @@ def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
     assert (again.written, again.skipped) == (0, 4) and lake.version("standardized") == version
     assert len(errors_of(lake, "standardize")) == 2
 
-    model_b = save_tiny_standardizer(load_settings(), tmp_path / "model_b", seed=1)
+    model_b = save_tiny_standardizer(tmp_path / "model_b", seed=1)
     second = run_standardize(stage_settings(tmp_path, model_b))
     rows = lake.read("standardized", columns=["image_id", "model_version"]).to_pylist()
     assert second.written == 4 and len(rows) == 8
@@ -91,7 +91,7 @@ def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
 
 
 def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
-    model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
+    model = save_tiny_standardizer(tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model)
     with pytest.raises(FileNotFoundError, match=r"^missing mask_u2net.onnx in .*train-preprocessors"):
         standardize_images(settings, [np.zeros((8, 8, 3), np.uint8)])
@@ -114,7 +114,7 @@ def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray_local):
-    model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
+    model = save_tiny_standardizer(tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model, batch_size=1, write_rows=1)
     settings = settings.model_copy(update={"standardizer": settings.standardizer.model_copy(
         update={"inference_steps": 6})})
@@ -150,7 +150,7 @@ def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tra
     `standardized` commit (the table's creation, one committed block of rows, then this one: its data file and
     transaction uploaded, its manifest never sent). The rerun standardizes exactly the missing images."""
     endpoint, options = s3_server
-    model = save_tiny_standardizer(load_settings(), tmp_path / "model", seed=0)
+    model = save_tiny_standardizer(tmp_path / "model", seed=0)
     sections = {"ray": {"num_cpus": 2},
                 "standardizer": {"inference_steps": 2, "checkpoint_dir": str(tmp_path / "models")},
                 "standardize": {"model_dir": str(model), "batch_size": 1, "write_rows": 1}}
