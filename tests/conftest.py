@@ -48,6 +48,17 @@ def synthetic_lake(tmp_path_factory, ray_local) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def tiny_preprocessors(tmp_path_factory):
+    """Tiny mask, detector and pose models trained and exported once (ONNX, the real export path); tests copy or
+    point at them, never write into the folder."""
+    from standardize_data import train_tiny_preprocessors
+
+    folder = tmp_path_factory.mktemp("preprocessors")
+    train_tiny_preprocessors(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory):
     """A random SDXL-shaped set (SD VAE) in SDXL base's layout, for the loader and stock diffusers' IP-Adapter
     path; the offline profiles generate with the base `train-base` trains, never with this."""

@@ -65,7 +65,7 @@ def test_assets_render_composite_on_s3(s3_server, ray_local):
 
 
 @pytest.mark.slow
-def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path):
+def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path, tiny_preprocessors):
     """Real images read from the object store, `real_images` and `standardized` on it; models from local
     files (an object-store lake keeps its model folders where the config names them)."""
     import io
@@ -76,11 +76,10 @@ def test_ingest_real_and_standardize_on_s3(s3_server, ray_local, tmp_path):
     from serialgen.preprocessing import DETECTOR_FILE, MASK_FILE, POSE_FILE
     from serialgen.stages.ingest_real import run_ingest_real
     from serialgen.stages.standardize import run_standardize
-    from standardize_data import figure_scene, save_tiny_standardizer, train_tiny_preprocessors
+    from standardize_data import figure_scene, save_tiny_standardizer
 
     endpoint, options = s3_server
-    models = tmp_path / "preprocessors"
-    train_tiny_preprocessors(models)
+    models = tiny_preprocessors
     standardizer = save_tiny_standardizer(tmp_path / "standardizer")
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                           region_name="us-east-1")

@@ -302,7 +302,8 @@ def test_unreadable_or_orphan_rows_become_error_rows_and_training_goes_on(tmp_pa
 
 
 @pytest.mark.slow
-def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path, tiny_sdxl):
+def test_generate_standardizes_first_and_prompts_share_one_standardized_reference(tmp_path, tiny_sdxl,
+                                                                                 tiny_preprocessors):
     """Standardize, then generate: the reference is standardized once; every prompt's row carries that standardized image."""
     from serialgen.inference.standardize import standardize_images
 
@@ -311,8 +312,7 @@ def test_generate_standardizes_first_and_prompts_share_one_standardized_referenc
                              standardize={"model_dir": str(model), "batch_size": 2},
                              personalizer={"steps": 2, "eval_pairs": 1, "inference_steps": 3,
                                            **base_folders(tiny_sdxl)})
-    standardize_data.train_tiny_preprocessors(tmp_path / "preprocessors")
-    standardize_data.install_preprocessors(tmp_path / "preprocessors", settings)
+    standardize_data.install_preprocessors(tiny_preprocessors, settings)
     make_real_and_standardized(settings.open_lake(), train=2, test=1)
     run_train_personalizer(settings)
     reference, _, _ = standardize_data.figure_scene(np.random.default_rng(3), 96, 144)

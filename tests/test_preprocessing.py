@@ -18,18 +18,11 @@ from serialgen.preprocessing.pose import (
     decode_simcc,
     yolox_grid,
 )
-from standardize_data import install_preprocessors, labelled_figures, train_tiny_preprocessors
+from standardize_data import install_preprocessors, labelled_figures
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("preprocessors")
-    train_tiny_preprocessors(folder)
-    return folder
-
-
-def test_tiny_onnx_models_load_through_rembg_and_the_dwpose_runner_and_beat_baselines(trained, settings):
-    install_preprocessors(trained, settings)
+def test_tiny_onnx_models_load_through_rembg_and_the_dwpose_runner_and_beat_baselines(tiny_preprocessors, settings):
+    install_preprocessors(tiny_preprocessors, settings)
     pre = load_preprocessors(settings)
     from rembg.sessions.u2net_custom import U2netCustomSession
 
@@ -54,8 +47,8 @@ def test_tiny_onnx_models_load_through_rembg_and_the_dwpose_runner_and_beat_base
     assert keypoints.shape == (18, 3) and keypoints.dtype == np.float32
 
 
-def test_an_images_own_alpha_is_its_mask(trained, settings):
-    install_preprocessors(trained, settings)
+def test_an_images_own_alpha_is_its_mask(tiny_preprocessors, settings):
+    install_preprocessors(tiny_preprocessors, settings)
     pre = load_preprocessors(settings)
     rgba = np.zeros((40, 30, 4), np.uint8)
     rgba[5:30, 10:20] = (200, 30, 30, 255)
@@ -64,8 +57,8 @@ def test_an_images_own_alpha_is_its_mask(trained, settings):
 
 
 @pytest.mark.parametrize("missing", [MASK_FILE, DETECTOR_FILE, POSE_FILE])
-def test_a_missing_model_file_is_one_line_naming_file_folder_and_purpose(trained, settings, missing):
-    folder = install_preprocessors(trained, settings)
+def test_a_missing_model_file_is_one_line_naming_file_folder_and_purpose(tiny_preprocessors, settings, missing):
+    folder = install_preprocessors(tiny_preprocessors, settings)
     (folder / missing).unlink()
     with pytest.raises(FileNotFoundError) as info:
         load_preprocessors(settings)

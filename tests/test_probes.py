@@ -211,8 +211,15 @@ def test_evaluate_scores_the_right_character_above_a_shuffled_one_and_tables_nam
                              "personalizer_version": method, "standardizer_version": None, "prompt": prompt,
                              "prompt_category": "background", "standardized_reference": None,
                              "image": encode_png(image)})
-    evaluator = ProbeEvaluator(load_probes(report.folder), _white_background_mask)
+    masked = []
+
+    def counted_mask(image: np.ndarray) -> np.ndarray:
+        masked.append(image.shape)
+        return _white_background_mask(image)
+
+    evaluator = ProbeEvaluator(load_probes(report.folder), counted_mask)
     scored = score_generations(evaluator, rows, references, "probe-test")
+    assert len(masked) == len(ids) + len(rows)  # each reference and each output cut out once, for both probes
     aggregate = {(r["method"], r["metric"]): r["value"] for r in scored
                  if r["generation_id"] is None and r["character_id"] is None and r["domain"] == "all"
                  and r["prompt_category"] == "all"}

@@ -17,14 +17,7 @@ from serialgen.inference.standardize import model_version, standardize_images
 from serialgen.stages.standardize import run_standardize
 from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.storage.runs import errors_of
-from standardize_data import figure_scene, install_preprocessors, save_tiny_standardizer, train_tiny_preprocessors
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("preprocessors")
-    train_tiny_preprocessors(folder)
-    return folder
+from standardize_data import figure_scene, install_preprocessors, save_tiny_standardizer
 
 
 def stage_settings(tmp_path, model_dir, **standardize):
@@ -45,10 +38,10 @@ def write_images(folder, n: int, seed: int = 5) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
+def test_stage_errors_rerun_versions_and_canonical_target(tiny_preprocessors, tmp_path):
     model_a = save_tiny_standardizer(tmp_path / "model_a", seed=0)
     settings = stage_settings(tmp_path, model_a)
-    install_preprocessors(trained, settings)
+    install_preprocessors(tiny_preprocessors, settings)
     folder = tmp_path / "real"
     write_images(folder, 4)
     empty = np.zeros((96, 64, 4), np.uint8)  # its own alpha: transparent everywhere
@@ -90,12 +83,12 @@ def test_stage_errors_rerun_versions_and_canonical_target(trained, tmp_path):
     assert all(sum(r["image_id"] == i for r in rows) == 2 for i in boxes)
 
 
-def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
+def test_standardize_images_in_memory_and_missing_files(tiny_preprocessors, tmp_path):
     model = save_tiny_standardizer(tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model)
     with pytest.raises(FileNotFoundError, match=r"^missing mask_u2net.onnx in .*train-preprocessors"):
         standardize_images(settings, [np.zeros((8, 8, 3), np.uint8)])
-    install_preprocessors(trained, settings)
+    install_preprocessors(tiny_preprocessors, settings)
     images = write_images(tmp_path / "real", 2)
     out = standardize_images(settings, images, seed=3)
     assert [o.image.shape for o in out] == [(96, 64, 3)] * 2 and out[0].input_mask.shape == (96, 64)
@@ -113,12 +106,12 @@ def test_standardize_images_in_memory_and_missing_files(trained, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray_local):
+def test_standardize_actor_killed_mid_run_each_image_once(tiny_preprocessors, tmp_path, ray_local):
     model = save_tiny_standardizer(tmp_path / "model", seed=0)
     settings = stage_settings(tmp_path, model, batch_size=1, write_rows=1)
     settings = settings.model_copy(update={"standardizer": settings.standardizer.model_copy(
         update={"inference_steps": 6})})
-    install_preprocessors(trained, settings)
+    install_preprocessors(tiny_preprocessors, settings)
     write_images(tmp_path / "real", 12)
     run_ingest_real(settings, images=str(tmp_path / "real"))
     lake = settings.open_lake()
@@ -145,7 +138,7 @@ def test_standardize_actor_killed_mid_run_each_image_once(trained, tmp_path, ray
 
 
 @pytest.mark.slow
-def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(trained, tmp_path, s3_server):
+def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tiny_preprocessors, tmp_path, s3_server):
     """`serialgen standardize` on an S3 lake, SIGKILLed with its Ray at the manifest PUT of its third
     `standardized` commit (the table's creation, one committed block of rows, then this one: its data file and
     transaction uploaded, its manifest never sent). The rerun standardizes exactly the missing images."""
@@ -155,7 +148,7 @@ def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tra
                 "standardizer": {"inference_steps": 2, "checkpoint_dir": str(tmp_path / "models")},
                 "standardize": {"model_dir": str(model), "batch_size": 1, "write_rows": 1}}
     settings = load_settings(lake="s3://lake/standardize-killed", storage_options=options, **sections)
-    install_preprocessors(trained, settings)
+    install_preprocessors(tiny_preprocessors, settings)
     write_images(tmp_path / "real", 6)
     run_ingest_real(settings, images=str(tmp_path / "real"))
     lake = settings.open_lake()

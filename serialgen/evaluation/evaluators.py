@@ -1,4 +1,4 @@
-"""The models behind the scores, one class per kind of ruler, with the same four calls.
+"""The models behind the scores, one class per kind of ruler, with the same calls.
 
 * :class:`ClipFaceEvaluator` (real profiles): CLIP-I, CLIP-T and Face Sim, the paper's metrics, from a
   local CLIP ViT-H/14 and an ArcFace ONNX.
@@ -6,9 +6,10 @@
   prompt accuracy from the attribute probes (:mod:`serialgen.probes`), each validated on held-out
   characters; the numbers a random network would give never reach a report.
 
-``reference_features`` embeds each test character's reference once; ``identity`` embeds outputs for
-the identity score and its across-prompt average (AP-); ``score`` gives per-item metrics; ``columns``
-and ``note`` tell the report what each column is and which model (and validation figure) is behind it.
+``reference_features`` embeds each test character's reference once; ``measure`` reads a batch of outputs
+once and gives their identity embeddings (for the across-prompt average, AP-) and per-item metrics;
+``columns`` and ``note`` tell the report what each column is and which model (and validation figure) is
+behind it.
 """
 
 from __future__ import annotations
@@ -64,11 +65,10 @@ class ClipFaceEvaluator:
         return References(ids, {"clip": clip_embeddings(self.clip, images, self.mask_fn),
                                 "face": face_embeddings(self.face, self.pose_fn, images)})
 
-    def identity(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return clip_embeddings(self.clip, images, self.mask_fn)
-
-    def score(self, images: Sequence[np.ndarray], identity: torch.Tensor, characters: Sequence[str],
-              prompts: Sequence[str] | None, refs: References) -> dict[str, np.ndarray]:
+    def measure(self, images: Sequence[np.ndarray], characters: Sequence[str], prompts: Sequence[str] | None,
+                refs: References) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """CLIP-I on the masked figure, Face Sim, and CLIP-T on the whole image when ``prompts`` are given."""
+        identity = clip_embeddings(self.clip, images, self.mask_fn)
         own = refs.index(characters)
         out = {"clip_i": clip_i(identity, refs.features["clip"][own]),
                "face_sim": face_sim(face_embeddings(self.face, self.pose_fn, images), refs.features["face"][own]).values}
@@ -76,7 +76,7 @@ class ClipFaceEvaluator:
             unique = sorted(set(prompts))
             text = dict(zip(unique, self.clip.embed_texts(unique)))
             out["clip_t"] = clip_t(clip_embeddings(self.clip, images), torch.stack([text[p] for p in prompts]))
-        return out
+        return identity, out
 
 
 @dataclass
@@ -108,26 +108,24 @@ class ProbeEvaluator:
                 f"attributes a prompt names that the output shows): attribute probes, held-out accuracy {accuracy}. "
                 "Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the paper's scale")
 
-    def _foregrounds(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [self.mask_fn(image) for image in images]
-
     def reference_features(self, ids: list[str], images: Sequence[np.ndarray]) -> References:
-        return References(ids, {"identity": self.identity(images)})
+        return References(ids, {"identity": self.probes.embed(images, [self.mask_fn(i) for i in images])})
 
-    def identity(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.probes.embed(images, self._foregrounds(images))
-
-    def score(self, images: Sequence[np.ndarray], identity: torch.Tensor, characters: Sequence[str],
-              prompts: Sequence[str] | None, refs: References) -> dict[str, np.ndarray]:
+    def measure(self, images: Sequence[np.ndarray], characters: Sequence[str], prompts: Sequence[str] | None,
+                refs: References) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """The figure is cut out once (mask model) for both the identity probe and, when ``prompts`` are
+        given, the attribute probes."""
+        foregrounds = [self.mask_fn(image) for image in images]
+        identity = self.probes.embed(images, foregrounds)
         similarity = identity @ refs.features["identity"].T
         own = torch.tensor(refs.index(characters))
         own_sim = similarity[torch.arange(len(own)), own]
         out = {"id_sim": own_sim.double().numpy(),
                "id_top1": ((similarity > own_sim[:, None]).sum(1) == 0).double().numpy()}
         if prompts is not None:
-            seen = self.probes.classify(images, self._foregrounds(images))
+            seen = self.probes.classify(images, foregrounds)
             out["prompt_acc"] = np.array([prompt_accuracy(p, labels) for p, labels in zip(prompts, seen)])
-        return out
+        return identity, out
 
 
 def prompt_accuracy(prompt: str, seen: dict[str, str]) -> float:

@@ -78,8 +78,7 @@ def _score_group(evaluator: Evaluator, group: Group, items: list[Mapping[str, An
     images = [decode_image(item["image"], mode="RGB") for item in items]
     chars = [item["character_id"] for item in items]
     prompts = [item["prompt"] for item in items]
-    identity = evaluator.identity(images)
-    scores = evaluator.score(images, identity, chars, prompts, refs)
+    identity, scores = evaluator.measure(images, chars, prompts, refs)
     rows = []
     for i, item in enumerate(items):
         where = dict(generation_id=item["generation_id"], character_id=chars[i],
@@ -147,7 +146,7 @@ def _standardized_rows(evaluator: Evaluator, items: list[Mapping[str, Any]],
         return []
     chars = sorted(first)
     images = [decode_image(first[c], mode="RGB") for c in chars]
-    scores = evaluator.score(images, evaluator.identity(images), chars, None, refs)
+    _, scores = evaluator.measure(images, chars, None, refs)
     rows = [evaluation_row(test_set, group, "standardized", metric, values[i], 1, evaluator.details,
                            character_id=c, domain=references[c].domain)
             for metric, values in scores.items() for i, c in enumerate(chars)]
