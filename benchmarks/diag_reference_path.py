@@ -4,12 +4,14 @@ character's, and the adapter off, on the same noise and timesteps (the search in
     python benchmarks/diag_reference_path.py --lake lake-small --mode paired_one_stage --lr 1e-2 --tokens 4 --steps 400
     python benchmarks/diag_reference_path.py --lake lake-small --mode unpaired --joint --lr 3e-4 --steps 400
     python benchmarks/diag_reference_path.py --lake lake-small --mode unpaired --train-encoder --steps 300 --overfit 64
+    python benchmarks/diag_reference_path.py --lake lake-small --mode unpaired --pixel-tokens --steps 300 --overfit 16 [--joint]
 
 Trains one adapter on the lake's trained base (`serialgen train-base`) for ``--steps`` and scores 256 pairs of
 the validation half of the held-out characters, over all timesteps and over the noisier half alone (where the
 reference has to decide what is drawn). Diagnostics outside the method: ``--joint`` also trains every UNet
 weight (IP-Adapter keeps the base frozen); ``--train-encoder`` also trains the image encoder (references go in as
-pixels); ``--overfit N`` trains on N train images and scores those same images, each with itself as reference
+pixels); ``--pixel-tokens`` replaces the encoder by tokens that hold the reference's pixels and their positions;
+``--overfit N`` trains on N train images and scores those same images, each with itself as reference
 (``--mode unpaired``): can the path carry anything at all?
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -41,8 +44,8 @@ from serialgen.training.personalizer import Personalizer, diffusion_loss, train_
 from serialgen.training.synthetic_pairs import MODES, source_images, training_pairs  # noqa: E402
 
 
-class JointPersonalizer(Personalizer):
-    """The adapter and every UNet weight train (diagnostic only)."""
+class JointTraining:
+    """Mixed into a personalizer: the adapter and every UNet weight train (diagnostic only)."""
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         adapter = {id(p) for p in self.adapter.parameters()}
@@ -66,6 +69,37 @@ class EncoderPersonalizer(Personalizer):
         return (output.hidden_states[-2] if self.adapter.full else output.image_embeds)[:, None]
 
 
+class PixelTokenPersonalizer(Personalizer):
+    """References as tokens that carry everything: each 4 x 4 patch of the reference's pixels (a fixed random
+    projection to 16 numbers) beside 16 sinusoidal numbers of its position; 384 tokens at 64 x 96 (diagnostic only:
+    is the encoder what limits the adapter?). Dropped references keep the positions and lose the pixels."""
+
+    def reference_embeds(self, batch: dict, keep: torch.Tensor | None) -> torch.Tensor:
+        embeds = batch["image_embeds"]
+        if keep is None:
+            return embeds
+        pixels_kept = torch.cat([keep[:, None].float().expand(-1, PIXEL_DIMS), torch.ones(len(keep), POSITION_DIMS)], 1)
+        return embeds * pixels_kept[:, None, None, :]
+
+
+PIXEL_DIMS = POSITION_DIMS = 16
+
+
+def pixel_tokens(images: list) -> torch.Tensor:
+    """(N, 1, H/4 * W/4, 32) tokens of HxWx3 uint8 images (:class:`PixelTokenPersonalizer`)."""
+    pixels = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 127.5 - 1 for i in images])
+    patches = F.pixel_unshuffle(pixels, 4).flatten(2).transpose(1, 2)              # (N, H/4 * W/4, 48)
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.linalg.qr(torch.randn(patches.shape[-1], patches.shape[-1], generator=generator))[0]
+    rows, cols = pixels.shape[2] // 4, pixels.shape[3] // 4
+    y, x = (t.flatten()[:, None].float() for t in torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"))
+    frequencies = torch.tensor([1.0, 2.0, 4.0, 8.0]) * math.pi
+    position = torch.cat([torch.sin(y / rows * frequencies), torch.cos(y / rows * frequencies),
+                          torch.sin(x / cols * frequencies), torch.cos(x / cols * frequencies)], 1)
+    tokens = torch.cat([3 * patches @ projection[:, :PIXEL_DIMS], position.expand(len(images), -1, -1)], 2)
+    return tokens[:, None]
+
+
 def squares(images: list) -> torch.Tensor:
     return torch.stack([torch.from_numpy(pad_to_white_square(i)).permute(2, 0, 1).contiguous() for i in images])
 
@@ -79,6 +113,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--joint", action="store_true")
     parser.add_argument("--train-encoder", action="store_true")
+    parser.add_argument("--pixel-tokens", action="store_true")
     parser.add_argument("--overfit", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -93,7 +128,9 @@ def main() -> None:
     if args.overfit:
         train = held = train[:args.overfit]
     parts = load_sdxl_parts(*sdxl_folders(settings))
-    kind = JointPersonalizer if args.joint else EncoderPersonalizer if args.train_encoder else Personalizer
+    kind = EncoderPersonalizer if args.train_encoder else PixelTokenPersonalizer if args.pixel_tokens else Personalizer
+    if args.joint:
+        kind = type("Joint" + kind.__name__, (JointTraining, kind), {})
     model = kind(parts, args.tokens)
     if args.joint:
         model.unet.requires_grad_(True).train()
@@ -102,6 +139,8 @@ def main() -> None:
     processor = reference_processor(parts.image_encoder.config)
 
     def encode(shown: list) -> torch.Tensor:
+        if args.pixel_tokens:
+            return pixel_tokens(shown)
         return squares(shown) if args.train_encoder else embed_images(model.image_encoder, processor, shown,
                                                                       model.adapter.full)
 
