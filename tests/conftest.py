@@ -87,6 +87,14 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def prefect_api(prefect_harness) -> str:
+    """The session's Prefect API URL, for `serialgen` subprocesses that need not start a temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the session, sized for a 2-core machine."""

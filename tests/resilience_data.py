@@ -96,11 +96,13 @@ def cli_command(lake: str, config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "serialgen.cli", "--lake", lake, "--config", str(config), *args]
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(prefect_api: str | None = None) -> dict[str, str]:
     """This environment without SERIALGEN_* and PREFECT_* variables (the config file and flags decide),
-    analytics off: what a `serialgen` subprocess of a test runs with."""
+    analytics off: what a `serialgen` subprocess of a test runs with. With ``prefect_api`` the command uses that
+    running Prefect server (the session's) instead of starting and stopping a temporary one of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERIALGEN_", "PREFECT_"))}
-    return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    api = {"PREFECT_API_URL": prefect_api} if prefect_api else {}
+    return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **api}
 
 
 #: The object Lance writes last in a commit (a conditional PUT): the new version's manifest.
@@ -132,10 +134,11 @@ class CommitKillingProxy:
         """``storage_options`` with the endpoint replaced by this proxy."""
         return {**storage_options, "aws_endpoint": self.endpoint}
 
-    def run_until_killed(self, command: list[str], table: str, commit: int, timeout: float = 300) -> None:
-        """Run ``command`` (a `serialgen` command line, in its own process group) until this proxy SIGKILLs
-        the group at the PUT of ``table``'s ``commit``-th manifest; fails if the command ends first."""
-        proc = subprocess.Popen(command, env=cli_env(), start_new_session=True,
+    def run_until_killed(self, command: list[str], table: str, commit: int, env: Mapping[str, str],
+                         timeout: float = 300) -> None:
+        """Run ``command`` (a `serialgen` command line, in its own process group, with ``env``) until this proxy
+        SIGKILLs the group at the PUT of ``table``'s ``commit``-th manifest; fails if the command ends first."""
+        proc = subprocess.Popen(command, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._plan = (table, commit, proc.pid)
         try:
@@ -226,15 +229,16 @@ class KilledInsideCommit:
 
 
 def kill_inside_commit_then_rerun(endpoint: str, lake: Lake, sections: Mapping, config: Path, stage: str,
-                                  table: str, commit: int) -> KilledInsideCommit:
+                                  table: str, commit: int, prefect_api: str | None = None) -> KilledInsideCommit:
     """``serialgen STAGE`` on ``lake`` (an S3 lake at ``endpoint``) with ``sections`` written to ``config``, killed at
-    ``table``'s ``commit``-th manifest PUT (:class:`CommitKillingProxy`), then run again to the end."""
+    ``table``'s ``commit``-th manifest PUT (:class:`CommitKillingProxy`), then run again to the end (both runs on
+    the Prefect server at ``prefect_api`` when given, see :func:`cli_env`)."""
     with CommitKillingProxy(endpoint) as proxy:
         config.write_text(yaml.safe_dump({"storage_options": proxy.options(lake.storage_options), **sections}))
         command = cli_command(lake.uri, config, stage)
-        proxy.run_until_killed(command, table, commit)
+        proxy.run_until_killed(command, table, commit, cli_env(prefect_api))
         state = (lake.count(table), lake.version(table), uncommitted_data_files(lake, table))
-        rerun = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+        rerun = subprocess.run(command, env=cli_env(prefect_api), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return KilledInsideCommit(*state, rerun)
 

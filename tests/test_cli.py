@@ -54,8 +54,8 @@ def test_unreadable_config_file(tmp_path):
 @pytest.mark.slow
 def test_user_error_inside_a_flow_is_one_line_without_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALGEN_")}
-    proc = subprocess.run([sys.executable, "-m", "serialgen.cli", "--lake", str(tmp_path / "empty"),
-                           "train-standardizer"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "serialgen.cli", "--lake", str(tmp_path / "empty"), "render"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert "error: no `pairs` table in lake" in proc.stderr
+    assert "error: render: no `characters` rows with status = 'accepted' in lake" in proc.stderr

@@ -26,6 +26,7 @@ from personalizer_data import make_real_and_standardized
 from render_data import character_glbs, fill_lake
 from resilience_data import (
     TINY,
+    cli_env,
     kill,
     kill_inside_commit_then_rerun,
     planned_keys,
@@ -132,7 +133,8 @@ def test_composite_worker_killed_mid_run_every_pair_once(tmp_path, ray_local):
 
 
 @pytest.mark.slow
-def test_composite_killed_inside_a_pairs_commit_then_rerun_gives_each_planned_pair_once(tmp_path, s3_server):
+def test_composite_killed_inside_a_pairs_commit_then_rerun_gives_each_planned_pair_once(tmp_path, s3_server,
+                                                                                        prefect_api):
     """`serialgen composite` on an S3 lake, SIGKILLed with its Ray at the manifest PUT of its third `pairs`
     commit (the table's creation, one committed block of pairs, then this one: its data file and transaction
     uploaded, its manifest never sent). The rerun composites exactly the missing pairs."""
@@ -143,7 +145,7 @@ def test_composite_killed_inside_a_pairs_commit_then_rerun_gives_each_planned_pa
     expected = {make_pair_id(c, p, v, 0) for c, p, v in table_keys(lake, "renders")}
     sections = {"ray": {"num_cpus": 2}, "composite": {"backgrounds_procedural": 2, "batch_size": 1, "write_rows": 1}}
     killed = kill_inside_commit_then_rerun(endpoint, lake, sections, tmp_path / "composite.yaml", "composite",
-                                           "pairs", commit=3)
+                                           "pairs", commit=3, prefect_api=prefect_api)
     keys = [k for (k,) in table_keys(lake, "pairs")]
     show("composite: the driver SIGKILLed inside its third `pairs` commit (S3 lake), then rerun", {
         "pairs version at the kill": (2, killed.version), "pairs at the kill": ("1 .. 11", killed.rows),
@@ -238,13 +240,13 @@ def test_renders_table_of_an_older_schema_is_refused_by_name_and_left_untouched(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path, tiny_sdxl):
+def test_personalizer_training_killed_then_rerun_resumes_to_the_planned_step(tmp_path, tiny_sdxl, prefect_api):
     """SIGKILL `serialgen train-personalizer` after its first checkpoint; the rerun resumes from it (not from 0)
     and ends at the planned step with every personalizer pair stored once."""
     lake_dir = tmp_path / "lake"
     settings = load_settings(lake=str(lake_dir))
     make_real_and_standardized(settings.open_lake())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERIALGEN_")}
+    env = cli_env(prefect_api)
     env.update(SERIALGEN_PERSONALIZER__STEPS="16", SERIALGEN_PERSONALIZER__CHECKPOINT_EVERY="2",
                SERIALGEN_PERSONALIZER__BATCH_SIZE="2", SERIALGEN_PERSONALIZER__MODEL_DIR=str(tiny_sdxl[0]),
                SERIALGEN_PERSONALIZER__IMAGE_ENCODER_DIR=str(tiny_sdxl[1]))

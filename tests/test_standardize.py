@@ -138,7 +138,8 @@ def test_standardize_actor_killed_mid_run_each_image_once(tiny_preprocessors, tm
 
 
 @pytest.mark.slow
-def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tiny_preprocessors, tmp_path, s3_server):
+def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tiny_preprocessors, tmp_path, s3_server,
+                                                                            prefect_api):
     """`serialgen standardize` on an S3 lake, SIGKILLed with its Ray at the manifest PUT of its third
     `standardized` commit (the table's creation, one committed block of rows, then this one: its data file and
     transaction uploaded, its manifest never sent). The rerun standardizes exactly the missing images."""
@@ -154,7 +155,7 @@ def test_standardize_killed_inside_a_commit_then_rerun_gives_each_image_once(tin
     lake = settings.open_lake()
     planned = set(lake.read("real_images", columns=["image_id"]).column("image_id").to_pylist())
     killed = kill_inside_commit_then_rerun(endpoint, lake, sections, tmp_path / "standardize.yaml", "standardize",
-                                           "standardized", commit=3)
+                                           "standardized", commit=3, prefect_api=prefect_api)
     rows = lake.read("standardized", columns=["image_id", "model_version"]).to_pylist()
     keys = [r["image_id"] for r in rows]
     show("standardize: the driver SIGKILLed inside its third `standardized` commit (S3 lake), then rerun", {
