@@ -170,7 +170,7 @@ def test_a_process_worker_runs_a_deployment_from_prefect_yaml_on_the_runs_lake(p
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
     home, elsewhere = tmp_path / "prefect-home", tmp_path / "worker-cwd"
     elsewhere.mkdir()
-    env = {**cli_env(), "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
+    env = {**cli_env(PREFECT_API_URL.value()), "PREFECT_HOME": str(home)}
     worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "serialgen-process",
                              "--work-queue", QUEUE, "--run-once"],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
