@@ -19,16 +19,16 @@ from serialgen.compositing.pairs import make_pair_id
 from serialgen.dag import topological
 from serialgen.storage import Lake
 
-#: The demo's shape at smaller sizes: 10 characters (2 held out), 1 pose each, few steps everywhere.
+#: The demo's shape at smaller sizes: 10 characters (2 held out), 1 pose each, few steps everywhere (sampling too).
 SMALL = {
     "assets": {"procedural_characters": 10, "motion_variants": 1},
     "render": {"poses_per_character": 1, "views_per_pose": 1, "samples": 2, "chunk_size": 1, "workers": 1},
     "composite": {"backgrounds_procedural": 2},
-    "standardizer": {"steps": 4, "validation_pairs": 1, "checkpoint_every": 2, "num_workers": 0},
+    "standardizer": {"steps": 4, "validation_pairs": 1, "checkpoint_every": 2, "num_workers": 0, "inference_steps": 2},
     "preprocessing": {"mask_steps": 4, "pose_steps": 4, "detector_steps": 4},
     "probes": {"identity_steps": 4, "attribute_steps": 4},
     "ingest": {"procedural_images": 8},
-    "personalizer": {"steps": 2, "batch_size": 2},
+    "personalizer": {"steps": 2, "batch_size": 2, "inference_steps": 2},
     "base_model": {"steps": 2, "batch_size": 2},
     "ray": {"num_cpus": 2},
 }
