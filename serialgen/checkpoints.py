@@ -99,6 +99,29 @@ def sdxl_folders(settings: Settings) -> tuple[Path | None, Path | None]:
     return cfg.model_dir or model / "base", cfg.image_encoder_dir or model / "image_encoder"
 
 
+def base_adapter_dir(settings: Settings) -> Path:
+    """Where `train-base` exports the adapter it trained with the base (when ``base_model.image_path``)."""
+    return base_model_dir(settings) / "model" / "ip_adapter"
+
+
+def initial_adapter(settings: Settings) -> Path | None:
+    """The exported adapter a personalizer starts from: ``personalizer.init_adapter``; unset, in the offline
+    profiles on the pipeline's own base, the one `train-base` trained with it (if any); else None (from scratch)."""
+    from serialgen.models.ip_adapter import WEIGHTS_NAME
+
+    cfg = settings.personalizer
+    if cfg.init_adapter is not None:
+        path = Path(cfg.init_adapter).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"personalizer.init_adapter: no adapter file {path} (an exported "
+                                    f"{WEIGHTS_NAME} in the stock IP-Adapter layout)")
+        return path
+    if settings.profile not in OFFLINE_PROFILES or cfg.model_dir is not None:
+        return None
+    path = base_adapter_dir(settings) / WEIGHTS_NAME
+    return path if path.is_file() else None
+
+
 def _checkpoints_dir(settings: Settings, configured: Path | None, setting: str) -> Path:
     return Path(configured).expanduser() if configured is not None else lake_folder(settings, setting, CHECKPOINTS)
 

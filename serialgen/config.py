@@ -247,6 +247,9 @@ class PersonalizerSettings(Section):
     height: int = 96
     mode: Literal["two_stage", "paired_one_stage", "unpaired"] = "two_stage"  # training pairs (paper Table 2)
     image_tokens: int = 257             # 257 = every encoder token ("full" layout); other N: N tokens (Fig. 13)
+    # An exported IP-Adapter (stock layout, the same image_tokens) the adapter starts from, as the paper starts
+    # from a released one. Offline profiles, None: the adapter `train-base` trained with its base, if it has one.
+    init_adapter: Path | None = None
     standardizer_version: str | None = None  # `standardized` rows used by two_stage; None: the newest version
     steps: int = 40
     batch_size: int = 2
@@ -298,6 +301,12 @@ class BaseModelSettings(Section):
     appearance_share: float = Field(0.5, ge=0.0, le=1.0)
     high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where captions decide)
     noise_offset: float = 0.0
+    # An image path trained with the UNet from the start (an IP-Adapter of personalizer.image_tokens, each image
+    # given another image of its character): with the base frozen after training, an adapter alone could not
+    # open one (docs/personalizer_table2.md, "Session 5"). Exported beside the base; the personalizer starts from it.
+    image_path: bool = True
+    image_dropout: float = 0.2          # references dropped (the unconditional image): text-only generation
+    both_dropout: float = 0.05          # text and reference dropped together (guidance on both)
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float | None = None

@@ -13,7 +13,7 @@ from serialgen.synthetic.labelled import labelled_images
 from serialgen.synthetic.character_spec import sample_spec
 from serialgen.synthetic.vocabulary import PHRASES, appearance, background_label, caption, colour_name, framing_label
 from serialgen.training.captioned import CaptionedImage, captioned
-from serialgen.training.synthetic_pairs import source_images, training_pairs
+from serialgen.training.synthetic_pairs import same_character_references, source_images, training_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL_UNET = dict(channels=(16, 32), patch_size=4)
@@ -107,6 +107,15 @@ def test_the_paired_modes_share_targets_and_one_source_image_per_character():
         training_pairs(images, "zero_shot")
 
 
+def test_the_base_image_path_gives_each_image_another_image_of_its_character():
+    images = [_captioned(c, f"{kind}/{c}{k}", kind) for c in "ab" for k in range(3) for kind in ("render", "pair")]
+    images.append(_captioned("c", "render/c0", "render"))          # alone with its character: its own reference
+    references = same_character_references(images)
+    assert [images[r].character_id for r in references] == [i.character_id for i in images]
+    assert all(r != i for i, r in enumerate(references[:12])) and references[12] == 12
+    assert sorted(references[:6]) == list(range(6)) and sorted(references[6:12]) == list(range(6, 12))  # a cycle
+
+
 def test_pixel_space_base_runs_in_stock_sdxl_and_round_trips_through_the_loader(tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
@@ -155,11 +164,15 @@ def test_adapter_output_follows_the_reference_and_only_through_the_image_tokens(
 
 @pytest.mark.slow
 def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(synthetic_lake):
+    from safetensors.torch import load_file
+
+    from serialgen.checkpoints import initial_adapter
     from serialgen.compositing.split import split_of
     from serialgen.dag import should_run
     from serialgen.stages.train_base import held_out_losses, run_train_base
     from serialgen.training.base_model import BaseModel
     from serialgen.training.captioned import CaptionedImages, captioned
+    from serialgen.training.personalizer import Personalizer
 
     settings = synthetic_lake.model_copy(update={"base_model": synthetic_lake.base_model.model_copy(update={
         "channels": (16, 32), "steps": 40, "batch_size": 8, "learning_rate": 3e-3})})
@@ -177,3 +190,15 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
                              torch.stack([i.pixels for i in images]), settings.base_model.seed)
     assert held_out["caption"] < 0.5 * before["caption"]
     assert should_run(settings, "train-base")[0] is False
+    # the image path trained with the UNet: exported beside a text-only base, scored with own/other references,
+    # and the adapter every personalizer of this base starts from
+    assert settings.base_model.image_path and parts.unet.config.encoder_hid_dim_type is None
+    assert {"caption_and_reference", "caption_and_other_character"} <= set(held_out)
+    exported = initial_adapter(settings)
+    assert exported == report.folder / "model" / "ip_adapter" / "ip_adapter.safetensors"
+    started = Personalizer(parts, settings.personalizer.image_tokens, seed=1, init=exported).adapter.export_state_dict()
+    weights = load_file(str(exported))
+    assert started.keys() == weights.keys() and all(torch.equal(started[k], weights[k]) for k in weights)
+    fresh = Personalizer(load_sdxl_parts(report.folder / "model" / "base", report.folder / "model" / "image_encoder"),
+                         settings.personalizer.image_tokens, seed=1).adapter.export_state_dict()
+    assert not torch.equal(fresh["image_proj.proj.0.weight"], weights["image_proj.proj.0.weight"])

@@ -121,6 +121,14 @@ def install_ip_adapter(unet, encoder_config, tokens: int = 257, seed: int = 0) -
     return adapter
 
 
+def remove_ip_adapter(unet) -> None:
+    """Take an installed adapter out of ``unet`` (in place): plain attention processors, no image projection,
+    as stock ``unload_ip_adapter`` leaves it, so the UNet saves and loads as a text-only SDXL UNet."""
+    unet.set_attn_processor(AttnProcessor2_0())
+    unet.encoder_hid_proj = None
+    unet.config.encoder_hid_dim_type = None
+
+
 def load_ip_adapter_weights(unet, encoder_config, path: Path) -> IPAdapter:
     """Install an adapter whose layout and token count are read from an exported ``path`` and load it."""
     from safetensors.torch import load_file

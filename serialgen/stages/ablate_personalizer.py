@@ -8,8 +8,9 @@ probes (`train-probes`) and the mask model (`train-preprocessors`). Trains one a
 :data:`PROMPTS` and two seeds per row, and writes ``table2.md``, ``table2_grid.png``, `evaluations` rows
 (stage ``personalized``, domain ``synthetic``) and one `runs` row.
 
-Rows: the three modes; two controls on the two-stage adapter (adapter off: the base model alone; shuffled
-reference: another scored character's standardized reference), and an oracle row (the two-stage adapter
+Rows: the three modes; two controls on the two-stage adapter (no reference: the unconditional image, what
+the adapter learned for "no image"; shuffled reference: another scored character's standardized reference),
+and an oracle row (the two-stage adapter
 given the character's rendered standard view instead of the standardizer's output).
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serialgen.checkpoints import content_version, personalizer_dir, probes_dir, sdxl_folders
+from serialgen.checkpoints import content_version, initial_adapter, personalizer_dir, probes_dir, sdxl_folders
 from serialgen.compositing.split import SCORED, VALIDATION, held_out_role, split_of
 from serialgen.config import Settings
 from serialgen.dag import config_hash
@@ -47,7 +48,7 @@ STAGE = "ablate-personalizer"
 INPUTS = ["renders", "pairs", "standards", "poses", "motions", "backgrounds"]
 SEEDS = (0, 1)
 LABELS = {"two_stage": "two-stage (standardized reference)", "paired_one_stage": "paired one-stage",
-          "unpaired": "unpaired one-stage", "adapter_off": "control: adapter off (base model)",
+          "unpaired": "unpaired one-stage", "no_reference": "control: no reference (the unconditional image)",
           "shuffled": "control: shuffled reference (two-stage)",
           "oracle": "oracle: two-stage given the rendered standard view"}
 
@@ -102,11 +103,12 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         standardized = _standardize(settings, lake, standardizer_dir, sources)
         log(f"{STAGE}: {len(train)} train images, {len(scored_ids)} scored characters; "
             f"{len(standardized)} sources standardized")
+        init = initial_adapter(settings)
         base_version = content_version(base_dir)
         adapters, train_metrics = {}, {}
         for mode in modes:
             start = time.perf_counter()
-            model = Personalizer(load_sdxl_parts(base_dir, encoder_dir), cfg.image_tokens, cfg.seed)
+            model = Personalizer(load_sdxl_parts(base_dir, encoder_dir), cfg.image_tokens, cfg.seed, init)
             processor = reference_processor(model.image_encoder.config)
             targets, references = training_pairs(train, mode)
             data = with_references(
@@ -115,6 +117,7 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
                 (lambda r: standardized[train[r].key]) if mode == "two_stage" else None)
             folder = out_dir / mode
             prepare_run_folder(folder, {"mode": mode, "image_tokens": cfg.image_tokens, "base": base_version,
+                                        "init_adapter": content_version(init) if init is not None else None,
                                         "standardizer": str(standardizer_dir)}, dict(run.inputs), True,
                                training_recipe(cfg))
             result = train_personalizer(model, data, cfg.model_copy(update={"num_workers": 0}), folder)
@@ -129,16 +132,17 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         raw = {c: sources[c].rgb() for c in scored_ids}
         std = {c: standardized[sources[c].key] for c in scored_ids}
         shuffled = {c: std[scored_ids[(k + 1) % len(scored_ids)]] for k, c in enumerate(scored_ids)}
-        plan = {"two_stage": ("two_stage", std, 1.0), "paired_one_stage": ("paired_one_stage", raw, 1.0),
-                "unpaired": ("unpaired", raw, 1.0), "adapter_off": ("two_stage", std, 0.0),
-                "shuffled": ("two_stage", shuffled, 1.0),
-                "oracle": ("two_stage", standards, 1.0)}
+        # row -> (adapter, the references scored against, whether the adapter is given them)
+        plan = {"two_stage": ("two_stage", std, True), "paired_one_stage": ("paired_one_stage", raw, True),
+                "unpaired": ("unpaired", raw, True), "no_reference": ("two_stage", std, False),
+                "shuffled": ("two_stage", shuffled, True),
+                "oracle": ("two_stage", standards, True)}
         rows = []
-        for name, (mode, references, scale) in plan.items():
+        for name, (mode, references, given) in plan.items():
             if mode not in adapters:
                 continue
             start = time.perf_counter()
-            outputs = _generate(name, adapters[mode], base_dir, encoder_dir, references, settings, scale)
+            outputs = _generate(name, adapters[mode], base_dir, encoder_dir, references, settings, given)
             rows.append(score(outputs, probes, mask_fn, standards))
             log(f"{STAGE}: {name}: {len(outputs.images)} outputs in {time.perf_counter() - start:.0f} s")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,17 +194,19 @@ def _standardize(settings: Settings, lake, model_dir: Path, sources: dict[str, C
 
 
 def _generate(name: str, adapter: Path, base_dir: Path, encoder_dir: Path, references: dict[str, np.ndarray],
-              settings: Settings, scale: float) -> Outputs:
-    """Every character's :data:`PROMPTS` x :data:`SEEDS`, one batch per character (one reference per batch)."""
+              settings: Settings, given: bool = True) -> Outputs:
+    """Every character's :data:`PROMPTS` x :data:`SEEDS`, one batch per character (one reference per batch);
+    ``given`` False: the adapter gets the unconditional image instead (the outputs keep ``references`` to be
+    scored against)."""
     cfg = settings.personalizer
     pipeline = PersonalizationPipeline(load_sdxl_parts(base_dir, encoder_dir), adapter, _device())
     items = [(c, p, s) for c in sorted(references) for s in SEEDS for p in PROMPTS]
-    images = []
+    images, nothing = [], pipeline.unconditional()
     for character in sorted(references):
         mine = [(p, s) for c, p, s in items if c == character]
-        images += pipeline.generate_batch([p for p, _ in mine], pipeline.embed([references[character]]),
-                                          [s for _, s in mine], scale, cfg.height, cfg.width, cfg.inference_steps,
-                                          cfg.guidance_scale)
+        embeds = pipeline.embed([references[character]]) if given else torch.cat([nothing, nothing])
+        images += pipeline.generate_batch([p for p, _ in mine], embeds, [s for _, s in mine], 1.0, cfg.height,
+                                          cfg.width, cfg.inference_steps, cfg.guidance_scale)
     return Outputs(name, [c for c, _, _ in items], [p for _, p, _ in items], [s for _, _, s in items], images,
                    [references[c] for c, _, _ in items])
 

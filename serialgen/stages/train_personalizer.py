@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from serialgen.checkpoints import content_version, personalizer_dir, sdxl_folders
+from serialgen.checkpoints import content_version, initial_adapter, personalizer_dir, sdxl_folders
 from serialgen.config import ConfigError, Settings
 from serialgen.dag import OFFLINE_PROFILES, config_hash
 from serialgen.models.ip_adapter import WEIGHTS_NAME, reference_processor, save_adapter
@@ -72,6 +72,7 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
     lake = settings.open_lake()
     output_dir = personalizer_dir(settings)
     model_dir, encoder_dir = sdxl_folders(settings)
+    init = initial_adapter(settings)
     parts = load_sdxl_parts(model_dir, encoder_dir)
     accelerator = make_accelerator(cfg, output_dir)
     inputs = MODE_INPUTS[cfg.mode]
@@ -92,7 +93,8 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
             run.outputs = ["personalizer_pairs"]
             model = {"profile": settings.profile, **cfg.model_dump(mode="json", include=set(MODEL_FIELDS)),
                      # a base the pipeline trained: a new one makes the adapter's folder another model's
-                     "base_version": content_version(model_dir) if settings.profile in OFFLINE_PROFILES else None}
+                     "base_version": content_version(model_dir) if settings.profile in OFFLINE_PROFILES else None,
+                     "init_adapter": content_version(init) if init is not None else None}
             recipe = training_recipe(cfg)
             prepare_run_folder(output_dir, model, dict(run.inputs), resume, recipe)
         accelerator.wait_for_everyone()
@@ -104,7 +106,7 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
         if len(train_data) == 0:
             raise FileNotFoundError(f"no train-split {cfg.mode} pairs in lake {settings.lake}: "
                                     "ingest more real images (`serialgen ingest-real`)")
-        model = Personalizer(parts, cfg.image_tokens, cfg.seed)
+        model = Personalizer(parts, cfg.image_tokens, cfg.seed, init)
         result = train_personalizer(model, train_data, cfg, output_dir, resume=resume, stop_at=stop_at,
                                     accelerator=accelerator)
         trained = base = None

@@ -1,5 +1,9 @@
 """Training the personalizer's base text-to-image model from scratch (offline profiles): the UNet of a
-pixel-space SDXL-shaped model learns the captioned train split; the text encoders stay as built.
+pixel-space SDXL-shaped model learns the captioned train split; the text encoders stay as built. With an
+image path (``base_model.image_path``) an IP-Adapter is installed from the start and trains with the UNet,
+each image given another image of its character as reference: a from-scratch base otherwise learns to
+ignore its cross-attention, and a frozen base then gives an adapter nothing to steer
+(docs/personalizer_table2.md). The personalizer's adapters start from that one.
 
 Same loop as the other models (:func:`serialgen.training.loop.fit`: accelerate, exact resume, EMA,
 TensorBoard), the personalizer's loss without an adapter (captions dropped with ``text_dropout`` for
@@ -21,10 +25,13 @@ from serialgen.training.personalizer import TextToImage, fit_diffusion
 
 
 class BaseModel(TextToImage):
-    """SDXL's parts with a trainable UNet."""
+    """SDXL's parts with a trainable UNet, and with ``image_tokens`` an IP-Adapter inside it (trained too:
+    the adapter's modules are UNet submodules)."""
 
-    def __init__(self, parts: SDXLParts) -> None:
+    def __init__(self, parts: SDXLParts, image_tokens: int | None = None, seed: int = 0) -> None:
         super().__init__(parts)
+        if image_tokens is not None:
+            self.install_adapter(image_tokens, seed)
         self.unet.requires_grad_(True).train()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -47,7 +54,7 @@ def train_base_model(model: BaseModel, train_data: Dataset, cfg: BaseModelSettin
 
 
 def _register_checkpoint_hooks(accelerator: Accelerator) -> None:
-    """Checkpoints hold the UNet alone, never the frozen encoders."""
+    """Checkpoints hold the UNet alone (with its adapter, if any), never the frozen encoders."""
     from safetensors.torch import load_file, save_file
 
     def save(models, weights, folder):

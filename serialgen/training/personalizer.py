@@ -28,8 +28,9 @@ from serialgen.training.loop import LoopTimes, fit, make_accelerator
 
 
 class TextToImage(nn.Module):
-    """SDXL's parts with its conditioning (both text encoders, size/crop micro-conditioning), frozen; the
-    base-model trainer unfreezes the UNet, :class:`Personalizer` adds the adapter."""
+    """SDXL's parts with its conditioning (both text encoders, size/crop micro-conditioning), frozen, and an
+    optional IP-Adapter (``adapter``): :class:`Personalizer` trains the adapter alone, the base-model trainer
+    the UNet (with the adapter inside it, when the base learns an image path)."""
 
     def __init__(self, parts: SDXLParts) -> None:
         super().__init__()
@@ -38,8 +39,40 @@ class TextToImage(nn.Module):
         self.image_encoder = parts.image_encoder
         self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
         self.scheduler_config = parts.scheduler_config
+        self.adapter: IPAdapter | None = None
         for module in parts.frozen_modules().values():
             module.requires_grad_(False).eval()
+
+    def install_adapter(self, image_tokens: int, seed: int, init: Path | None = None) -> IPAdapter:
+        """Put an IP-Adapter into the UNet: drawn from ``seed``, or the exported weights ``init`` (a file
+        in the stock layout, e.g. the one `train-base` trained with its base) when given."""
+        self.adapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
+        if init is not None:
+            from safetensors.torch import load_file
+
+            try:
+                self.adapter.load_export_state_dict(load_file(str(init)))
+            except (KeyError, RuntimeError) as exc:
+                raise ValueError(f"{init}: not an adapter of {image_tokens} image tokens for this base "
+                                 f"(personalizer.image_tokens must match the file's): {exc}") from None
+        return self.adapter
+
+    @torch.no_grad()
+    def reference_embeds(self, batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tensor:
+        """The batch's image embeddings: encoded from ``reference_pixels``, or precomputed ones
+        (``image_embeds``, the frozen encoder's output); rows where ``keep`` is False get the
+        unconditional embedding (the encoder on zero pixels). A batch without references gets the
+        unconditional embedding in every row (text-only use of a base with an image path)."""
+        if "reference_pixels" in batch:
+            return encode_references(self.image_encoder, batch["reference_pixels"], self.adapter.full, keep)
+        zeros = torch.zeros(1, 3, self.image_encoder.config.image_size, self.image_encoder.config.image_size)
+        uncond = encode_references(self.image_encoder, zeros, self.adapter.full)
+        if "image_embeds" not in batch:
+            return uncond.expand(len(batch["pixel_values"]), *uncond.shape[1:])
+        embeds = batch["image_embeds"].to(self.image_encoder.device)
+        if keep is None:
+            return embeds
+        return torch.where(keep.to(embeds.device).view(-1, *[1] * (embeds.dim() - 1)), embeds, uncond.to(embeds))
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor,
                 pooled: torch.Tensor, time_ids: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,29 +102,15 @@ class TextToImage(nn.Module):
 
 
 class Personalizer(TextToImage):
-    """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter."""
+    """Frozen SDXL (UNet, VAE, both text encoders) and image encoder, plus the trainable IP-Adapter: drawn
+    from ``seed``, or starting from the exported adapter ``init``."""
 
-    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0) -> None:
+    def __init__(self, parts: SDXLParts, image_tokens: int = 257, seed: int = 0, init: Path | None = None) -> None:
         super().__init__(parts)
-        self.adapter: IPAdapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
-        self.adapter.requires_grad_(True).train()
+        self.install_adapter(image_tokens, seed, init).requires_grad_(True).train()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.adapter.parameters())
-
-    @torch.no_grad()
-    def reference_embeds(self, batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tensor:
-        """The batch's image embeddings: encoded from ``reference_pixels``, or precomputed ones
-        (``image_embeds``, the frozen encoder's output); rows where ``keep`` is False get the
-        unconditional embedding (the encoder on zero pixels)."""
-        if "reference_pixels" in batch:
-            return encode_references(self.image_encoder, batch["reference_pixels"], self.adapter.full, keep)
-        embeds = batch["image_embeds"].to(self.image_encoder.device)
-        if keep is None:
-            return embeds
-        zeros = torch.zeros(1, 3, self.image_encoder.config.image_size, self.image_encoder.config.image_size)
-        uncond = encode_references(self.image_encoder, zeros, self.adapter.full)
-        return torch.where(keep.to(embeds.device).view(-1, *[1] * (embeds.dim() - 1)), embeds, uncond.to(embeds))
 
 
 @dataclass
@@ -166,12 +185,12 @@ def dropout_masks(size: int, cfg: PersonalizerSettings, generator: torch.Generat
     return ~drop_text, ~drop_image
 
 
-def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, batch: dict[str, Any],
+def diffusion_loss(prepared: nn.Module, model: TextToImage, noise_scheduler, batch: dict[str, Any],
                    generator: torch.Generator, device: torch.device, cfg: PersonalizerSettings | None = None,
                    scale: float | None = None) -> torch.Tensor:
     """The epsilon / v / x0 MSE of one batch. Noise, timesteps and (with ``cfg``) CFG dropout come from
     ``generator``; without ``cfg`` nothing is dropped (evaluation). ``scale`` overrides the adapter scale.
-    Without an adapter (base-model training) the batch needs no references and only text is dropped."""
+    Without an adapter (a text-only base) the batch needs no references and only text is dropped."""
     latents = model.encode_latents(batch["pixel_values"], generator)
     size = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
@@ -186,7 +205,7 @@ def diffusion_loss(prepared: nn.Module, model: Personalizer, noise_scheduler, ba
         keep = keep_text.to(device)
         prompt_embeds = prompt_embeds * keep[:, None, None]
         pooled = pooled * keep[:, None]
-    image_embeds = model.reference_embeds(batch, keep_image) if isinstance(model, Personalizer) else None
+    image_embeds = model.reference_embeds(batch, keep_image) if model.adapter is not None else None
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     target = prediction_target(noise_scheduler, latents, noise, timesteps)
     if scale is not None:

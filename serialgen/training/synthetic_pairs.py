@@ -38,6 +38,21 @@ def source_images(images: Sequence[CaptionedImage]) -> dict[str, int]:
     return {character: i for character, (_, i) in best.items()}
 
 
+def same_character_references(images: Sequence[CaptionedImage]) -> list[int]:
+    """For each image, the index of another image of its character (the next one in a hash order of the
+    character's images, cyclic; an image alone with its character is its own): the base model's image path
+    learns who is drawn, not where, whatever the reference's framing, pose or background."""
+    by_character: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        by_character.setdefault(image.character_id, []).append(i)
+    out = [0] * len(images)
+    for members in by_character.values():
+        members.sort(key=lambda i: _rank(images[i].key))
+        for k, i in enumerate(members):
+            out[i] = members[(k + 1) % len(members)]
+    return out
+
+
 def training_pairs(images: Sequence[CaptionedImage], mode: str) -> tuple[list[int], list[int]]:
     """(target indices, reference indices) of ``mode``: for ``two_stage`` the reference index is the source
     image whose standardized version the adapter is given. Each character's source image is never a target
