@@ -332,7 +332,7 @@ def train_personalizer_command(
     """Train the IP-Adapter personalizer on SDXL (Prefect flow `train-personalizer`); multi-GPU: see README."""
     r = run_flow(ctx, "train_personalizer", "train_personalizer", mode=mode, resume=resume, steps=steps)
     console.print(f"{r['mode']}: trained to step {r['step']} (from {r['resumed_from']}) on {r['train_pairs']} pairs; "
-                  f"held-out loss {r['heldout_loss']} (adapter off: {r['heldout_loss_scale0']}); adapter: "
+                  f"held-out loss {r['heldout_loss']} (no reference: {r['heldout_loss_no_reference']}); adapter: "
                   f"{r['adapter_dir']}", highlight=False, soft_wrap=True)
 
 

@@ -49,7 +49,7 @@ class TrainPersonalizerReport:
     train_pairs: int
     test_pairs: int
     heldout_loss: float | None          # trained adapter, test split
-    heldout_loss_scale0: float | None   # same model, adapter off (plain SDXL), same noise and timesteps
+    heldout_loss_no_reference: float | None   # same model given the unconditional image, same noise and timesteps
     adapter_dir: Path | None
     checkpoint: Path | None
     data_share: float | None            # loader share of step time (first batch excluded)
@@ -114,8 +114,8 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
         if result.finished and accelerator.is_main_process:
             model.eval()
             trained = heldout_loss(model, test_data, cfg.eval_pairs, cfg.batch_size, cfg.seed)
-            base = heldout_loss(model, test_data, cfg.eval_pairs, cfg.batch_size, cfg.seed, scale=0.0)
-            metrics = {"heldout_loss": trained, "heldout_loss_scale0": base, "test_pairs": len(test_data),
+            base = heldout_loss(model, test_data, cfg.eval_pairs, cfg.batch_size, cfg.seed, references=False)
+            metrics = {"heldout_loss": trained, "heldout_loss_no_reference": base, "test_pairs": len(test_data),
                        "train_pairs": len(train_data), "final_train_loss": result.losses[-1] if result.losses else None}
             adapter_dir = output_dir
             _export(model, settings, output_dir, run.run_id, result.step, dict(run.inputs), metrics,
@@ -123,13 +123,13 @@ def run_train_personalizer(settings: Settings, resume: bool = True, stop_at: int
         report = TrainPersonalizerReport(
             run_id=run.run_id if run is not None else None, mode=cfg.mode, step=result.step,
             resumed_from=result.resumed_from, train_pairs=len(train_data), test_pairs=len(test_data),
-            heldout_loss=trained, heldout_loss_scale0=base, adapter_dir=adapter_dir, checkpoint=result.checkpoint,
+            heldout_loss=trained, heldout_loss_no_reference=base, adapter_dir=adapter_dir, checkpoint=result.checkpoint,
             data_share=result.data_share, step_seconds=_mean(result.step_times[1:]),
             data_seconds=_mean(result.data_times), losses=result.losses)
         if run is not None:
             run.metrics = {"mode": cfg.mode, "step": result.step, "resumed_from": result.resumed_from,
                            "train_pairs": len(train_data), "test_pairs": len(test_data),
-                           "heldout_loss": trained, "heldout_loss_scale0": base, "data_share": result.data_share,
+                           "heldout_loss": trained, "heldout_loss_no_reference": base, "data_share": result.data_share,
                            "final_loss": result.losses[-1] if result.losses else None,
                            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                            "dropout": {"text": cfg.text_dropout, "image": cfg.image_dropout, "both": cfg.both_dropout},
@@ -199,7 +199,7 @@ serialgen `train-personalizer` stage, run `{meta['run_id']}`, {meta['step']} ste
   learning rate {meta['learning_rate']}, EMA {meta['ema_decay']}; CFG dropout text / image / both
   {meta['dropout']['text']} / {meta['dropout']['image']} / {meta['dropout']['both']}
 - **Held-out denoising loss** (test split, same noise and timesteps): adapter {fmt(metrics['heldout_loss'])},
-  adapter off (scale 0) {fmt(metrics['heldout_loss_scale0'])}
+  no reference (the unconditional image) {fmt(metrics['heldout_loss_no_reference'])}
 
 ## Use with stock diffusers
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run_train_personalizer(settings, resume=not args.no_resume)
     if report.run_id is not None:
         print(json.dumps({"run_id": report.run_id, "step": report.step, "heldout_loss": report.heldout_loss,
-                          "heldout_loss_scale0": report.heldout_loss_scale0, "adapter": str(report.adapter_dir)}))
+                          "heldout_loss_no_reference": report.heldout_loss_no_reference, "adapter": str(report.adapter_dir)}))
 
 
 if __name__ == "__main__":

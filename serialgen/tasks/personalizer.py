@@ -30,7 +30,7 @@ def train_personalizer_task(settings: Settings, resume: bool = True) -> TrainPer
         {"metric": "resumed from step", "value": report.resumed_from},
         {"metric": "train / test pairs", "value": f"{report.train_pairs} / {report.test_pairs}"},
         {"metric": "held-out loss, adapter", "value": rounded(report.heldout_loss)},
-        {"metric": "held-out loss, adapter off (scale 0)", "value": rounded(report.heldout_loss_scale0)},
+        {"metric": "held-out loss, no reference (the unconditional image)", "value": rounded(report.heldout_loss_no_reference)},
         {"metric": "loader share of step time", "value": rounded(report.data_share)},
         {"metric": "adapter folder", "value": str(report.adapter_dir)},
     ])

@@ -220,10 +220,11 @@ def diffusion_loss(prepared: nn.Module, model: TextToImage, noise_scheduler, bat
 
 @torch.no_grad()
 def heldout_loss(model: Personalizer, data: Dataset, n: int, batch_size: int, seed: int = 0, scale: float = 1.0,
-                 shuffle_references: bool = False, repeats: int = 4) -> float | None:
+                 shuffle_references: bool = False, repeats: int = 4, references: bool = True) -> float | None:
     """Mean denoising loss on the first ``n`` held-out items, each with ``repeats`` fixed (noise,
     timestep) draws that depend only on ``seed`` and the item's position, so every model and scale
-    is scored on the same noise. ``shuffle_references`` pairs each target with another item's reference."""
+    is scored on the same noise. ``shuffle_references`` pairs each target with another item's reference;
+    ``references`` False gives every item the unconditional image (what the adapter learned for "no image")."""
     n = min(n, len(data))
     if n == 0:
         return None
@@ -231,8 +232,10 @@ def heldout_loss(model: Personalizer, data: Dataset, n: int, batch_size: int, se
     scheduler = model.training_scheduler()
     items = [data[i] for i in range(n)]
     if shuffle_references and n > 1:
-        references = [items[(i + 1) % n]["reference_pixels"] for i in range(n)]
-        items = [{**item, "reference_pixels": ref} for item, ref in zip(items, references)]
+        others = [items[(i + 1) % n]["reference_pixels"] for i in range(n)]
+        items = [{**item, "reference_pixels": ref} for item, ref in zip(items, others)]
+    if not references:
+        items = [{k: v for k, v in item.items() if k not in ("reference_pixels", "image_embeds")} for item in items]
     losses = []
     for repeat in range(repeats):
         for first in range(0, n, batch_size):
