@@ -302,9 +302,11 @@ class BaseModelSettings(Section):
     high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where captions decide)
     noise_offset: float = 0.0
     # An image path trained with the UNet from the start (an IP-Adapter of personalizer.image_tokens, each image
-    # given another image of its character): with the base frozen after training, an adapter alone could not
-    # open one (docs/personalizer_table2.md, "Session 5"). Exported beside the base; the personalizer starts from it.
-    image_path: bool = True
+    # given another image of its character), exported beside the base; the personalizer starts from it. Off by
+    # default: on the small lake (2,500 steps x 16) it carried nothing (held-out x0 loss with the character's
+    # reference 0.02552, another character's 0.02553, none 0.02548) and the base then used its captions less
+    # (caption vs none -0.8 %, text-only base -15 %; docs/personalizer_table2.md, "Session 6").
+    image_path: bool = False
     image_dropout: float = 0.2          # references dropped (the unconditional image): text-only generation
     both_dropout: float = 0.05          # text and reference dropped together (guidance on both)
     seed: int = 0

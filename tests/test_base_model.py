@@ -175,7 +175,7 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
     from serialgen.training.personalizer import Personalizer
 
     settings = synthetic_lake.model_copy(update={"base_model": synthetic_lake.base_model.model_copy(update={
-        "channels": (16, 32), "steps": 40, "batch_size": 8, "learning_rate": 3e-3})})
+        "channels": (16, 32), "steps": 40, "batch_size": 8, "learning_rate": 3e-3, "image_path": True})})
     report = run_train_base(settings)
     held_out = report.metrics["held_out"]
     parts = load_sdxl_parts(report.folder / "model" / "base", report.folder / "model" / "image_encoder")
@@ -192,7 +192,7 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
     assert should_run(settings, "train-base")[0] is False
     # the image path trained with the UNet: exported beside a text-only base, scored with own/other references,
     # and the adapter every personalizer of this base starts from
-    assert settings.base_model.image_path and parts.unet.config.encoder_hid_dim_type is None
+    assert parts.unet.config.encoder_hid_dim_type is None
     assert {"caption_and_reference", "caption_and_other_character"} <= set(held_out)
     exported = initial_adapter(settings)
     assert exported == report.folder / "model" / "ip_adapter" / "ip_adapter.safetensors"
@@ -202,3 +202,8 @@ def test_train_base_learns_from_captioned_renders_and_exports_a_loadable_model(s
     fresh = Personalizer(load_sdxl_parts(report.folder / "model" / "base", report.folder / "model" / "image_encoder"),
                          settings.personalizer.image_tokens, seed=1).adapter.export_state_dict()
     assert not torch.equal(fresh["image_proj.proj.0.weight"], weights["image_proj.proj.0.weight"])
+    # trained again without one (a new definition: --no-resume), no personalizer starts from the old base's path
+    text_only = settings.model_copy(update={"base_model": settings.base_model.model_copy(update={
+        "image_path": False, "steps": 1})})
+    run_train_base(text_only, resume=False)
+    assert initial_adapter(text_only) is None and not exported.exists()

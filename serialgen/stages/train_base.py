@@ -13,6 +13,7 @@ character, as reference: whether the reference tells who is drawn on characters 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
                                                   train_data.pixels, cfg.seed) if held_out else None
             export = folder / "model"
             adapter = None
+            shutil.rmtree(base_adapter_dir(settings), ignore_errors=True)   # never a path another base trained
             if model.adapter is not None:
                 adapter = save_adapter(model.adapter, base_adapter_dir(settings),
                                        {"trained_with": "train-base", "steps": result.step, "image_tokens": image_tokens})
