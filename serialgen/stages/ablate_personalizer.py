@@ -32,7 +32,7 @@ from serialgen.compositing.split import SCORED, VALIDATION, held_out_role, split
 from serialgen.config import Settings
 from serialgen.dag import config_hash
 from serialgen.evaluation.personalizer_table import PROMPTS, Outputs, markdown, score, summary
-from serialgen.models.ip_adapter import embed_images, reference_processor, save_adapter
+from serialgen.models.ip_adapter import save_adapter
 from serialgen.models.sdxl import load_sdxl_parts
 from serialgen.pipelines.personalization import PersonalizationPipeline
 from serialgen.storage.images import decode_image, decode_mask, encode_png
@@ -109,11 +109,10 @@ def run_ablate_personalizer(settings: Settings, modes: list[str] | None = None, 
         for mode in modes:
             start = time.perf_counter()
             model = Personalizer(load_sdxl_parts(base_dir, encoder_dir), cfg.image_tokens, cfg.seed, init)
-            processor = reference_processor(model.image_encoder.config)
             targets, references = training_pairs(train, mode)
             data = with_references(
                 train, targets, references, model.tokenizers,
-                lambda shown: embed_images(model.image_encoder, processor, shown, model.adapter.full),
+                model.embed_references,
                 (lambda r: standardized[train[r].key]) if mode == "two_stage" else None)
             folder = out_dir / mode
             prepare_run_folder(folder, {"mode": mode, "image_tokens": cfg.image_tokens, "base": base_version,

@@ -28,7 +28,7 @@ from serialgen.compositing.split import split_of
 from serialgen.config import ConfigError, Settings
 from serialgen.dag import config_hash
 from serialgen.imaging import grid
-from serialgen.models.ip_adapter import embed_images, reference_processor, remove_ip_adapter, save_adapter
+from serialgen.models.ip_adapter import remove_ip_adapter, save_adapter
 from serialgen.models.sdxl import pixel_configs, random_sdxl_parts, save_sdxl_folders
 from serialgen.runtime import torch_threads
 from serialgen.storage.runs import MODEL_VERSION, StageRun, require_input
@@ -94,7 +94,7 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
                                                                "prediction_type", "beta_schedule", "seed"})}
         prepare_run_folder(folder, model_fields, dict(run.inputs), resume, training_recipe(cfg))
         model = BaseModel(parts, image_tokens, cfg.seed)
-        encode = _encoder(model)
+        encode = model.embed_references if model.adapter is not None else None
         train_data = (with_references(train, range(len(train)), same_character_references(train), tokenizers, encode)
                       if encode else CaptionedImages(train, tokenizers))
         result = train_base_model(model, train_data, cfg, folder, resume, stop_at)
@@ -122,14 +122,6 @@ def run_train_base(settings: Settings, resume: bool = True, stop_at: int | None 
         metrics["seconds"] = round(time.perf_counter() - start, 1)
         run.metrics = metrics
     return TrainBaseReport(run.run_id, folder, result.step, len(train), metrics)
-
-
-def _encoder(model: BaseModel):
-    """images -> their adapter embeddings, for a base with an image path (else None)."""
-    if model.adapter is None:
-        return None
-    processor = reference_processor(model.image_encoder.config)
-    return lambda shown: embed_images(model.image_encoder, processor, shown, model.adapter.full)
 
 
 def _held_out_variants(images: list[CaptionedImage], tokenizers, encode) -> dict[str, CaptionedImages]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
 
 from serialgen.config import PersonalizerSettings
-from serialgen.models.ip_adapter import IPAdapter, encode_references, install_ip_adapter
+from serialgen.models.ip_adapter import IPAdapter, embed_images, encode_references, install_ip_adapter, reference_processor
 from serialgen.models.sdxl import SDXLParts
 from serialgen.training.data import sample_timesteps, seed_of
 from serialgen.training.loop import LoopTimes, fit, make_accelerator
@@ -56,6 +57,11 @@ class TextToImage(nn.Module):
                 raise ValueError(f"{init}: not an adapter of {image_tokens} image tokens for this base "
                                  f"(personalizer.image_tokens must match the file's): {exc}") from None
         return self.adapter
+
+    def embed_references(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HxWx3 references -> their embeddings in the installed adapter's layout (frozen encoder, once each)."""
+        return embed_images(self.image_encoder, reference_processor(self.image_encoder.config), images,
+                            self.adapter.full)
 
     @torch.no_grad()
     def reference_embeds(self, batch: dict[str, Any], keep: torch.Tensor | None) -> torch.Tensor:
