@@ -184,6 +184,14 @@ def encode_references(encoder: CLIPVisionModelWithProjection, pixels: torch.Tens
 
 
 @torch.no_grad()
+def unconditional_embeds(encoder: CLIPVisionModelWithProjection, full: bool) -> torch.Tensor:
+    """The embedding for "no image" (image dropout in training, the negative of classifier-free guidance):
+    the encoder on all-zero pixels, as diffusers' pipelines use; shaped as :func:`encode_references`' rows."""
+    size = encoder.config.image_size
+    return encode_references(encoder, torch.zeros(1, 3, size, size), full)
+
+
+@torch.no_grad()
 def embed_images(encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor, images: list[np.ndarray],
                  full: bool, batch_size: int = 64) -> torch.Tensor:
     """uint8 HxWx3 references -> their adapter embeddings (:func:`encode_references`), in batches."""

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
-from serialgen.models.ip_adapter import encode_references, load_ip_adapter_weights, reference_pixels, reference_processor
+from serialgen.models.ip_adapter import (encode_references, load_ip_adapter_weights, reference_pixels, reference_processor,
+                                         unconditional_embeds)
 from serialgen.models.sdxl import SDXLParts
 
 SAMPLER = "ddim"
@@ -40,9 +41,7 @@ class PersonalizationPipeline:
     @torch.no_grad()
     def unconditional(self) -> torch.Tensor:
         """The embedding classifier-free guidance contrasts with: the encoder run on all-zero pixels."""
-        size = self.pipe.image_encoder.config.image_size
-        zeros = torch.zeros(1, 3, size, size)
-        return encode_references(self.pipe.image_encoder, zeros, self.adapter.full, keep=torch.tensor([False]))
+        return unconditional_embeds(self.pipe.image_encoder, self.adapter.full)
 
     @torch.no_grad()
     def generate(self, prompt: str, embeds: torch.Tensor, seed: int, scale: float, height: int, width: int,

@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, default_collate
 
 from serialgen.config import PersonalizerSettings
-from serialgen.models.ip_adapter import IPAdapter, embed_images, encode_references, install_ip_adapter, reference_processor
+from serialgen.models.ip_adapter import (IPAdapter, embed_images, encode_references, install_ip_adapter, reference_processor,
+                                         unconditional_embeds)
 from serialgen.models.sdxl import SDXLParts
 from serialgen.training.data import sample_timesteps, seed_of
 from serialgen.training.loop import LoopTimes, fit, make_accelerator
@@ -71,8 +72,7 @@ class TextToImage(nn.Module):
         unconditional embedding in every row (text-only use of a base with an image path)."""
         if "reference_pixels" in batch:
             return encode_references(self.image_encoder, batch["reference_pixels"], self.adapter.full, keep)
-        zeros = torch.zeros(1, 3, self.image_encoder.config.image_size, self.image_encoder.config.image_size)
-        uncond = encode_references(self.image_encoder, zeros, self.adapter.full)
+        uncond = unconditional_embeds(self.image_encoder, self.adapter.full)
         if "image_embeds" not in batch:
             return uncond.expand(len(batch["pixel_values"]), *uncond.shape[1:])
         embeds = batch["image_embeds"].to(self.image_encoder.device)
