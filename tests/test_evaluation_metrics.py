@@ -55,11 +55,11 @@ def test_ap_clip_i_of_identical_outputs_is_100_and_skips_same_prompt_pairs(clip)
     image = np.random.default_rng(2).integers(0, 256, (96, 64, 3), dtype=np.uint8)
     k = 4
     outputs = clip_embeddings(clip, [image] * k)
-    score, pairs = ap_similarity(outputs, [f"prompt {i}" for i in range(k)])
+    score, pairs = ap_similarity(outputs @ outputs.T, [f"prompt {i}" for i in range(k)])
     assert 100 * score == pytest.approx(100.0, abs=1e-3) and pairs == k * (k - 1) // 2
     # Two seeds of each of two prompts: only the 4 cross-prompt pairs count.
-    assert ap_similarity(outputs, ["a", "a", "b", "b"])[1] == 4
-    assert ap_similarity(outputs[:2], ["a", "a"])[1] == 0
+    assert ap_similarity(outputs @ outputs.T, ["a", "a", "b", "b"])[1] == 4
+    assert ap_similarity(outputs[:2] @ outputs[:2].T, ["a", "a"])[1] == 0
 
 
 def test_ap_clip_i_is_the_mean_of_pairwise_clip_i(clip):
@@ -68,7 +68,7 @@ def test_ap_clip_i_is_the_mean_of_pairwise_clip_i(clip):
               np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 96, 0).repeat(3, 2)]
     e = clip_embeddings(clip, images)
     expected = np.mean([clip_i(e[i:i + 1], e[j:j + 1])[0] for i, j in ((0, 1), (0, 2), (1, 2))])
-    assert 100 * ap_similarity(e, ["x", "y", "z"])[0] == pytest.approx(expected, abs=1e-4)
+    assert 100 * ap_similarity(e @ e.T, ["x", "y", "z"])[0] == pytest.approx(expected, abs=1e-4)
     assert expected < 99.5  # different images: the identical-output case above is not trivially 100
 
 

@@ -261,3 +261,53 @@ def test_table2_scores_name_the_right_character_and_catch_replication(probe_lake
     assert other.scores["id_top1"].tolist() == [0.0] * len(items)
     assert summary(other)["id_sim"][0] < summary(own)["id_sim"][0] - 0.1
     assert summary(other)["replication"][0] < 0.99
+
+
+def test_framed_similarity_compares_each_pair_at_its_narrower_framing():
+    from serialgen.probes.framed import AS_IS, FramedEmbeddings
+
+    basis = torch.eye(6)  # orthonormal: each cosine below says which two versions were compared
+    # query 0 full body, 1 bust, 2 head; gallery 0 full body, 1 bust
+    queries = FramedEmbeddings(["full", "bust", "head"], {AS_IS: basis[[0, 1, 2]], "bust": basis[[3, 1, 1]],
+                                                          "head": basis[[4, 4, 2]]})
+    gallery = FramedEmbeddings(["full", "bust"], {AS_IS: basis[[0, 1]], "bust": basis[[1, 1]],
+                                                  "head": basis[[2, 2]]})
+    similarity = queries.similarity(gallery)
+    # full vs full: whole images; bust vs full: the full one cut to a bust; head vs anything wider: cut to a head
+    assert similarity.tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    whole = queries.embeddings[AS_IS] @ gallery.embeddings[AS_IS].T
+    assert whole.tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+    # a full-body query against a bust gallery image is cut to a bust itself (basis 3), not compared whole
+    assert similarity[0, 1] == 0.0 and queries[[0]].embeddings["bust"].tolist() == [basis[3].tolist()]
+
+
+def test_a_close_up_shows_the_top_of_the_framed_figure_enlarged():
+    from serialgen.probes.inputs import close_up
+
+    figure = torch.ones(1, 3, 96, 64)
+    figure[:, :, :24] = 0.0        # the top quarter of the frame is black
+    cut = close_up(figure, 0.25)   # ... and fills the whole close-up
+    assert cut[:, :, 4:-4, 4:-4].max() < 0.05
+    assert torch.allclose(close_up(figure, 1.0), figure, atol=1e-5)
+
+
+def test_mirror_averaged_classifiers_read_an_image_and_its_mirror_alike(settings):
+    from serialgen.probes.model import build_probes, probe_config
+
+    probes = build_probes(probe_config(settings.probes))
+    assert probes.flip_average  # new folders' classifiers read mirror-averaged; older ones as they were validated
+
+    class LeftEdge(torch.nn.Module):  # a classifier that reads only the image's left edge: far from mirror-invariant
+        heads = ("framing", "background")
+
+        def forward(self, x):
+            return {name: x[:, 0, :4, :4].flatten(1) for name in self.heads}
+
+    probes.scene = LeftEdge()
+    x = torch.zeros(2, 3, *probes.size)
+    x[:, :, :, : probes.size[1] // 3] = torch.rand(2, 3, probes.size[0], 1)
+    mirrored = x.flip(-1)
+    read = lambda images: probes.classify_prepared(images, images)["framing"]  # noqa: E731
+    assert torch.allclose(read(x), read(mirrored), atol=1e-6)
+    probes.flip_average = False
+    assert not torch.allclose(read(x), read(mirrored), atol=1e-2)

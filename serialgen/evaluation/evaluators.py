@@ -7,7 +7,8 @@
   characters; the numbers a random network would give never reach a report.
 
 ``reference_features`` embeds each test character's reference once; ``measure`` reads a batch of outputs
-once and gives their identity embeddings (for the across-prompt average, AP-) and per-item metrics;
+once and gives their identity embeddings (for the across-prompt average, AP-, through ``pairwise``) and
+per-item metrics;
 ``columns`` and ``note`` tell the report what each column is and which model (and validation figure) is
 behind it.
 """
@@ -25,6 +26,7 @@ from serialgen.evaluation.clip import ClipModel
 from serialgen.evaluation.face import FaceEmbedder
 from serialgen.evaluation.metrics import MaskFn, PoseFn, clip_embeddings, clip_i, clip_t, face_embeddings, face_sim
 from serialgen.probes import Probes
+from serialgen.probes.framed import FramedEmbeddings
 from serialgen.synthetic.vocabulary import ATTRIBUTES, prompt_labels
 
 
@@ -65,6 +67,10 @@ class ClipFaceEvaluator:
         return References(ids, {"clip": clip_embeddings(self.clip, images, self.mask_fn),
                                 "face": face_embeddings(self.face, self.pose_fn, images)})
 
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """CLIP image cosines of unit embeddings."""
+        return a @ b.T
+
     def measure(self, images: Sequence[np.ndarray], characters: Sequence[str], prompts: Sequence[str] | None,
                 refs: References) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """CLIP-I on the masked figure, Face Sim, and CLIP-T on the whole image when ``prompts`` are given."""
@@ -99,25 +105,29 @@ class ProbeEvaluator:
         v = self.probes.validation
         identity = v.get("identity", {}).get("vs_standard", {}).get("all")
         attributes = v.get("attributes", {})
-        retrieval = (f"held-out retrieval top-1 {identity['top1']:.2f} vs pixels {identity['pixels_top1']:.2f}"
-                     if identity else "not validated (the lake had no held-out character)")
+        retrieval = (f"held-out retrieval top-1 {identity.get('framed_top1', identity['top1']):.2f} vs pixels "
+                     f"{identity['pixels_top1']:.2f}" if identity else "not validated (the lake had no held-out character)")
         accuracy = ", ".join(f"{name} {s['accuracy']:.2f} (majority {s['majority']:.2f})"
                              for name, s in attributes.items() if name in ATTRIBUTES) or "not validated"
-        return (f"ID-Sim (probe cosine, figure on white), AP-ID-Sim and ID top-1 (own character nearest among the test "
+        return (f"ID-Sim (probe cosine, figure on white; a close-up compared with the other image cut to its framing), AP-ID-Sim and ID top-1 (own character nearest among the test "
                 f"characters): identity probe of {self.probes.label}, {retrieval}. Prompt accuracy (share of the "
                 f"attributes a prompt names that the output shows): attribute probes, held-out accuracy {accuracy}. "
                 "Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the paper's scale")
 
     def reference_features(self, ids: list[str], images: Sequence[np.ndarray]) -> References:
-        return References(ids, {"identity": self.probes.embed(images, [self.mask_fn(i) for i in images])})
+        return References(ids, {"identity": self.probes.embed_framed(images, [self.mask_fn(i) for i in images])})
+
+    def pairwise(self, a: FramedEmbeddings, b: FramedEmbeddings) -> torch.Tensor:
+        """Identity cosines, each pair compared at the narrower of its two framings."""
+        return a.similarity(b)
 
     def measure(self, images: Sequence[np.ndarray], characters: Sequence[str], prompts: Sequence[str] | None,
-                refs: References) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+                refs: References) -> tuple[FramedEmbeddings, dict[str, np.ndarray]]:
         """The figure is cut out once (mask model) for both the identity probe and, when ``prompts`` are
-        given, the attribute probes."""
+        given, the attribute probes; a close-up output meets its reference cut to the same framing."""
         foregrounds = [self.mask_fn(image) for image in images]
-        identity = self.probes.embed(images, foregrounds)
-        similarity = identity @ refs.features["identity"].T
+        identity = self.probes.embed_framed(images, foregrounds)
+        similarity = self.pairwise(identity, refs.features["identity"])
         own = torch.tensor(refs.index(characters))
         own_sim = similarity[torch.arange(len(own)), own]
         out = {"id_sim": own_sim.double().numpy(),

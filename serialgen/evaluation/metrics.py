@@ -54,14 +54,15 @@ def clip_t(images: torch.Tensor, prompts: torch.Tensor) -> np.ndarray:
     return (100.0 * (images * prompts).sum(-1)).double().numpy()
 
 
-def ap_similarity(outputs: torch.Tensor, prompts: Sequence[str]) -> tuple[float, int]:
-    """One character's mean cosine over all pairs of its unit-norm output embeddings made for different
-    prompts, and the number of pairs (NaN, 0 with fewer than two prompts). x 100 with CLIP: AP-CLIP-I."""
+def ap_similarity(similarity: torch.Tensor, prompts: Sequence[str]) -> tuple[float, int]:
+    """One character's mean similarity over all pairs of its outputs made for different prompts, from their
+    (n, n) similarity matrix (cosines of unit embeddings), and the number of pairs (NaN, 0 with fewer than two
+    prompts). x 100 with CLIP: AP-CLIP-I."""
     pairs = [(i, j) for i, j in combinations(range(len(prompts)), 2) if prompts[i] != prompts[j]]
     if not pairs:
         return float("nan"), 0
     first, second = (torch.tensor(side) for side in zip(*pairs))
-    return float((outputs[first] * outputs[second]).sum(-1).double().mean()), len(pairs)
+    return float(similarity[first, second].double().mean()), len(pairs)
 
 
 @dataclass

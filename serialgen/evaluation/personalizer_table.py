@@ -2,7 +2,8 @@
 characters with the probes, where the character behind every reference is known.
 
 Per output: ID-Sim (identity-probe cosine to the character's rendered standard view, the output's figure
-cut out by the mask model inference has), ID top-1 (its own character nearest among the scored ones),
+cut out by the mask model inference has; a close-up output against the view cut to its framing,
+:mod:`serialgen.probes.framed`), ID top-1 (its own character nearest among the scored ones),
 prompt accuracy (share of the prompt's attributes the attribute probes read in it) and replication (SSIM
 between the output and the reference image the adapter was given: copying it scores high). Per character
 and seed: AP-ID-Sim, the mean identity cosine over all pairs of its outputs across prompts. Intervals are
@@ -52,11 +53,12 @@ def score(outputs: Outputs, probes: Probes, mask_fn: Callable[[np.ndarray], np.n
           standards: Mapping[str, np.ndarray]) -> Outputs:
     """Fill ``outputs.scores`` against ``standards`` (character -> its standard view on white: the gallery)."""
     gallery_ids = sorted(standards)
-    gallery = probes.embed([standards[c] for c in gallery_ids], [figure_on_white(standards[c]) for c in gallery_ids])
+    gallery = probes.embed_framed([standards[c] for c in gallery_ids],
+                                  [figure_on_white(standards[c]) for c in gallery_ids])
     foregrounds = [mask_fn(image) for image in outputs.images]
-    embeds = probes.embed(outputs.images, foregrounds)
+    embeds = probes.embed_framed(outputs.images, foregrounds)
     own = torch.tensor([gallery_ids.index(c) for c in outputs.characters])
-    similarity = embeds @ gallery.T
+    similarity = embeds.similarity(gallery)  # a bust output meets the standard views cut to busts
     seen = probes.classify(outputs.images, foregrounds)
     to_tensor = lambda images: torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     outputs.scores = {
@@ -70,7 +72,8 @@ def score(outputs: Outputs, probes: Probes, mask_fn: Callable[[np.ndarray], np.n
         groups.setdefault((character, seed), []).append(i)
     ap, ap_groups = [], []
     for (character, _), items in sorted(groups.items()):
-        pairs = [float(embeds[a] @ embeds[b]) for a, b in combinations(items, 2)]
+        within = embeds[items].similarity(embeds[items])
+        pairs = [float(within[a, b]) for a, b in combinations(range(len(items)), 2)]
         if pairs:
             ap.append(float(np.mean(pairs)))
             ap_groups.append(character)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from serialgen.evaluation.evaluators import Evaluator, References
 from serialgen.evaluation.metrics import ap_similarity
@@ -111,7 +110,7 @@ def aggregate_items(item_rows: Iterable[Mapping[str, Any]], test_set: str, group
     return out
 
 
-def _across_prompt_rows(evaluator: Evaluator, identity: torch.Tensor, chars: list[str], prompts: list[str],
+def _across_prompt_rows(evaluator: Evaluator, identity: Any, chars: list[str], prompts: list[str],
                         references: Mapping[str, TestCharacter], test_set: str, group: Group) -> list[dict[str, Any]]:
     """AP-CLIP-I / AP-ID-Sim per character, then its mean over characters per domain."""
     details = evaluator.details
@@ -119,7 +118,8 @@ def _across_prompt_rows(evaluator: Evaluator, identity: torch.Tensor, chars: lis
     rows = []
     for character in sorted(set(chars)):
         index = [i for i, c in enumerate(chars) if c == character]
-        value, pairs = ap_similarity(identity[index], [prompts[i] for i in index])
+        own = identity[index]
+        value, pairs = ap_similarity(evaluator.pairwise(own, own), [prompts[i] for i in index])
         value *= evaluator.ap_scale
         domain = references[character].domain
         rows.append(evaluation_row(test_set, group, "personalized", evaluator.ap_metric, value, pairs, details,

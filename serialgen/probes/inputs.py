@@ -39,6 +39,22 @@ def attribute_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(_tensor(image), size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
+def close_up_theta(top: torch.Tensor) -> torch.Tensor:
+    """(B,) shares of the frame's height -> (B, 2, 3) affine grids showing the top ``top`` of a framed figure,
+    centred and enlarged to the whole frame: a bust or head shot cut from a wider view of the same figure."""
+    theta = torch.zeros(len(top), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = top
+    theta[:, 1, 2] = top - 1  # the crop's top edge on the frame's
+    return theta
+
+
+def close_up(figures: torch.Tensor, top: float) -> torch.Tensor:
+    """Identity inputs (N, 3, H, W; uint8 or [0, 1]) -> the top ``top`` of each, enlarged, in [0, 1] on white."""
+    x = figures.float() / 255 if figures.dtype == torch.uint8 else figures.float()
+    grid = F.affine_grid(close_up_theta(torch.full((len(x),), top)), list(x.shape), align_corners=False)
+    return 1 - F.grid_sample(1 - x, grid, align_corners=False)
+
+
 def stack_uint8(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """(3, H, W) floats in [0, 1] -> one (N, 3, H, W) uint8 tensor (a quarter of the memory)."""
     return torch.stack([torch.round(t * 255).to(torch.uint8) for t in tensors]) if tensors else torch.empty(0)

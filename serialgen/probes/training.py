@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from serialgen.config import ProbesSettings
 from serialgen.probes.data import ProbeImages
+from serialgen.probes.inputs import close_up_theta
 from serialgen.probes.model import FIGURE, SCENE
 from serialgen.probes.nets import AttributeClassifier, CosineClassifier, IdentityEmbedder
 from serialgen.synthetic.vocabulary import APPEARANCE
@@ -21,6 +22,10 @@ from serialgen.synthetic.vocabulary import APPEARANCE
 log = logging.getLogger(__name__)
 #: Steps between progress lines (step, loss, samples/s) in the log.
 LOG_EVERY = 250
+
+
+#: Keeps a grid's scale and drops its translation (a plain zoom about the centre).
+_NO_OFFSET = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool, close_ups: float = 0.0) -> torch.Tensor:
@@ -35,10 +40,9 @@ def augment(batch: torch.Tensor, generator: torch.Generator, pad_white: bool, cl
     top = 0.2 + 0.4 * rand(b)
     scale = torch.where(close_up, top, scale)
     flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
-    theta[:, :, 2] = (rand(b, 2) - 0.5) * 0.12 * scale[:, None]
-    theta[:, 1, 2] += torch.where(close_up, top - 1, torch.zeros(b))  # the crop's top edge on the figure's
+    theta = torch.where(close_up[:, None, None], close_up_theta(top), close_up_theta(scale) * _NO_OFFSET)
+    theta[:, 0, 0] *= flip
+    theta[:, :, 2] += (rand(b, 2) - 0.5) * 0.12 * scale[:, None]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if pad_white:
         x = 1 - F.grid_sample(1 - x, grid, align_corners=False)

@@ -2,7 +2,9 @@
 attribute accuracy beside the majority class.
 
 Retrieval: each held-out image is a query; the gallery holds one image per held-out character; the
-query's rank is where its own character lands by distance (1 = nearest). Two galleries: the standard
+query's rank is where its own character lands by distance (1 = nearest): by the probe comparing whole
+images, by the probe at the narrower framing of each pair (``framed_``: what the evaluators use,
+:mod:`serialgen.probes.framed`), and by raw pixels. Two galleries: the standard
 views (what ID-Sim compares outputs with), and one full-body render per character (across framings).
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from serialgen.probes.data import ProbeImages
+from serialgen.probes.framed import AS_IS
 from serialgen.probes.model import Probes
 from serialgen.synthetic.vocabulary import APPEARANCE, ATTRIBUTES
 
@@ -43,8 +46,11 @@ def retrieval(probes: Probes, queries: ProbeImages, gallery: ProbeImages) -> dic
     queries = queries.subset(keep)
     if not len(queries):
         return {}
-    probe = 1 - probes.embed_prepared(queries.identity) @ probes.embed_prepared(gallery.identity).T
-    by_probe = ranks(probe, queries.character_ids, gallery.character_ids)
+    query_framed = probes.embed_framed_prepared(queries.attributes, queries.identity)
+    gallery_framed = probes.embed_framed_prepared(gallery.attributes, gallery.identity)
+    whole = 1 - query_framed.embeddings[AS_IS] @ gallery_framed.embeddings[AS_IS].T
+    by_probe = ranks(whole, queries.character_ids, gallery.character_ids)
+    by_framed = ranks(1 - query_framed.similarity(gallery_framed), queries.character_ids, gallery.character_ids)
     by_pixels = ranks(_pixel_distance(queries.identity, gallery.identity), queries.character_ids,
                       gallery.character_ids)
     framing = np.array(queries.label_names("framing"), dtype=object)
@@ -52,6 +58,7 @@ def retrieval(probes: Probes, queries: ProbeImages, gallery: ProbeImages) -> dic
     for name, select in [("all", np.ones(len(queries), bool))] + [(f, framing == f) for f in FRAMINGS]:
         if select.any():
             out[name] = {**_summary(by_probe[select]),
+                         **{f"framed_{k}": v for k, v in _summary(by_framed[select]).items() if k != "n"},
                          **{f"pixels_{k}": v for k, v in _summary(by_pixels[select]).items() if k != "n"}}
     return out
 
