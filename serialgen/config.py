@@ -32,9 +32,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def output_settings(self) -> dict[str, Any]:
-        """The values that can change a stage's outputs: every field not marked :func:`runtime`."""
-        keep = {name for name, field in type(self).model_fields.items()
-                if not (field.json_schema_extra or {}).get("runtime")}
+        """The values that can change a stage's outputs: every field not marked :func:`runtime`, and those
+        marked :func:`added` only when set to something else than their default."""
+        keep = set()
+        for name, field in type(self).model_fields.items():
+            marks = field.json_schema_extra or {}
+            if not marks.get("runtime") and not (marks.get("added") and getattr(self, name) == field.default):
+                keep.add(name)
         return self.model_dump(mode="json", include=keep)
 
 
@@ -42,6 +46,13 @@ def runtime(default: Any) -> Any:
     """A setting that changes how a stage runs (parallelism, commit size, logging), never what it writes:
     it is left out of the stage's config hash, so changing it reruns nothing."""
     return Field(default, json_schema_extra={"runtime": True})
+
+
+def added(default: Any) -> Any:
+    """A setting added after lakes were built, whose default does what the code did before it existed: left
+    out of the stage's config hash (and a training run's recipe) while at its default, so adding it reruns
+    and retrains nothing."""
+    return Field(default, json_schema_extra={"added": True})
 
 
 class UpkeepSettings(Section):
@@ -184,6 +195,7 @@ class StandardizerSettings(Section):
     snr_gamma: float | None = 5.0       # min-SNR loss weighting; None: plain MSE
     high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where the reference decides)
     reference_dropout: float = 0.1      # classifier-free guidance: drop the reference this often
+    colour_augment: float = added(0.0)  # share of pairs whose reference and target turn hue together (training/colour.py)
     ema_decay: float | None = None      # None: no EMA; else EMA weights are validated and exported
     lr_warmup_steps: int = 0
     lr_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"  # cosine: to 0 at `steps`

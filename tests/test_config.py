@@ -46,6 +46,16 @@ def test_section_hash_changes_with_its_section_only():
     assert a.section_hash("composite") == b.section_hash("composite")
 
 
+def test_a_setting_added_later_changes_the_hash_only_when_set_away_from_its_default():
+    before = load_settings().standardizer.output_settings()
+    assert "colour_augment" not in before  # lakes built before the setting existed keep their lineage
+    assert load_settings(standardizer={"colour_augment": 0.0}).section_hash("standardizer") == \
+        load_settings().section_hash("standardizer")
+    turned = load_settings(standardizer={"colour_augment": 0.5})
+    assert turned.standardizer.output_settings()["colour_augment"] == 0.5
+    assert turned.section_hash("standardizer") != load_settings().section_hash("standardizer")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"profile": "huge"}, "unknown profile 'huge'"),
     ({"lake": "ftp://x/y"}, "invalid lake URI"),
