@@ -31,6 +31,7 @@ from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
+from serialgen.training.colour import recolour_jointly
 from serialgen.training.data import sample_timesteps
 from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.loop import ema_weights as _ema_weights
@@ -185,14 +186,17 @@ def score_pairs(model: Standardizer, data: Dataset, n: int, cfg: StandardizerSet
 
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],
                    cfg: StandardizerSettings, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """The (min-SNR weighted) diffusion loss of one batch, with noise offset and reference dropout.
+    """The (min-SNR weighted) diffusion loss of one batch, with joint colour augmentation, noise offset and
+    reference dropout.
 
     ``prepared`` is ``model`` as accelerate wrapped it (DDP, autocast); noise, timesteps and dropout
     come from ``generator`` (CPU), so a seeded generator reproduces a step exactly.
     """
+    reference, target_image = recolour_jointly([batch["input_image"], batch["target_image"]], cfg.colour_augment,
+                                               generator)
     reference, background_mask, reference_pose = model.prepare_reference(
-        batch["input_image"].to(device), batch["background_mask"].to(device), batch["reference_pose_image"].to(device))
-    latents = model.encode_images(batch["target_image"].to(device)).float()
+        reference.to(device), batch["background_mask"].to(device), batch["reference_pose_image"].to(device))
+    latents = model.encode_images(target_image.to(device)).float()
     reference_latents = model.encode_images(reference).float()
     embeds = model.embed_images(reference).float()
     size = latents.shape[0]
