@@ -42,6 +42,7 @@ class TextToImage(nn.Module):
         self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
         self.scheduler_config = parts.scheduler_config
         self.adapter: IPAdapter | None = None
+        self._unconditional: torch.Tensor | None = None  # the frozen encoder's "no image", computed once
         for module in parts.frozen_modules().values():
             module.requires_grad_(False).eval()
 
@@ -49,6 +50,7 @@ class TextToImage(nn.Module):
         """Put an IP-Adapter into the UNet: drawn from ``seed``, or the exported weights ``init`` (a file
         in the stock layout, e.g. the one `train-base` trained with its base) when given."""
         self.adapter = install_ip_adapter(self.unet, self.image_encoder.config, image_tokens, seed)
+        self._unconditional = None  # its layout (tokens or one vector) is the new adapter's
         if init is not None:
             from safetensors.torch import load_file
 
@@ -72,7 +74,9 @@ class TextToImage(nn.Module):
         unconditional embedding in every row (text-only use of a base with an image path)."""
         if "reference_pixels" in batch:
             return encode_references(self.image_encoder, batch["reference_pixels"], self.adapter.full, keep)
-        uncond = unconditional_embeds(self.image_encoder, self.adapter.full)
+        if self._unconditional is None or self._unconditional.device != self.image_encoder.device:
+            self._unconditional = unconditional_embeds(self.image_encoder, self.adapter.full)
+        uncond = self._unconditional
         if "image_embeds" not in batch:
             return uncond.expand(len(batch["pixel_values"]), *uncond.shape[1:])
         embeds = batch["image_embeds"].to(self.image_encoder.device)
