@@ -106,11 +106,13 @@ class ProbeEvaluator:
         identity = v.get("identity", {}).get("vs_standard", {}).get("all")
         attributes = v.get("attributes", {})
         retrieval = (f"held-out retrieval top-1 {identity.get('framed_top1', identity['top1']):.2f} vs pixels "
-                     f"{identity['pixels_top1']:.2f}" if identity else "not validated (the lake had no held-out character)")
+                     f"{identity['pixels_top1']:.2f}" if identity
+                     else "not validated (the lake had no held-out character)")
         accuracy = ", ".join(f"{name} {s['accuracy']:.2f} (majority {s['majority']:.2f})"
                              for name, s in attributes.items() if name in ATTRIBUTES) or "not validated"
-        return (f"ID-Sim (probe cosine, figure on white; a close-up compared with the other image cut to its framing), AP-ID-Sim and ID top-1 (own character nearest among the test "
-                f"characters): identity probe of {self.probes.label}, {retrieval}. Prompt accuracy (share of the "
+        return (f"ID-Sim (probe cosine, figure on white; a close-up compared with the other image cut to its "
+                f"framing), AP-ID-Sim and ID top-1 (own character nearest among the test characters): identity "
+                f"probe of {self.probes.label}, {retrieval}. Prompt accuracy (share of the "
                 f"attributes a prompt names that the output shows): attribute probes, held-out accuracy {accuracy}. "
                 "Offline stand-ins for CLIP-I / AP-CLIP-I / CLIP-T, not on the paper's scale")
 

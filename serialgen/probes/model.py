@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +97,16 @@ class Probes:
 
     def _probabilities(self, net: AttributeClassifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.float() / 255 if x.dtype == torch.uint8 else x
-        probabilities = lambda batch: {name: logits.softmax(1) for name, logits in net(batch).items()}  # noqa: E731
-        parts = [self._mirrored(probabilities, x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        parts = []
+        for i in range(0, len(x), self.batch_size):
+            batch = x[i:i + self.batch_size]
+            logits = net(batch)
+            if self.flip_average:  # the mean of the image's and its mirror's probabilities
+                mirrored = net(batch.flip(-1))
+                parts.append({name: (logits[name].softmax(1) + mirrored[name].softmax(1)) / 2 for name in logits})
+            else:
+                parts.append({name: logits[name].softmax(1) for name in logits})
         return {name: torch.cat([p[name] for p in parts]) for name in net.heads}
-
-    def _mirrored(self, read: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor,
-                  ) -> dict[str, torch.Tensor]:
-        """``read(x)``, or with ``flip_average`` the mean of ``read`` on ``x`` and on its mirror image."""
-        if not self.flip_average:
-            return read(x)
-        out, mirrored = read(x), read(x.flip(-1))
-        return {name: (out[name] + mirrored[name]) / 2 for name in out}
 
     def _figures(self, images: Sequence[np.ndarray], foregrounds: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.stack([identity_input(im, fg, self.size) for im, fg in zip(images, foregrounds)])
