@@ -17,6 +17,7 @@ from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.stages.train_standardizer import run_train_standardizer
 from serialgen.storage.images import encode_mask, encode_png
 from serialgen.storage.torch_reader import PairsDataset
+from serialgen.training.colour import recolour_jointly
 from serialgen.training.metrics import psnr, ssim
 from serialgen.training.standardizer import diffusion_loss, train_standardizer
 
@@ -226,6 +227,31 @@ def test_high_noise_share_draws_that_share_from_the_noisier_half(settings, lake,
             diffusion_loss(model, model, scheduler, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     uniform, noisy = drawn
     assert (noisy >= 500).all() and 16 < (uniform >= 500).sum() < 48
+
+
+def test_colour_augment_turns_the_reference_and_its_target_together(settings, lake, monkeypatch):
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0)))
+    seen: list[torch.Tensor] = []
+    encode = model.encode_images
+    monkeypatch.setattr(model, "encode_images", lambda images, *a, **k: seen.append(images.clone()) or encode(images))
+    for share in (0.0, 1.0):
+        cfg = settings.standardizer.model_copy(update={"colour_augment": share})
+        with torch.no_grad():
+            diffusion_loss(model, model, model.training_scheduler(), batch, cfg, torch.Generator().manual_seed(0),
+                           torch.device("cpu"))
+    (plain_target, plain_reference), (target, reference) = seen[:2], seen[2:]
+    assert torch.equal(plain_target, batch["target_image"]) and torch.equal(plain_reference, batch["input_image"])
+    assert (target - plain_target).abs().amax() > 0.2 and (reference - plain_reference).abs().amax() > 0.2
+    grey = (plain_target.amax(1) - plain_target.amin(1)) < 1e-6  # white background: the same after the turn
+    assert grey.any() and torch.allclose(target.permute(0, 2, 3, 1)[grey], plain_target.permute(0, 2, 3, 1)[grey],
+                                         atol=1e-5)
+    # the pair's one turn, drawn first from the step's generator (tests/test_colour_augment.py: one turn per pair)
+    expected_reference, expected_target = recolour_jointly([batch["input_image"], batch["target_image"]], 1.0,
+                                                           torch.Generator().manual_seed(0))
+    assert torch.equal(target, expected_target) and torch.equal(reference, expected_reference)
 
 
 def _with_skeleton(model: Standardizer) -> Standardizer:
