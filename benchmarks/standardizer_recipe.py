@@ -3,10 +3,11 @@
     SERIALGEN_STANDARDIZER__COLOUR_AUGMENT=0.5 python benchmarks/standardizer_recipe.py --lake lake-small \\
         --out lake-small/_checkpoints/recipes/colour-0.5 --steps 3000 [--role validation|scored|train]
 
-Trains FBDM+RPIM with the profile's recipe (plus any ``SERIALGEN_STANDARDIZER__*`` override; resumable in
-``--out``), then standardizes one pair per character of the chosen half as inference does (the one standard
+Trains FBDM+RPIM with the profile's recipe (plus any ``SERIALGEN_STANDARDIZER__*`` override) in ``--out``, then standardizes one pair per character of the chosen half as inference does (the one standard
 pose, DDIM as configured) and prints PSNR, SSIM, identity-probe ID-Sim and retrieval top-1 / top-5 among
 those characters, each with its 95 % interval over characters, beside the mean and recoloured templates.
+A finished folder is only scored again; an unfinished one is resumed from its newest checkpoint *without* checking
+that it was trained with the same recipe (this script is for comparing recipes: give each its own ``--out``).
 """
 
 from __future__ import annotations
