@@ -425,16 +425,16 @@ PROFILES: dict[str, dict[str, Any]] = {
              "personalizer": {"steps": 150, "batch_size": 8, "learning_rate": 1e-3}},
     # From scratch on CPU: 600 procedural characters, a pixel-space standardizer at 64x96, scored on
     # held-out characters (docs/standardizer_table3.md). More noisy timesteps and a cosine decay; FBDM/RPIM start
-    # at scale (nothing pretrained to protect); the reference is cropped to its figure. Half the pairs turn their
-    # reference's and target's hues together (colour_augment): chosen on the validation half, where identity
-    # top-1 went 0.127 -> 0.413 at 8,000 steps (the average colour no longer pays; only the reference tells).
+    # at scale (nothing pretrained to protect); the reference is cropped to its figure. No colour augmentation
+    # (standardizer.colour_augment): on the validation half it lifted identity top-1 from 0.127 to 0.413 with
+    # seed 0 and gave 0.079 with seed 1, so its gain is not established (docs/standardizer_table3.md, "Session 7").
     # One (trailing) DDIM step, the x0 estimate from pure noise: chosen (before the one-target fix) over 2-20
     # steps on PSNR and SSIM (benchmarks/README.md, Table 3); 20 steps still score lower.
     "small": {
         "assets": {"procedural_characters": 600},
         "render": {"poses_per_character": 6, "views_per_pose": 1, "chunk_size": 32},
         "composite": {"backgrounds_procedural": 64, "write_rows": 512},
-        "standardizer": {"patch_size": 8, "unet_channels": (64, 128), "frame_reference": True, "colour_augment": 0.5,
+        "standardizer": {"patch_size": 8, "unet_channels": (64, 128), "frame_reference": True,
                          "steps": 8000, "batch_size": 8,
                          "learning_rate": 4e-4, "lr_warmup_steps": 50, "lr_schedule": "cosine",
                          "high_noise_share": 0.5, "ema_decay": 0.995, "snr_gamma": None,
