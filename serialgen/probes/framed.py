@@ -30,9 +30,6 @@ class FramedEmbeddings:
     framings: list[str]
     embeddings: dict[str, torch.Tensor]  # AS_IS and each CLOSE_UP_TOP name -> (N, D)
 
-    def __len__(self) -> int:
-        return len(self.framings)
-
     def __getitem__(self, index: Sequence[int] | torch.Tensor) -> "FramedEmbeddings":
         index = torch.as_tensor(index, dtype=torch.long)
         return FramedEmbeddings([self.framings[i] for i in index.tolist()],
