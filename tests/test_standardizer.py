@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from serialgen.checkpoints import standardizer_dir
 from serialgen.models import Standardizer, load_sd15_components, tiny_components
+from serialgen.models.token_positions import fourier_features
 from serialgen.compositing.split import split_of
 from serialgen.pipelines import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton
@@ -187,6 +188,34 @@ def test_save_load_gives_identical_outputs(model, tmp_path):
     assert first[0].shape == (H, W, 3) and first[0].dtype == np.uint8
     # The frozen image encoder, built vs loaded, can differ by ~1e-7 (kernel choice): at most one grey level.
     assert np.abs(first[0].astype(int) - second[0]).max() <= 1
+
+
+def test_token_positions_mark_each_token_place_on_both_sides_and_survive_save_load(tmp_path):
+    """The first stored reference tokens differ from a model without positions by exactly the projection of
+    their own grid's Fourier features; the denoiser reads them too; the module trains and round-trips."""
+    batch = _batch()
+    plain = Standardizer.from_components(tiny_components(seed=0), pretrained=False).eval()
+    placed = Standardizer.from_components(tiny_components(seed=0), pretrained=False, token_positions=True).eval()
+    with torch.no_grad():
+        for model in (plain, placed):
+            model.write_reference(model.encode_images(batch["reference"]), model.embed_images(batch["reference"]),
+                                  batch["mask"], batch["reference_pose"])
+        grid = model.encode_images(batch["reference"]).shape[-2:]
+        features = fourier_features(*grid, placed.positions.config.frequencies)
+        assert len(set(map(tuple, features.tolist()))) == grid[0] * grid[1]  # every token its own place
+        offset = placed.positions.projections[0](features)
+        assert torch.allclose(placed.bank.features[0] - plain.bank.features[0], offset.expand(2, -1, -1), atol=1e-5)
+    placed.train()
+    _predict(placed, batch).square().mean().backward()
+    assert all(p.grad is not None and p.grad.any() for p in placed.positions.parameters())
+    placed.eval().save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "standardizer.json").read_text())["positions"] is True
+    loaded = Standardizer.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.equal(_predict(placed, batch), _predict(loaded, batch))
+        placed.positions.projections[-1].weight.zero_()  # one layer's places gone: another output
+        placed.positions.projections[-1].bias.zero_()
+        assert not torch.allclose(_predict(placed, batch), _predict(loaded, batch), atol=1e-5)
 
 
 def test_sd15_without_local_weights_names_the_missing_file(tmp_path):

@@ -23,13 +23,16 @@ class ReferenceBank:
     """Reference tokens per self-attention layer, shared by both UNets' processors.
 
     ``keep`` (bool, one per denoiser sample) masks the reference tokens out for the samples whose
-    reference is dropped (classifier-free guidance); None keeps them for all samples.
+    reference is dropped (classifier-free guidance); None keeps them for all samples. ``position``, when
+    set, adds each token's place to the input of every layer on both sides
+    (:mod:`serialgen.models.token_positions`).
     """
 
     def __init__(self) -> None:
         self.features: dict[int, torch.Tensor] = {}
         self.keep: torch.Tensor | None = None
         self.inject: Injector | None = None
+        self.position: Injector | None = None
 
     def clear(self) -> None:
         self.features.clear()
@@ -45,12 +48,14 @@ class _BankProcessor:
 
 
 class ReferenceWriteProcessor(_BankProcessor):
-    """ReferenceNet ``attn1``: inject FBDM/RPIM into the input, store it, attend as usual."""
+    """ReferenceNet ``attn1``: inject FBDM/RPIM (and positions) into the input, store it, attend as usual."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
         if self.bank.inject is not None:
             hidden_states = self.bank.inject(self.index, hidden_states)
+        if self.bank.position is not None:
+            hidden_states = self.bank.position(self.index, hidden_states)
         self.bank.features[self.index] = hidden_states
         return self._attend(attn, hidden_states, None, attention_mask, temb)
 
@@ -60,6 +65,8 @@ class ReferenceReadProcessor(_BankProcessor):
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
+        if self.bank.position is not None:
+            hidden_states = self.bank.position(self.index, hidden_states)
         reference = self.bank.features.get(self.index)
         if reference is None:
             return self._attend(attn, hidden_states, None, attention_mask, temb)

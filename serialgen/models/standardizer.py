@@ -6,7 +6,7 @@ and RPIM, into a :class:`ReferenceBank`; the denoising UNet, conditioned on the 
 guider added after ``conv_in``) and the CLIP image embedding, attends to them.
 
 A checkpoint is a folder of diffusers/transformers sub-folders (safetensors), like a pipeline:
-``reference_unet/ denoising_unet/ pose_guider/ [fbdm/] [rpim/] vae/ image_encoder/ scheduler/``
+``reference_unet/ denoising_unet/ pose_guider/ [fbdm/] [rpim/] [positions/] vae/ image_encoder/ scheduler/``
 plus ``standardizer.json`` and, when known, ``standard_pose.png`` and ``standard_keypoints.json`` (the canonical
 target skeleton, :mod:`serialgen.standard_skeleton`, and its drawing: the default target pose).
 """
@@ -32,6 +32,7 @@ from serialgen.models.pixel_space import PixelShuffleAutoencoder, load_autoencod
 from serialgen.models.pose_guider import PoseGuider
 from serialgen.models.reference_attention import ReferenceBank, install_reference_attention, self_attention_channels
 from serialgen.models.rpim import ReferencePoseInjection
+from serialgen.models.token_positions import TokenPositions
 
 #: OpenAI CLIP preprocessing constants (SD image variations and Animate Anyone use them).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,10 +49,11 @@ class Standardizer(nn.Module):
                  pose_guider: PoseGuider, vae: AutoencoderKL | PixelShuffleAutoencoder, image_encoder: CLIPVisionModelWithProjection,
                  scheduler_config: dict[str, Any], fbdm: ForegroundBackgroundTokens | None = None,
                  rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None,
-                 standard_keypoints: np.ndarray | None = None, frame_reference: bool = False) -> None:
+                 standard_keypoints: np.ndarray | None = None, frame_reference: bool = False,
+                 positions: TokenPositions | None = None) -> None:
         super().__init__()
         self.reference_unet, self.denoising_unet, self.pose_guider = reference_unet, denoising_unet, pose_guider
-        self.fbdm, self.rpim = fbdm, rpim
+        self.fbdm, self.rpim, self.positions = fbdm, rpim, positions
         self.vae, self.image_encoder = vae, image_encoder
         self.vae.requires_grad_(False)
         self.image_encoder.requires_grad_(False)
@@ -62,7 +64,9 @@ class Standardizer(nn.Module):
         self.bank = ReferenceBank()
         self.layer_channels = install_reference_attention(reference_unet, denoising_unet, self.bank)
         self.bank.inject = self._inject if (fbdm is not None or rpim is not None) else None
+        self.bank.position = self._position if positions is not None else None
         self._per_level: dict[int, dict[str, torch.Tensor]] = {}  # tokens of a UNet level -> its resized inputs
+        self._grids: dict[int, tuple[int, int]] = {}  # tokens of a UNet level -> its (h, w)
         self._pose_residual: torch.Tensor | None = None
         denoising_unet.conv_in.register_forward_hook(self._add_pose)
         _freeze_unused_reference_tail(reference_unet)
@@ -70,11 +74,13 @@ class Standardizer(nn.Module):
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_components(cls, parts: Components, fbdm: bool = True, rpim: bool = True,
-                        pretrained: bool = True, frame_reference: bool = False) -> "Standardizer":
+                        pretrained: bool = True, frame_reference: bool = False,
+                        token_positions: bool = False) -> "Standardizer":
         """A fresh model (new pose guider, FBDM, RPIM) around loaded or random components.
 
         With ``pretrained`` UNets FBDM and RPIM start at zero (the ReferenceNet starts unchanged, as in
-        the paper); from scratch they start at the scale of the tokens they modify.
+        the paper); from scratch they start at the scale of the tokens they modify. ``token_positions`` adds
+        :class:`TokenPositions` (not in the paper: for UNets from scratch, which know no place).
         """
         channels = parts.reference_unet.config.block_out_channels[0]
         layers = tuple(self_attention_channels(parts.reference_unet))
@@ -84,6 +90,7 @@ class Standardizer(nn.Module):
             fbdm=ForegroundBackgroundTokens(layers, init_std=0.0 if pretrained else 1.0) if fbdm else None,
             rpim=ReferencePoseInjection(layers, parts.pose_channels, channels, zero_init=pretrained) if rpim else None,
             frame_reference=frame_reference,
+            positions=TokenPositions(layers) if token_positions else None,
         )
 
     def set_standard_skeleton(self, keypoints: np.ndarray, width: int, height: int) -> None:
@@ -102,8 +109,8 @@ class Standardizer(nn.Module):
         return pose[None].expand(batch, -1, -1, -1)
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [m for m in (self.reference_unet, self.denoising_unet, self.pose_guider, self.fbdm, self.rpim)
-                if m is not None]
+        return [m for m in (self.reference_unet, self.denoising_unet, self.pose_guider, self.fbdm, self.rpim,
+                            self.positions) if m is not None]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
@@ -160,10 +167,8 @@ class Standardizer(nn.Module):
             inputs["pose"] = self.rpim.encode(reference_pose.to(self.rpim.dtype))
         # Resized once per UNet level, here: outside the UNet's checkpointed blocks, whose
         # recomputation must repeat the forward exactly.
-        h, w = reference_latents.shape[-2:]
-        for _ in self.reference_unet.config.block_out_channels:
+        for h, w in self._level_grids(reference_latents):
             self._per_level[h * w] = {k: F.interpolate(v, size=(h, w), mode="area") for k, v in inputs.items()}
-            h, w = -(-h // 2), -(-w // 2)
         timestep = torch.zeros(reference_latents.shape[0], device=reference_latents.device, dtype=torch.long)
         self.reference_unet(reference_latents, timestep, encoder_hidden_states=image_embeds, return_dict=False)
 
@@ -179,6 +184,7 @@ class Standardizer(nn.Module):
         if keep is not None:
             image_embeds = image_embeds * keep.view(-1, 1, 1).to(image_embeds.dtype)
         self._pose_residual = self.pose_guider(target_pose.to(self.pose_guider.dtype))
+        self._level_grids(noisy_latents)
         try:
             return self.denoising_unet(noisy_latents, timesteps, encoder_hidden_states=image_embeds,
                                        return_dict=False)[0]
@@ -199,6 +205,19 @@ class Standardizer(nn.Module):
             residual = residual.repeat(output.shape[0] // residual.shape[0], 1, 1, 1)
         return output + residual.to(output.dtype)
 
+    def _level_grids(self, latents: torch.Tensor) -> list[tuple[int, int]]:
+        """The (h, w) token map of each UNet level for ``latents`` (recorded for :meth:`_position`)."""
+        h, w = latents.shape[-2:]
+        grids = []
+        for _ in self.reference_unet.config.block_out_channels:
+            grids.append((h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        self._grids = {gh * gw: (gh, gw) for gh, gw in grids}
+        return grids
+
+    def _position(self, index: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.positions(index, hidden_states, self._grids[hidden_states.shape[1]])
+
     def _inject(self, index: int, hidden_states: torch.Tensor) -> torch.Tensor:
         level = self._per_level[hidden_states.shape[1]]
         if self.fbdm is not None:
@@ -212,12 +231,14 @@ class Standardizer(nn.Module):
         without_progress_bars()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("reference_unet", "denoising_unet", "pose_guider", "fbdm", "rpim", "vae", "image_encoder"):
+        for name in ("reference_unet", "denoising_unet", "pose_guider", "fbdm", "rpim", "positions", "vae",
+                     "image_encoder"):
             module = getattr(self, name)
             if module is not None:
                 module.save_pretrained(folder / name)
         self.training_scheduler().save_pretrained(folder / "scheduler")
         (folder / CONFIG_NAME).write_text(json.dumps({"fbdm": self.fbdm is not None, "rpim": self.rpim is not None,
+                                                      "positions": self.positions is not None,
                                                       "frame_reference": self.frame_reference}))
         if self.standard_pose is not None:
             from serialgen.storage.images import encode_png
@@ -257,6 +278,7 @@ class Standardizer(nn.Module):
             rpim=ReferencePoseInjection.from_pretrained(folder / "rpim", **kw) if flags["rpim"] else None,
             standard_pose=standard_pose, standard_keypoints=standard_keypoints,
             frame_reference=flags.get("frame_reference", False),
+            positions=TokenPositions.from_pretrained(folder / "positions", **kw) if flags.get("positions") else None,
         )
 
 

@@ -52,7 +52,7 @@ def build_standardizer(settings: Settings) -> Standardizer:
              else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
                                      prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
     model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
-                                         frame_reference=cfg.frame_reference)
+                                         frame_reference=cfg.frame_reference, token_positions=cfg.token_positions)
     standards = settings.open_lake().read("standards", columns=["character_id", "keypoints", "width", "height"])
     train = [i for i, c in enumerate(standards["character_id"].to_pylist())
              if split_of(c, settings.composite.test_fraction) == TRAIN]
