@@ -196,6 +196,7 @@ class StandardizerSettings(Section):
     high_noise_share: float = 0.0       # share of samples with t drawn from the noisier half (where the reference decides)
     reference_dropout: float = 0.1      # classifier-free guidance: drop the reference this often
     colour_augment: float = added(0.0)  # share of pairs whose reference and target turn hue together (training/colour.py)
+    self_reference: float = added(0.0)  # share of pairs given their own target (standard view, mask, pose) as reference
     token_positions: bool = added(False)  # add each token's place to both UNets' attention (models/token_positions.py)
     ema_decay: float | None = None      # None: no EMA; else EMA weights are validated and exported
     lr_warmup_steps: int = 0

@@ -20,7 +20,7 @@ from serialgen.storage.images import encode_mask, encode_png
 from serialgen.storage.torch_reader import PairsDataset
 from serialgen.training.colour import recolour_jointly
 from serialgen.training.metrics import psnr, ssim
-from serialgen.training.standardizer import diffusion_loss, train_standardizer
+from serialgen.training.standardizer import diffusion_loss, self_referenced, train_standardizer
 
 H, W = 48, 32
 COLOURS = [(200, 40, 40), (40, 90, 200), (30, 160, 60), (220, 170, 30)]
@@ -60,7 +60,7 @@ def make_pairs(lake, n: int, test: int = 0, seed: int = 0) -> None:
             "reference_pose_image": encode_png(pose),
             "true_background_mask": encode_mask(mask), "true_reference_keypoints": keypoints, "augmentation": "{}",
         })
-        standards.append({"character_id": f"c{i}", "image": encode_png(target), "mask": encode_mask(target_mask),
+        standards.append({"character_id": f"c{i}", "image": encode_png(target), "mask": encode_mask(255 - target_mask),
                           "keypoints": keypoints, "pose_image": encode_png(target_pose), "width": W, "height": H})
     lake.upsert("standards", standards, "test")
     lake.upsert("pairs", rows, "test")
@@ -256,6 +256,25 @@ def test_high_noise_share_draws_that_share_from_the_noisier_half(settings, lake,
             diffusion_loss(model, model, scheduler, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     uniform, noisy = drawn
     assert (noisy >= 500).all() and 16 < (uniform >= 500).sum() < 48
+
+
+def test_self_reference_gives_that_share_of_pairs_their_own_standard_view_as_reference(settings, lake):
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    batch = torch.utils.data.default_collate([data[i % 2] for i in range(64)])
+    white = (batch["target_image"] == 1).all(1, keepdim=True).float()
+    assert torch.equal(batch["target_background_mask"], white)  # the standard's mask, read as background = 1
+    sides = ("input_image", "background_mask", "reference_pose_image")
+    own = ("target_image", "target_background_mask", "target_pose_image")
+    generator = torch.Generator().manual_seed(0)
+    unchanged = self_referenced(batch, 0.0, generator)
+    assert all(torch.equal(x, batch[k]) for x, k in zip(unchanged, sides))
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # no draw at share 0
+    mixed = self_referenced(batch, 0.5, generator)
+    chosen = (mixed[0] == batch["target_image"]).flatten(1).all(1)
+    assert 16 < chosen.sum() < 48
+    for x, side, target in zip(mixed, sides, own):
+        assert torch.equal(x[chosen], batch[target][chosen]) and torch.equal(x[~chosen], batch[side][~chosen])
 
 
 def test_colour_augment_turns_the_reference_and_its_target_together(settings, lake, monkeypatch):

@@ -30,7 +30,7 @@ def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) ->
     """Decoded pair arrays -> the training item (see /work/notes/pairs_api.md).
 
     ``arrays``: ids (str), ``input_image`` / ``reference_pose_image`` / ``target_image`` /
-    ``target_pose_image`` HxWx3 uint8, ``background_mask`` HxW bool (True = background),
+    ``target_pose_image`` HxWx3 uint8, ``background_mask`` / ``target_background_mask`` HxW bool (True = background),
     keypoints (18, 3). Images -> float32 CHW ([-1, 1] for photos, [0, 1] for pose drawings), mask ->
     float32 1xHxW in {0, 1}; everything at ``size`` (H, W), default the input's size.
     """
@@ -41,7 +41,7 @@ def pair_tensors(arrays: dict[str, Any], size: tuple[int, int] | None = None) ->
                       ("reference_pose_image", 0.0), ("target_pose_image", 0.0)):
         image = torch.tensor(np.asarray(arrays[name])).permute(2, 0, 1).float() / 255
         item[name] = resize_image(image, out_hw) * (1 - low) + low
-    for name in ("background_mask", "true_background_mask"):
+    for name in ("background_mask", "true_background_mask", "target_background_mask"):
         mask = torch.tensor(np.asarray(arrays[name])).float()[None]
         if tuple(mask.shape[1:]) != tuple(out_hw):
             mask = F.interpolate(mask[None], size=out_hw, mode="nearest")[0]
@@ -75,13 +75,15 @@ def decode_pair(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def standard_targets(lake: Lake, version: int | None = None, capacity: int = 64) -> LakeLookup:
-    """``character_id`` -> the target side of its pairs (``target_image``, ``target_pose_image``, ``target_keypoints``)."""
-    return LakeLookup(lake, "standards", "character_id", ["character_id", "image", "keypoints", "pose_image"],
+    """``character_id`` -> the target side of its pairs (``target_image``, ``target_background_mask``,
+    ``target_pose_image``, ``target_keypoints``)."""
+    return LakeLookup(lake, "standards", "character_id", ["character_id", "image", "mask", "keypoints", "pose_image"],
                       _decode_standard, capacity, version)
 
 
 def _decode_standard(row: dict[str, Any]) -> dict[str, Any]:
     return {"target_image": decode_image(row["image"], "RGB"), "target_pose_image": decode_image(row["pose_image"], "RGB"),
+            "target_background_mask": decode_mask(row["mask"]) < 128,  # `standards.mask` is the foreground
             "target_keypoints": row["keypoints"]}
 
 

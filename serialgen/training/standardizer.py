@@ -184,6 +184,19 @@ def score_pairs(model: Standardizer, data: Dataset, n: int, cfg: StandardizerSet
     return out
 
 
+def self_referenced(batch: dict[str, Any], share: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reference side (image, background mask, pose) of ``batch``, with a ``share`` of its pairs given their own
+    target (the standard view, its mask and its pose) instead: a copy task whose answer sits in the reference, so
+    a model from scratch learns early that the reference decides the colours (``standardizer.self_reference``)."""
+    sides = batch["input_image"], batch["background_mask"], batch["reference_pose_image"]
+    if share <= 0:  # no draw from ``generator``: recipes without it keep their random stream
+        return sides
+    chosen = (torch.rand(len(sides[0]), generator=generator) < share).view(-1, 1, 1, 1)
+    own = batch["target_image"], batch["target_background_mask"], batch["target_pose_image"]
+    return tuple(torch.where(chosen, mine, theirs) for theirs, mine in zip(sides, own))
+
+
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],
                    cfg: StandardizerSettings, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """The (min-SNR weighted) diffusion loss of one batch, with joint colour augmentation, noise offset and
@@ -192,10 +205,10 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
     ``prepared`` is ``model`` as accelerate wrapped it (DDP, autocast); noise, timesteps and dropout
     come from ``generator`` (CPU), so a seeded generator reproduces a step exactly.
     """
-    reference, target_image = recolour_jointly([batch["input_image"], batch["target_image"]], cfg.colour_augment,
-                                               generator)
+    reference, background_mask, reference_pose = self_referenced(batch, cfg.self_reference, generator)
+    reference, target_image = recolour_jointly([reference, batch["target_image"]], cfg.colour_augment, generator)
     reference, background_mask, reference_pose = model.prepare_reference(
-        reference.to(device), batch["background_mask"].to(device), batch["reference_pose_image"].to(device))
+        reference.to(device), background_mask.to(device), reference_pose.to(device))
     latents = model.encode_images(target_image.to(device)).float()
     reference_latents = model.encode_images(reference).float()
     embeds = model.embed_images(reference).float()
