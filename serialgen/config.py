@@ -198,6 +198,7 @@ class StandardizerSettings(Section):
     colour_augment: float = added(0.0)  # share of pairs whose reference and target turn hue together (training/colour.py)
     self_reference: float = added(0.0)  # share of pairs given their own target (standard view, mask, pose) as reference
     token_positions: bool = added(False)  # add each token's place to both UNets' attention (models/token_positions.py)
+    train_image_encoder: bool = added(False)  # train the cross-attention's image encoder too (from scratch: random)
     ema_decay: float | None = None      # None: no EMA; else EMA weights are validated and exported
     lr_warmup_steps: int = 0
     lr_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"  # cosine: to 0 at `steps`

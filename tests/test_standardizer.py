@@ -363,6 +363,30 @@ def test_overfit_two_pairs_lowers_loss(settings, lake, tmp_path):
     assert after < before / 4, (before, after)
 
 
+def test_train_image_encoder_trains_the_cross_attention_encoder_and_exports_it(settings, lake, tmp_path):
+    """Off (the paper: a frozen CLIP), the encoder's weights stay as built; on, training changes them, the
+    embedding carries gradients in training only, and the exported model holds the trained encoder."""
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    cfg = settings.standardizer.model_copy(update={
+        "steps": 3, "learning_rate": 1e-3, "checkpoint_every": 1000, "validation_pairs": 0, "num_workers": 0,
+        "ema_decay": None})
+    reference = _batch()["reference"]
+    for trained in (False, True):
+        model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0), train_image_encoder=trained))
+        built = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+        assert model.embed_images(reference).requires_grad is trained
+        with torch.no_grad():
+            assert not model.embed_images(reference).requires_grad
+        result = train_standardizer(model, data, cfg.model_copy(update={"train_image_encoder": trained}),
+                                    tmp_path / f"run-{trained}")
+        weights = model.image_encoder.state_dict()
+        changed = {k for k, v in weights.items() if not torch.equal(v, built[k])}
+        assert ("visual_projection.weight" in changed) is trained and (not changed) is (not trained)
+        exported = Standardizer.from_pretrained(result.model_dir).image_encoder.state_dict()
+        assert all(torch.equal(exported[k], v) for k, v in weights.items())
+
+
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_run(settings, lake):
     make_pairs(lake, 4, test=1)

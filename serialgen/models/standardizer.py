@@ -50,13 +50,14 @@ class Standardizer(nn.Module):
                  scheduler_config: dict[str, Any], fbdm: ForegroundBackgroundTokens | None = None,
                  rpim: ReferencePoseInjection | None = None, standard_pose: np.ndarray | None = None,
                  standard_keypoints: np.ndarray | None = None, frame_reference: bool = False,
-                 positions: TokenPositions | None = None) -> None:
+                 positions: TokenPositions | None = None, train_image_encoder: bool = False) -> None:
         super().__init__()
         self.reference_unet, self.denoising_unet, self.pose_guider = reference_unet, denoising_unet, pose_guider
         self.fbdm, self.rpim, self.positions = fbdm, rpim, positions
         self.vae, self.image_encoder = vae, image_encoder
         self.vae.requires_grad_(False)
-        self.image_encoder.requires_grad_(False)
+        self.image_encoder.requires_grad_(train_image_encoder)
+        self.train_image_encoder = train_image_encoder  # from scratch: a random encoder tells the UNets little
         self.scheduler_config = dict(scheduler_config)
         self.standard_pose = standard_pose
         self.standard_keypoints = standard_keypoints  # (18, 3) pixels of standard_pose's frame
@@ -75,12 +76,14 @@ class Standardizer(nn.Module):
     @classmethod
     def from_components(cls, parts: Components, fbdm: bool = True, rpim: bool = True,
                         pretrained: bool = True, frame_reference: bool = False,
-                        token_positions: bool = False) -> "Standardizer":
+                        token_positions: bool = False, train_image_encoder: bool = False) -> "Standardizer":
         """A fresh model (new pose guider, FBDM, RPIM) around loaded or random components.
 
         With ``pretrained`` UNets FBDM and RPIM start at zero (the ReferenceNet starts unchanged, as in
         the paper); from scratch they start at the scale of the tokens they modify. ``token_positions`` adds
-        :class:`TokenPositions` (not in the paper: for UNets from scratch, which know no place).
+        :class:`TokenPositions` (not in the paper: for UNets from scratch, which know no place);
+        ``train_image_encoder`` trains the cross-attention's image encoder with the UNets (the paper's CLIP is
+        pretrained and frozen; a random one carries little of the reference).
         """
         channels = parts.reference_unet.config.block_out_channels[0]
         layers = tuple(self_attention_channels(parts.reference_unet))
@@ -90,7 +93,7 @@ class Standardizer(nn.Module):
             fbdm=ForegroundBackgroundTokens(layers, init_std=0.0 if pretrained else 1.0) if fbdm else None,
             rpim=ReferencePoseInjection(layers, parts.pose_channels, channels, zero_init=pretrained) if rpim else None,
             frame_reference=frame_reference,
-            positions=TokenPositions(layers) if token_positions else None,
+            positions=TokenPositions(layers) if token_positions else None, train_image_encoder=train_image_encoder,
         )
 
     def set_standard_skeleton(self, keypoints: np.ndarray, width: int, height: int) -> None:
@@ -109,8 +112,9 @@ class Standardizer(nn.Module):
         return pose[None].expand(batch, -1, -1, -1)
 
     def trainable_modules(self) -> list[nn.Module]:
+        encoder = self.image_encoder if self.train_image_encoder else None
         return [m for m in (self.reference_unet, self.denoising_unet, self.pose_guider, self.fbdm, self.rpim,
-                            self.positions) if m is not None]
+                            self.positions, encoder) if m is not None]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
@@ -146,15 +150,16 @@ class Standardizer(nn.Module):
         """Scaled latents -> RGB in [-1, 1]."""
         return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
-    @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB in [-1, 1] -> CLIP image embedding (B, 1, D) for cross-attention (resized to a square)."""
+        """RGB in [-1, 1] -> CLIP image embedding (B, 1, D) for cross-attention (resized to a square); with
+        gradients only while training a trainable encoder."""
         size = self.image_encoder.config.image_size
-        x = F.interpolate((images.float() + 1) / 2, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-        embeds = self.image_encoder(((x - mean) / std).to(self.image_encoder.dtype)).image_embeds
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_image_encoder):
+            x = F.interpolate((images.float() + 1) / 2, size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+            mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
+            std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+            embeds = self.image_encoder(((x - mean) / std).to(self.image_encoder.dtype)).image_embeds
         return embeds.unsqueeze(1)
 
     # -- the two UNets --------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def build_standardizer(settings: Settings) -> Standardizer:
              else scratch_components(cfg.seed, cfg.patch_size, cfg.unet_channels, cfg.layers_per_block,
                                      prediction_type=cfg.prediction_type, attention_levels=cfg.attention_levels))
     model = Standardizer.from_components(parts, fbdm=cfg.fbdm, rpim=cfg.rpim, pretrained=settings.profile == "sd15",
-                                         frame_reference=cfg.frame_reference, token_positions=cfg.token_positions)
+                                         frame_reference=cfg.frame_reference, token_positions=cfg.token_positions,
+                                         train_image_encoder=cfg.train_image_encoder)
     standards = settings.open_lake().read("standards", columns=["character_id", "keypoints", "width", "height"])
     train = [i for i, c in enumerate(standards["character_id"].to_pylist())
              if split_of(c, settings.composite.test_fraction) == TRAIN]
@@ -113,7 +114,7 @@ def train_standardizer(model: Standardizer, train_data: Dataset, cfg: Standardiz
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.vae.to(device)  # float32: the SD VAE overflows in float16
-    model.image_encoder.to(device, weight_dtype)
+    model.image_encoder.to(device, torch.float32 if model.train_image_encoder else weight_dtype)  # trained: float32
     if model.standard_keypoints is None:  # the canonical target, never one training character's skeleton
         model.set_standard_skeleton(canonical_skeleton(cfg.width, cfg.height), cfg.width, cfg.height)
     noise_scheduler = model.training_scheduler()
