@@ -14,7 +14,7 @@ def test_local_ray_uses_the_configured_cpus(ray_local):
 
     @ray.remote
     def square(x: int) -> int:
-        import serialgen  # workers import the package from this checkout
+        import serialgen  # noqa: F401  (workers import the package from this checkout)
 
         return x * x
 
