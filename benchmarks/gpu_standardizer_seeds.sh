@@ -11,11 +11,12 @@ declare -A RECIPES=(
   [plain]=""
   [colour-0.5]="SERIALGEN_STANDARDIZER__COLOUR_AUGMENT=0.5"
   [colour-0.5-positions]="SERIALGEN_STANDARDIZER__COLOUR_AUGMENT=0.5 SERIALGEN_STANDARDIZER__TOKEN_POSITIONS=true"
+  [colour-0.5-encoder]="SERIALGEN_STANDARDIZER__COLOUR_AUGMENT=0.5 SERIALGEN_STANDARDIZER__TRAIN_IMAGE_ENCODER=true"
 )
 for seed in $SEEDS; do
   for name in "${!RECIPES[@]}"; do
     out="$LAKE/_checkpoints/recipes/gpu-$name-seed$seed"
     env ${RECIPES[$name]} SERIALGEN_STANDARDIZER__SEED="$seed" \
-      python benchmarks/standardizer_recipe.py --lake "$LAKE" --out "$out" --role validation
+      python benchmarks/standardizer_recipe.py --lake "$LAKE" --out "$out" --role validation --copy
   done
 done

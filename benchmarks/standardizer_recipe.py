@@ -5,7 +5,10 @@
 
 Trains FBDM+RPIM with the profile's recipe (plus any ``SERIALGEN_STANDARDIZER__*`` override) in ``--out``, then standardizes one pair per character of the chosen half as inference does (the one standard
 pose, DDIM as configured) and prints PSNR, SSIM, identity-probe ID-Sim and retrieval top-1 / top-5 among
-those characters, each with its 95 % interval over characters, beside the mean and recoloured templates.
+those characters, each with its 95 % interval over characters, beside the mean and recoloured templates and an
+oracle (the template recoloured with the target's own colours: what knowing the colours is worth).
+``--copy`` also scores the model given each character's own standard view (image, mask, pose) as its reference:
+the answer itself, so a model that reads its reference should copy it.
 A finished folder is only scored again; an unfinished one is resumed from its newest checkpoint *without* checking
 that it was trained with the same recipe (this script is for comparing recipes: give each its own ``--out``).
 """
@@ -30,10 +33,11 @@ from serialgen.probes import load_probes  # noqa: E402
 from serialgen.stages.ablate_standardizer import machine  # noqa: E402
 from serialgen.stages.train_standardizer import with_overrides  # noqa: E402
 from serialgen.checkpoints import probes_dir  # noqa: E402
-from serialgen.training.ablation import baseline_predictions, score, standardize_all  # noqa: E402
+from serialgen.training.ablation import baseline_predictions, recolour, score, standardize_all  # noqa: E402
 from serialgen.training.standardizer import build_standardizer, train_standardizer  # noqa: E402
 
 KEYS = ("input_image", "background_mask", "reference_pose_image", "target_image")
+OPTIONS = ("colour_augment", "self_reference", "token_positions", "train_image_encoder")
 
 
 def one_pair_per_character(items: list[dict], keep, limit: int) -> list[dict]:
@@ -54,6 +58,8 @@ def main() -> None:
     parser.add_argument("--role", default="validation", choices=["validation", "scored", "train"])
     parser.add_argument("--characters", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--copy", action="store_true",
+                        help="also score the model given each character's own standard view as its reference")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = with_overrides(load_settings(None, "small", lake=args.lake), steps=args.steps)
@@ -72,13 +78,24 @@ def main() -> None:
     batch = torch.utils.data.default_collate([{k: item[k] for k in KEYS} for item in items])
     target = batch.pop("target_image")
     chars = [item["character_id"] for item in items]
-    outputs = {"model": standardize_all(Standardizer.from_pretrained(result.model_dir), batch, cfg)}
+    model = Standardizer.from_pretrained(result.model_dir)
+    outputs = {"model": standardize_all(model, batch, cfg)}
+    if args.copy:  # the answer as the reference: can the model copy at all?
+        own = {"input_image": target,
+               "background_mask": torch.stack([item["target_background_mask"] for item in items]),
+               "reference_pose_image": torch.stack([item["target_pose_image"] for item in items])}
+        outputs["model, own standard view as reference (copy)"] = standardize_all(model, own, cfg)
     baselines = baseline_predictions(train, batch["input_image"], batch["background_mask"])
     outputs.update({k: baselines[k] for k in ("mean training standard", "recoloured mean standard")})
+    # An oracle, not a baseline: the template recoloured with the target's own band colours (what colours are worth).
+    target_foreground = torch.stack([item["target_background_mask"][0] < 0.5 for item in items])
+    outputs["mean standard recoloured from the target (oracle colours)"] = torch.stack(
+        [recolour(baselines["mean training standard"][i], target[i], target_foreground[i]) for i in range(len(items))])
     probes = load_probes(probes_dir(settings))
+    recipe = ", ".join(f"{k} {getattr(cfg, k)}" for k in OPTIONS)
     fmt = lambda values, d: "{:.{d}f} ± {:.{d}f}".format(*interval(values, chars), d=d)  # noqa: E731
     print(f"{args.out}: step {result.step}, trained {trained:.0f} s here; {args.role} half, {len(items)} characters; "
-          f"colour_augment {cfg.colour_augment}; {machine()}")
+          f"seed {cfg.seed}, {recipe}; {machine()}")
     print("| method | PSNR | SSIM | ID-Sim | ID top-1 | ID top-5 |")
     for name, prediction in outputs.items():
         psnr, ssim = score(prediction, target)
