@@ -199,6 +199,15 @@ class StandardizerSettings(Section):
     self_reference: float = added(0.0)  # share of pairs given their own target (standard view, mask, pose) as reference
     token_positions: bool = added(False)  # add each token's place to both UNets' attention (models/token_positions.py)
     train_image_encoder: bool = added(False)  # train the cross-attention's image encoder too (from scratch: random)
+    colour_embedding: float = added(0.0)  # weight of a loss making the trained image embedding's first 9 numbers
+    #                                       the target's band colours (training/standardizer.py: colour_embedding_loss)
+
+    @model_validator(mode="after")
+    def _colour_embedding_trains_the_encoder(self) -> StandardizerSettings:
+        if self.colour_embedding > 0 and not self.train_image_encoder:
+            raise ValueError("standardizer.colour_embedding > 0 needs standardizer.train_image_encoder: the loss trains "
+                             "the image encoder")
+        return self
     ema_decay: float | None = None      # None: no EMA; else EMA weights are validated and exported
     lr_warmup_steps: int = 0
     lr_schedule: Literal["constant_with_warmup", "cosine"] = "constant_with_warmup"  # cosine: to 0 at `steps`

@@ -18,9 +18,10 @@ from serialgen.standard_skeleton import canonical_skeleton
 from serialgen.stages.train_standardizer import run_train_standardizer
 from serialgen.storage.images import encode_mask, encode_png
 from serialgen.storage.torch_reader import PairsDataset
-from serialgen.training.colour import recolour_jointly
+from serialgen.config import StandardizerSettings
+from serialgen.training.colour import band_colours, recolour_jointly
 from serialgen.training.metrics import psnr, ssim
-from serialgen.training.standardizer import diffusion_loss, self_referenced, train_standardizer
+from serialgen.training.standardizer import colour_embedding_loss, diffusion_loss, self_referenced, train_standardizer
 
 H, W = 48, 32
 COLOURS = [(200, 40, 40), (40, 90, 200), (30, 160, 60), (220, 170, 30)]
@@ -385,6 +386,35 @@ def test_train_image_encoder_trains_the_cross_attention_encoder_and_exports_it(s
         assert ("visual_projection.weight" in changed) is trained and (not changed) is (not trained)
         exported = Standardizer.from_pretrained(result.model_dir).image_encoder.state_dict()
         assert all(torch.equal(exported[k], v) for k, v in weights.items())
+
+
+def test_colour_embedding_loss_asks_the_embedding_for_the_target_band_colours(settings, lake, monkeypatch):
+    """The term is zero for an embedding holding the band colours, grows with their error, and diffusion_loss
+    adds exactly ``weight`` times it, computed on the embedding the denoiser reads; it needs a trained encoder."""
+    with pytest.raises(ValueError, match="train_image_encoder"):
+        StandardizerSettings(colour_embedding=1.0)
+    make_pairs(lake, 2)
+    data = PairsDataset(lake, "train", size=(H, W))
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    foreground = batch["target_background_mask"][:, 0] < 0.5
+    colours = torch.stack([band_colours(t, f)[0] for t, f in zip(batch["target_image"], foreground)])
+    assert colours.std(0).amax() > 0.1  # two characters, two sets of colours
+    exact = torch.cat([colours.flatten(1), torch.zeros(2, 7)], 1)[:, None]
+    assert colour_embedding_loss(exact, batch["target_image"], foreground) == 0
+    exact[1, 0, 4] += 0.3  # one channel of one band of one image: 0.09 / 3 channels / 6 bands
+    assert torch.isclose(colour_embedding_loss(exact, batch["target_image"], foreground), torch.tensor(0.005))
+    model = _with_skeleton(Standardizer.from_components(tiny_components(seed=0), train_image_encoder=True))
+    seen: list[torch.Tensor] = []
+    embed = model.embed_images
+    monkeypatch.setattr(model, "embed_images", lambda images: seen.append(embed(images)) or seen[-1])
+    losses = []
+    for weight in (0.0, 2.0):
+        cfg = settings.standardizer.model_copy(update={"train_image_encoder": True, "colour_embedding": weight})
+        with torch.no_grad():
+            losses.append(diffusion_loss(model, model, model.training_scheduler(), batch, cfg,
+                                         torch.Generator().manual_seed(0), torch.device("cpu")))
+    term = colour_embedding_loss(seen[-1], batch["target_image"], foreground)
+    assert term > 0.01 and torch.isclose(losses[1] - losses[0], 2 * term, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -26,14 +26,13 @@ from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.storage import Lake
 from serialgen.storage.images import decode_image
 from serialgen.storage.torch_reader import resize_image
+from serialgen.training.colour import band_colours, figure_bands
 from serialgen.training.metrics import psnr, ssim
 from serialgen.training.standardizer import train_standardizer
 
 #: (name, FBDM, RPIM) in the paper's Table 3 order: the baseline model, each module, both.
 VARIANTS: tuple[tuple[str, bool, bool], ...] = (
     ("no modules", False, False), ("FBDM", True, False), ("RPIM", False, True), ("FBDM+RPIM", True, True))
-#: Bands of the figure's height (head and hair, torso, legs) whose colour the recoloured template takes.
-RECOLOUR_BANDS = 3
 
 
 @dataclass
@@ -91,25 +90,14 @@ def baseline_predictions(train: Sequence[dict[str, Any]], inputs: torch.Tensor,
             "recoloured mean standard": recoloured, "nearest training standard": bank[nearest]}
 
 
-def _bands(foreground: torch.Tensor) -> list[torch.Tensor]:
-    """``RECOLOUR_BANDS`` masks splitting the foreground's rows into equal bands, top to bottom."""
-    rows = foreground.any(1).nonzero()
-    if not len(rows):
-        return [foreground] * RECOLOUR_BANDS
-    top, bottom = int(rows.min()), int(rows.max()) + 1
-    edges = torch.linspace(top, bottom, RECOLOUR_BANDS + 1).round().long()
-    index = torch.arange(foreground.shape[0])[:, None]
-    return [foreground & (index >= edges[b]) & (index < edges[b + 1]) for b in range(RECOLOUR_BANDS)]
-
-
 def recolour(template: torch.Tensor, reference: torch.Tensor, reference_foreground: torch.Tensor) -> torch.Tensor:
     """The template (3, H, W, [-1, 1], figure on white) with each band of its figure shifted to the mean colour
     of the same band of the reference's figure: a "tinted template" that knows the reference's colours."""
-    template_foreground = template.mean(0) < 0.8
+    colours, present = band_colours(reference, reference_foreground)
     out = template.clone()
-    for band, source in zip(_bands(template_foreground), _bands(reference_foreground)):
-        if band.any() and source.any():
-            out[:, band] += (reference[:, source].mean(1) - template[:, band].mean(1))[:, None]
+    for band, colour, known in zip(figure_bands(template.mean(0) < 0.8), colours, present):
+        if band.any() and known:
+            out[:, band] += (colour - template[:, band].mean(1))[:, None]
     return out.clamp(-1, 1)
 
 

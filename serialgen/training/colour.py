@@ -15,6 +15,9 @@ from collections.abc import Sequence
 import torch
 
 _AXIS = torch.full((3,), 1 / math.sqrt(3))
+#: Bands of a figure's height (head and hair, torso, legs): the colours the recoloured template and the colour
+#: embedding loss use.
+FIGURE_BANDS = 3
 
 
 def hue_rotation(angle: float) -> torch.Tensor:
@@ -43,3 +46,24 @@ def recolour_jointly(images: Sequence[torch.Tensor], share: float, generator: to
     angles = torch.rand(size, generator=generator) * 2 * math.pi
     matrices = torch.stack([hue_rotation(float(a)) if c else torch.eye(3) for a, c in zip(angles, chosen)])
     return [rotate_hues(x, matrices) for x in images]
+
+
+def figure_bands(foreground: torch.Tensor) -> list[torch.Tensor]:
+    """``FIGURE_BANDS`` masks splitting the rows of a figure's (H, W) boolean foreground into equal bands, top to
+    bottom (all ``foreground`` when it is empty)."""
+    rows = foreground.any(1).nonzero()
+    if not len(rows):
+        return [foreground] * FIGURE_BANDS
+    top, bottom = int(rows.min()), int(rows.max()) + 1
+    edges = torch.linspace(top, bottom, FIGURE_BANDS + 1).round().long()
+    index = torch.arange(foreground.shape[0])[:, None]
+    return [foreground & (index >= edges[b]) & (index < edges[b + 1]) for b in range(FIGURE_BANDS)]
+
+
+def band_colours(image: torch.Tensor, foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean colour of each band of the figure of ``image`` (3, H, W) with its (H, W) boolean foreground:
+    (FIGURE_BANDS, 3), zero for an empty band, and (FIGURE_BANDS,) booleans, True where the band has pixels."""
+    bands = figure_bands(foreground)
+    present = torch.stack([band.any() for band in bands])
+    colours = torch.stack([image[:, band].mean(1) if band.any() else image.new_zeros(3) for band in bands])
+    return colours, present

@@ -31,7 +31,7 @@ from serialgen.models.components import load_sd15_components, scratch_components
 from serialgen.models.standardizer import Standardizer
 from serialgen.pipelines.standardization import StandardizationPipeline
 from serialgen.standard_skeleton import canonical_skeleton, mean_skeleton
-from serialgen.training.colour import recolour_jointly
+from serialgen.training.colour import FIGURE_BANDS, band_colours, recolour_jointly
 from serialgen.training.data import sample_timesteps
 from serialgen.training.loop import Fitted, LoopTimes, fit, make_accelerator, prepare_run_folder, training_recipe
 from serialgen.training.loop import ema_weights as _ema_weights
@@ -198,6 +198,17 @@ def self_referenced(batch: dict[str, Any], share: float,
     return tuple(torch.where(chosen, mine, theirs) for theirs, mine in zip(sides, own))
 
 
+def colour_embedding_loss(embeds: torch.Tensor, targets: torch.Tensor, foregrounds: torch.Tensor) -> torch.Tensor:
+    """MSE between the first ``FIGURE_BANDS`` x 3 numbers of each image embedding (B, 1, D) and the band colours of
+    its target (B, 3, H, W) in [-1, 1] with foregrounds (B, H, W), empty bands left out: direct supervision that
+    makes the trained image encoder carry the colours of each body band (``standardizer.colour_embedding``); the
+    denoiser reads the embedding through its cross-attention."""
+    colours, present = (torch.stack(x) for x in zip(*(band_colours(t, f) for t, f in zip(targets, foregrounds))))
+    predicted = embeds[:, 0, :FIGURE_BANDS * 3].reshape(-1, FIGURE_BANDS, 3)
+    errors = (predicted - colours.to(predicted)).square().mean(-1)
+    return errors[present.to(errors.device)].mean() if present.any() else errors.sum() * 0
+
+
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],
                    cfg: StandardizerSettings, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """The (min-SNR weighted) diffusion loss of one batch, with joint colour augmentation, noise offset and
@@ -237,7 +248,11 @@ def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_schedul
         weight = torch.clamp(snr, max=cfg.snr_gamma)  # Min-SNR-gamma in x0 terms, per prediction type
         weight = {"v_prediction": weight / (snr + 1), "sample": weight}.get(prediction_type, weight / snr)
         loss = loss * weight
-    return loss.mean()
+    loss = loss.mean()
+    if cfg.colour_embedding:
+        foreground = batch["target_background_mask"][:, 0] < 0.5
+        loss = loss + cfg.colour_embedding * colour_embedding_loss(embeds, target_image, foreground)
+    return loss
 
 
 def _validate_and_log(model: Standardizer, ema: EMAModel | None, data: Dataset | None, cfg: StandardizerSettings,
