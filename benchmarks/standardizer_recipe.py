@@ -37,7 +37,7 @@ from serialgen.training.ablation import baseline_predictions, recolour, score, s
 from serialgen.training.standardizer import build_standardizer, train_standardizer  # noqa: E402
 
 KEYS = ("input_image", "background_mask", "reference_pose_image", "target_image")
-OPTIONS = ("colour_augment", "self_reference", "token_positions", "train_image_encoder")
+OPTIONS = ("colour_augment", "self_reference", "token_positions", "train_image_encoder", "colour_embedding")
 
 
 def one_pair_per_character(items: list[dict], keep, limit: int) -> list[dict]:
