@@ -440,6 +440,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # at scale (nothing pretrained to protect); the reference is cropped to its figure. No colour augmentation
     # (standardizer.colour_augment): on the validation half it lifted identity top-1 from 0.127 to 0.413 with
     # seed 0 and gave 0.079 with seed 1, so its gain is not established (docs/standardizer_table3.md, "Session 7").
+    # Nor self_reference, token_positions, train_image_encoder or colour_embedding: none made the reference path
+    # appear by 3,000 steps or rescued seed 1 beyond the recoloured template (docs/standardizer_table3.md, sessions 8-9).
     # One (trailing) DDIM step, the x0 estimate from pure noise: chosen (before the one-target fix) over 2-20
     # steps on PSNR and SSIM (benchmarks/README.md, Table 3); 20 steps still score lower.
     "small": {
