@@ -211,8 +211,8 @@ def colour_embedding_loss(embeds: torch.Tensor, targets: torch.Tensor, foregroun
 
 def diffusion_loss(prepared: torch.nn.Module, model: Standardizer, noise_scheduler, batch: dict[str, Any],
                    cfg: StandardizerSettings, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """The (min-SNR weighted) diffusion loss of one batch, with joint colour augmentation, noise offset and
-    reference dropout.
+    """The (min-SNR weighted) diffusion loss of one batch, with self-reference, joint colour augmentation, noise
+    offset and reference dropout, plus the colour embedding term when it is on.
 
     ``prepared`` is ``model`` as accelerate wrapped it (DDP, autocast); noise, timesteps and dropout
     come from ``generator`` (CPU), so a seeded generator reproduces a step exactly.
