@@ -33,6 +33,7 @@ from serialgen.probes import load_probes  # noqa: E402
 from serialgen.stages.ablate_standardizer import machine  # noqa: E402
 from serialgen.stages.train_standardizer import with_overrides  # noqa: E402
 from serialgen.checkpoints import probes_dir  # noqa: E402
+from serialgen.storage.images import encode_png  # noqa: E402
 from serialgen.training.ablation import baseline_predictions, recolour, score, standardize_all  # noqa: E402
 from serialgen.training.standardizer import build_standardizer, train_standardizer  # noqa: E402
 
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--copy", action="store_true",
                         help="also score the model given each character's own standard view as its reference")
+    parser.add_argument("--grid", type=Path,
+                        help="write a PNG: input | model | recoloured template | true standard view, first 8 characters")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = with_overrides(load_settings(None, "small", lake=args.lake), steps=args.steps)
@@ -91,6 +94,10 @@ def main() -> None:
     target_foreground = torch.stack([item["target_background_mask"][0] < 0.5 for item in items])
     outputs["mean standard recoloured from the target (oracle colours)"] = torch.stack(
         [recolour(baselines["mean training standard"][i], target[i], target_foreground[i]) for i in range(len(items))])
+    if args.grid:
+        columns = [batch["input_image"], outputs["model"], outputs["recoloured mean standard"], target]
+        grid = torch.cat([torch.cat(list(column[:8]), -2) for column in columns], -1)
+        args.grid.write_bytes(encode_png(((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()))
     probes = load_probes(probes_dir(settings))
     recipe = ", ".join(f"{k} {getattr(cfg, k)}" for k in OPTIONS)
     fmt = lambda values, d: "{:.{d}f} ± {:.{d}f}".format(*interval(values, chars), d=d)  # noqa: E731
